@@ -1,0 +1,15 @@
+"""ies_fast: Instance-dependent Early Stopping for PyTorch training.
+
+>>> sel = ies_fast.IES(len(dataset), delta=1e-3)
+>>> loss = ies_fast.cross_entropy(logits, target, index, selector=sel)
+>>> sel.step()                 # at the end of each epoch
+>>> sel.kept_indices()         # what to train on next epoch
+"""
+from .backend import backend_info
+from .criterion import ReferenceCriterion, instability_score
+from .loss import cross_entropy
+from .selection import Selector
+from .selector import IES
+
+__all__ = ["IES", "Selector", "ReferenceCriterion", "backend_info", "cross_entropy", "instability_score"]
+__version__ = "0.1.0"

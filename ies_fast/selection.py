@@ -1,0 +1,117 @@
+"""What every sample selector shares: the keep mask, the kept index list built on
+device, input checks on ``index``, and versioned ``state_dict`` helpers.
+
+Concrete selectors (:class:`ies_fast.IES`, :class:`ies_fast.InfoBatch`,
+:class:`ies_fast.RandomRemoval`) implement ``observe``, ``step``, ``removed_mask``
+and the state they own.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import backend as _backend
+from .ops import dispatch
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Selector:
+    """Base class: subclasses set ``num_samples``, ``device``, ``backend`` and ``epoch``."""
+
+    num_samples: int
+    device: torch.device
+    backend: str = "auto"
+    epoch: int = 0
+
+    def __init__(self, num_samples: int, device=None, backend: str = "auto"):
+        self.num_samples = _check_positive_int("num_samples", num_samples)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if backend not in _backend.BACKENDS:
+            raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self._kept_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._kept_list: Optional[torch.Tensor] = None
+        # observations dropped because of a bad index/target on a CUDA tensor,
+        # reported (raised) at the next step(): checking them eagerly would sync.
+        self._deferred_errors = torch.zeros(2, dtype=torch.int64, device=self.device)
+
+    # ---- the mask and the index list -------------------------------------------------
+    def removed_mask(self) -> torch.Tensor:
+        """bool ``[num_samples]``: samples left out of the next training pass."""
+        raise NotImplementedError
+
+    def kept_mask(self) -> torch.Tensor:
+        return ~self.removed_mask()
+
+    def kept_indices_padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(buffer, count)``: ``buffer[:count]`` are the kept sample indices in
+        ascending order; ``count`` stays on the device (no host sync)."""
+        if self._kept_cache is None:
+            op = _backend.resolve(self.backend, self.device, "compact")
+            self._kept_cache = dispatch.compact(op, self.kept_mask())
+        return self._kept_cache
+
+    def kept_indices(self) -> torch.Tensor:
+        """int64 indices of the samples to train on next epoch, ascending, on the
+        selector's device. Built by on-device compaction; sizing the result reads the
+        count once (the one device->host copy per epoch), cached until ``step()``."""
+        if self._kept_list is None:
+            buffer, count = self.kept_indices_padded()
+            self._kept_list = buffer[: int(count)]
+        return self._kept_list
+
+    def _invalidate(self) -> None:
+        self._kept_cache = None
+        self._kept_list = None
+
+    # ---- input checks ------------------------------------------------------------------
+    def _index(self, index, length: int) -> torch.Tensor:
+        """Validated int64 index on the selector's device; rows that must not be
+        recorded become -1. Out-of-range values raise at once on CPU and are counted
+        and reported by the next ``step()`` on CUDA."""
+        if not isinstance(index, torch.Tensor):
+            raise TypeError(f"index must be a torch.Tensor of sample indices, got {type(index).__name__}")
+        if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"index must hold integers (int64 preferred), got dtype {index.dtype}")
+        if index.dim() != 1 or index.numel() != length:
+            raise ValueError(f"index must be 1-D with one entry per sample ({length}), got shape {tuple(index.shape)}")
+        index = index.to(device=self.device, dtype=torch.int64, non_blocking=True)
+        bad = (index < 0) | (index >= self.num_samples)
+        if index.device.type == "cpu":
+            if bool(bad.any()):
+                first = int(index[bad][0])
+                raise ValueError(f"index out of range [0, {self.num_samples}): got {first}")
+            return index
+        self._deferred_errors[0] += bad.sum()
+        return torch.where(bad, torch.full_like(index, -1), index)
+
+    def _report_deferred_errors(self) -> None:
+        if self.device.type == "cpu":
+            return
+        bad_index, bad_target = (int(v) for v in self._deferred_errors.tolist())
+        if bad_index or bad_target:
+            self._deferred_errors.zero_()
+            parts = []
+            if bad_index:
+                parts.append(f"{bad_index} rows had an index out of range [0, {self.num_samples})")
+            if bad_target:
+                parts.append(f"{bad_target} rows had a target out of range")
+            raise ValueError(
+                "observations since the last step() were dropped: " + "; ".join(parts) + " (index / target)"
+            )
+
+    # ---- state_dict helpers ----------------------------------------------------------
+    def _check_state(self, state: dict, kind: str, version: int, fields: dict) -> None:
+        if not isinstance(state, dict) or state.get("kind") != kind:
+            raise ValueError(f"state_dict is not a {kind} state (kind={state.get('kind') if isinstance(state, dict) else None!r})")
+        if state.get("version") != version:
+            raise ValueError(f"state_dict version {state.get('version')!r} is not supported (expected {version})")
+        for name, value in fields.items():
+            if state.get(name) != value:
+                raise ValueError(f"state_dict {name}={state.get(name)!r} does not match this selector's {name}={value!r}")

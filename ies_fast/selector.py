@@ -1,0 +1,237 @@
+"""The IES selector: per-sample loss ring buffer on device, the mastered decision
+at each epoch end, the keep mask, statistics, checkpoints and DDP merging."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from . import backend as _backend
+from .criterion import ORDERS
+from .ops import dispatch
+from .ops.ring import EPOCH_STATS, NOT_SEEN
+from .selection import Selector, _check_positive_int
+
+#: running totals kept on device (no host sync while training)
+TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "reincluded", "scored")
+
+
+class IES(Selector):
+    """Instance-dependent Early Stopping (Yuan et al., ICLR 2025).
+
+    A sample is *mastered* after an epoch when it has ``order + window`` recorded
+    losses and the mean of ``|Δ^order L|`` over the last ``window`` epochs is below
+    ``delta``; mastered samples are left out of the next epoch's backward pass.
+    The set is recomputed at every :meth:`step`, so a sample whose loss moves again
+    comes back. ``delta=0`` never masters anything (the baseline).
+
+    Rules for unusual input (see ``docs/semantics.md``):
+
+    * one loss per sample per epoch is recorded: the largest of that epoch's
+      observations (duplicate indices in a batch, or two passes);
+    * a non-finite loss discards the sample's history (it is kept and must collect
+      ``order + window`` fresh losses) and is counted in ``stats()["nonfinite_total"]``;
+    * a sample not observed in an epoch keeps its previous decision (this is how
+      ``score_every > 1`` skips re-scoring mastered samples);
+    * an empty batch is a no-op.
+
+    Memory: ``4·(order+window) + 2`` bytes per sample on device.
+    """
+
+    VERSION = 1
+
+    def __init__(
+        self,
+        num_samples: int,
+        delta: float = 1e-3,
+        order: int = 2,
+        window: int = 3,
+        device=None,
+        *,
+        score_every: int = 1,
+        backend: str = "auto",
+        distributed: bool = True,
+    ):
+        super().__init__(num_samples, device, backend)
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        _check_positive_int("window", window)
+        if order + window > 120:
+            raise ValueError(f"order + window must be at most 120, got {order + window}")
+        if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not math.isfinite(delta) or delta < 0:
+            raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+        self.delta = float(delta)
+        self.order = order
+        self.window = window
+        self.score_every = _check_positive_int("score_every", score_every)
+        self.distributed = distributed
+        self.removal_enabled = True
+        L = order + window
+        self.hist = torch.full((num_samples, L), NOT_SEEN, dtype=torch.float32, device=self.device)
+        self.count = torch.zeros(num_samples, dtype=torch.uint8, device=self.device)
+        self.mastered = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
+        self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
+        self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
+        self._pending_scored = torch.zeros(1, dtype=torch.int64, device=self.device)
+
+    @property
+    def history_length(self) -> int:
+        return self.order + self.window
+
+    def _op(self, name: str) -> str:
+        return _backend.resolve(self.backend, self.device, name)
+
+    # ---- recording -------------------------------------------------------------------
+    def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
+        """Record one loss per sample for this epoch. ``per_sample_loss`` is ``[B]``;
+        ``index`` holds the samples' dataset indices. ``scoring=True`` marks a
+        forward-only scoring pass (counted in ``stats()["scored_total"]``).
+        No host synchronisation on CUDA."""
+        if not isinstance(per_sample_loss, torch.Tensor):
+            raise TypeError(f"per_sample_loss must be a torch.Tensor, got {type(per_sample_loss).__name__}")
+        if per_sample_loss.dim() != 1:
+            raise ValueError(f"per_sample_loss must be 1-D [B], got shape {tuple(per_sample_loss.shape)}")
+        if not per_sample_loss.is_floating_point():
+            raise TypeError(f"per_sample_loss must be floating point, got {per_sample_loss.dtype}")
+        index = self._index(index, per_sample_loss.numel())
+        if per_sample_loss.numel() == 0:
+            return
+        loss = per_sample_loss.detach().to(self.device, non_blocking=True)
+        dispatch.record(self._op("record"), self.hist, self.count, loss, index)
+        if scoring:
+            self._pending_scored += index.numel()
+
+    # ---- epoch end -------------------------------------------------------------------
+    def step(self) -> None:
+        """Close the epoch: fold in its losses and decide the mastered set for the next
+        epoch. Under an initialised process group the ranks first merge what they
+        recorded (one all-reduce of ``num_samples`` fp32 values)."""
+        self._report_deferred_errors()
+        self._merge_ranks()
+        if self.removal_enabled:
+            self.totals[TOTALS.index("backward_saved")] += self.mastered.sum()
+        self.totals[TOTALS.index("sample_epochs")] += self.num_samples
+        self.totals[TOTALS.index("scored")] += self._pending_scored[0]
+        self._pending_scored.zero_()
+        stats = dispatch.close_epoch(self._op("close_epoch"), self.hist, self.count, self.mastered, self.order, self.delta)
+        self.last.copy_(stats)
+        self.totals[TOTALS.index("nonfinite")] += stats[EPOCH_STATS.index("nonfinite")]
+        self.totals[TOTALS.index("reincluded")] += stats[EPOCH_STATS.index("reincluded")]
+        self.epoch += 1
+        self._invalidate()
+
+    def _merge_ranks(self) -> None:
+        if not (self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        L = self.history_length
+        slot = (self.count.long() % L).unsqueeze(1)
+        current = self.hist.gather(1, slot).squeeze(1)
+        dist.all_reduce(current, op=dist.ReduceOp.MAX)
+        self.hist.scatter_(1, slot, current.unsqueeze(1))
+        dist.all_reduce(self._pending_scored, op=dist.ReduceOp.SUM)
+
+    # ---- the decision ----------------------------------------------------------------
+    def mastered_mask(self) -> torch.Tensor:
+        """bool ``[num_samples]`` on the selector's device: samples mastered at the last
+        ``step()`` (left out of the next epoch's backward pass while removal is enabled)."""
+        return self.mastered
+
+    def removed_mask(self) -> torch.Tensor:
+        if not self.removal_enabled:
+            return torch.zeros_like(self.mastered)
+        return self.mastered
+
+    def set_removal(self, enabled: bool) -> None:
+        """Turn removal off (annealing: the last epochs on the full data) or back on.
+        Losses are still recorded and the mastered set still updated."""
+        self.removal_enabled = bool(enabled)
+        self._invalidate()
+
+    def needs_scoring(self) -> bool:
+        """Whether this epoch's scoring pass over mastered samples should run
+        (every ``score_every`` epochs)."""
+        return self.removal_enabled and self.epoch % self.score_every == 0
+
+    # ---- reporting -------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Counters as Python numbers (reads them from the device: call once per epoch)."""
+        last = dict(zip(EPOCH_STATS, self.last.tolist()))
+        totals = dict(zip(TOTALS, self.totals.tolist()))
+        removed = int(self.removed_mask().sum())
+        return {
+            "epoch": self.epoch,
+            "num_samples": self.num_samples,
+            "kept": self.num_samples - removed,
+            "mastered": last["mastered"],
+            "removed": removed,
+            "reincluded": last["reincluded"],
+            "newly_mastered": last["newly_mastered"],
+            "observed": last["observed"],
+            "eligible": last["eligible"],
+            "nonfinite": last["nonfinite"],
+            "nonfinite_total": totals["nonfinite"],
+            "reincluded_total": totals["reincluded"],
+            "backward_saved": totals["backward_saved"],
+            "backward_saved_fraction": totals["backward_saved"] / totals["sample_epochs"] if totals["sample_epochs"] else 0.0,
+            "scored_total": totals["scored"],
+            "removal_enabled": self.removal_enabled,
+        }
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "kind": "IES",
+            "version": self.VERSION,
+            "num_samples": self.num_samples,
+            "order": self.order,
+            "window": self.window,
+            "delta": self.delta,
+            "score_every": self.score_every,
+            "epoch": self.epoch,
+            "removal_enabled": self.removal_enabled,
+            "hist": self.hist.clone(),
+            "count": self.count.clone(),
+            "mastered": self.mastered.clone(),
+            "totals": self.totals.clone(),
+            "last": self.last.clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._check_state(
+            state, "IES", self.VERSION, {"num_samples": self.num_samples, "order": self.order, "window": self.window}
+        )
+        L = self.history_length
+        expected = {
+            "hist": ((self.num_samples, L), torch.float32),
+            "count": ((self.num_samples,), torch.uint8),
+            "mastered": ((self.num_samples,), torch.bool),
+            "totals": ((len(TOTALS),), torch.int64),
+            "last": ((len(EPOCH_STATS),), torch.int64),
+        }
+        for name, (shape, dtype) in expected.items():
+            t = state.get(name)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(f"state_dict[{name!r}] must be a {dtype} tensor of shape {shape}")
+        for name in expected:
+            getattr(self, name).copy_(state[name].to(self.device))
+        self.delta = float(state["delta"])
+        self.score_every = int(state["score_every"])
+        self.epoch = int(state["epoch"])
+        self.removal_enabled = bool(state["removal_enabled"])
+        self._pending_scored.zero_()
+        self._invalidate()
+
+    def to(self, device) -> "IES":
+        """Move the state to ``device`` (returns ``self``)."""
+        self.device = torch.device(device)
+        for name in ("hist", "count", "mastered", "totals", "last", "_pending_scored", "_deferred_errors"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        self._invalidate()
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"IES(num_samples={self.num_samples}, delta={self.delta}, order={self.order}, "
+            f"window={self.window}, device={self.device}, backend={self.backend!r})"
+        )

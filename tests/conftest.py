@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+# Triton kernels run on CPU tensors only in interpreter mode; it must be set
+# before triton is imported anywhere.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng():
+    return torch.Generator().manual_seed(1234)
