@@ -35,16 +35,55 @@ class Selector:
         if backend not in _backend.BACKENDS:
             raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
         self.backend = backend
+        self.removal_enabled = True
         self._kept_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._kept_list: Optional[torch.Tensor] = None
         # observations dropped because of a bad index/target on a CUDA tensor,
         # reported (raised) at the next step(): checking them eagerly would sync.
         self._deferred_errors = torch.zeros(2, dtype=torch.int64, device=self.device)
 
-    # ---- the mask and the index list -------------------------------------------------
+    # ---- what the training loop asks of every selector ---------------------------------
+    def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
+        """Record this epoch's per-sample losses (no host sync)."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Close the epoch and decide the next epoch's kept set."""
+        raise NotImplementedError
+
     def removed_mask(self) -> torch.Tensor:
         """bool ``[num_samples]``: samples left out of the next training pass."""
         raise NotImplementedError
+
+    def loss_weights(self, index: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-row weights for the training loss of the samples ``index`` (``None``: all 1).
+        InfoBatch rescales kept low-loss samples; IES does not."""
+        return None
+
+    def needs_scoring(self) -> bool:
+        """Whether a forward-only scoring pass over :meth:`scoring_mask` should run this epoch."""
+        return False
+
+    def scoring_mask(self) -> torch.Tensor:
+        """bool ``[num_samples]``: samples the scoring pass should forward (the removed ones)."""
+        return self.removed_mask()
+
+    def set_removal(self, enabled: bool) -> None:
+        """Turn removal off (annealing: the last epochs on the full data) or back on.
+        Losses are still recorded and decisions still updated."""
+        self.removal_enabled = bool(enabled)
+        self._invalidate()
+
+    def stats(self) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    # ---- the mask and the index list -------------------------------------------------
 
     def kept_mask(self) -> torch.Tensor:
         return ~self.removed_mask()

@@ -66,7 +66,6 @@ class IES(Selector):
         self.window = window
         self.score_every = _check_positive_int("score_every", score_every)
         self.distributed = distributed
-        self.removal_enabled = True
         L = order + window
         self.hist = torch.full((num_samples, L), NOT_SEEN, dtype=torch.float32, device=self.device)
         self.count = torch.zeros(num_samples, dtype=torch.uint8, device=self.device)
@@ -141,12 +140,6 @@ class IES(Selector):
         if not self.removal_enabled:
             return torch.zeros_like(self.mastered)
         return self.mastered
-
-    def set_removal(self, enabled: bool) -> None:
-        """Turn removal off (annealing: the last epochs on the full data) or back on.
-        Losses are still recorded and the mastered set still updated."""
-        self.removal_enabled = bool(enabled)
-        self._invalidate()
 
     def needs_scoring(self) -> bool:
         """Whether this epoch's scoring pass over mastered samples should run
