@@ -65,6 +65,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     sample_weight: Optional[torch.Tensor] = None,
+    scoring: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Cross-entropy with ``F.cross_entropy``'s meaning (``ignore_index``,
@@ -73,7 +74,9 @@ def cross_entropy(
     With a ``selector`` and the samples' dataset ``index``, each row's loss (as
     computed, smoothing included; ignored rows excepted) is recorded for the
     epoch, in the same kernel pass on the Triton path. ``sample_weight`` multiplies
-    each row's loss before the reduction (InfoBatch's rescaling). No host sync on CUDA.
+    each row's loss before the reduction (InfoBatch's rescaling). ``scoring=True``
+    marks a forward-only scoring pass (counted in the selector's ``scored_total``).
+    No host sync on CUDA.
     """
     _check_inputs(logits, target, ignore_index, label_smoothing, reduction, sample_weight)
     if selector is not None and index is None:
@@ -83,6 +86,8 @@ def cross_entropy(
     if selector is not None:
         recorded = selector._index(index, logits.shape[0])
         recorded = torch.where(target.to(recorded.device) == ignore_index, torch.full_like(recorded, -1), recorded)
+        if scoring:
+            selector._pending_scored += logits.shape[0]
 
     op = _backend.resolve(backend, logits.device, "cross_entropy")
     if op == "triton" and logits.dtype != torch.float64 and (selector is None or selector.device == logits.device):
