@@ -41,6 +41,8 @@ class Selector:
         # observations dropped because of a bad index/target on a CUDA tensor,
         # reported (raised) at the next step(): checking them eagerly would sync.
         self._deferred_errors = torch.zeros(2, dtype=torch.int64, device=self.device)
+        # forward-only scoring samples seen since the last step() (folded into stats there)
+        self._pending_scored = torch.zeros(1, dtype=torch.int64, device=self.device)
 
     # ---- what the training loop asks of every selector ---------------------------------
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:

@@ -72,7 +72,6 @@ class IES(Selector):
         self.mastered = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
         self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
-        self._pending_scored = torch.zeros(1, dtype=torch.int64, device=self.device)
 
     @property
     def history_length(self) -> int:
