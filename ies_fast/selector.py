@@ -52,8 +52,14 @@ class IES(Selector):
         score_every: int = 1,
         backend: str = "auto",
         distributed: bool = True,
+        num_exits: int = 1,
+        exit_reduction: str = "mean",
+        exit_weights=None,
     ):
         super().__init__(num_samples, device, backend)
+        from .multi_exit import check_exit_config
+
+        self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         _check_positive_int("window", window)
@@ -72,6 +78,13 @@ class IES(Selector):
         self.mastered = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
         self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
+        if self.exit_reduction == "per_exit":
+            # one history and decision per (sample, exit): the behaviour lives in
+            # ies_fast/multi_exit.py (PerExitIES overrides observe/step/stats/state_dict)
+            from .multi_exit import PerExitIES
+
+            self.__class__ = PerExitIES
+            self._init_per_exit()
 
     @property
     def history_length(self) -> int:
@@ -85,9 +98,12 @@ class IES(Selector):
         """Record one loss per sample for this epoch. ``per_sample_loss`` is ``[B]``;
         ``index`` holds the samples' dataset indices. ``scoring=True`` marks a
         forward-only scoring pass (counted in ``stats()["scored_total"]``).
+        With ``num_exits=H`` the losses are ``[B, H]``, reduced to ``[B]`` by
+        ``exit_reduction`` (see ``ies_fast/multi_exit.py``).
         No host synchronisation on CUDA."""
         if not isinstance(per_sample_loss, torch.Tensor):
             raise TypeError(f"per_sample_loss must be a torch.Tensor, got {type(per_sample_loss).__name__}")
+        per_sample_loss = self._reduce_exits(per_sample_loss)
         if per_sample_loss.dim() != 1:
             raise ValueError(f"per_sample_loss must be 1-D [B], got shape {tuple(per_sample_loss.shape)}")
         if not per_sample_loss.is_floating_point():
@@ -99,6 +115,20 @@ class IES(Selector):
         dispatch.record(self._op("record"), self.hist, self.count, loss, index)
         if scoring:
             self._pending_scored += index.numel()
+
+    def _reduce_exits(self, per_sample_loss: torch.Tensor) -> torch.Tensor:
+        if self.num_exits == 1 and per_sample_loss.dim() == 1:
+            return per_sample_loss
+        from .multi_exit import reduce_exits
+
+        return reduce_exits(per_sample_loss, self.num_exits, self.exit_reduction, self.exit_weights)
+
+    def exit_mask(self, index: torch.Tensor) -> torch.Tensor:
+        """bool ``[B, num_exits]``: True where a (sample, exit) loss term is kept. Outside
+        ``exit_reduction="per_exit"`` every exit follows its sample's decision."""
+        index = self._index(index, index.numel() if isinstance(index, torch.Tensor) else -1)
+        kept = ~self.removed_mask().index_select(0, torch.where(index < 0, torch.zeros_like(index), index))
+        return (kept | (index < 0)).unsqueeze(1).expand(-1, self.num_exits)
 
     # ---- epoch end -------------------------------------------------------------------
     def step(self) -> None:
