@@ -13,3 +13,9 @@ from .selector import IES
 
 __all__ = ["IES", "Selector", "ReferenceCriterion", "backend_info", "cross_entropy", "instability_score"]
 __version__ = "0.1.0"
+from .infobatch import InfoBatch
+from .random_removal import RandomRemoval
+from .stopper import PatienceStopper, all_mastered
+from .multi_exit import MultiExitResNet, multi_exit_loss, per_exit_cross_entropy
+
+__all__ += ["InfoBatch", "RandomRemoval", "PatienceStopper", "all_mastered", "MultiExitResNet", "multi_exit_loss", "per_exit_cross_entropy"]
