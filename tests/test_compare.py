@@ -1,0 +1,79 @@
+"""ies_fast.train.compare with a stand-in train(): the runs, the matching of random
+removal to IES's savings, the table and the plot."""
+import argparse
+import dataclasses
+import json
+
+import pytest
+
+from ies_fast.train import compare as cmp
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    dataset: str = "digits"
+    epochs: int = 3
+    seed: int = 0
+    selector: str = "ies"
+    random_ratio: float = 0.3
+
+
+def fake_train(calls):
+    saved = {"none": 0.0, "ies": 0.4, "infobatch": 0.3}
+
+    def train(config):
+        calls.append(config)
+        s = saved.get(config.selector, config.random_ratio)
+        return {"test_acc": 0.9 - 0.01 * config.seed - 0.05 * s, "backward_saved_fraction": s,
+                "wall_time_s": 10.0 * (1 - s) + config.seed}
+
+    return train
+
+
+def test_compare_runs_every_selector_and_seed_and_matches_random_to_ies():
+    calls = []
+    rows = cmp.compare(FakeConfig(), seeds=(0, 1), train_fn=fake_train(calls))
+    assert [(r["selector"], r["seed"]) for r in rows] == [
+        (s, seed) for s in ("none", "ies", "infobatch", "random") for seed in (0, 1)
+    ]
+    assert calls[0].selector == "ies", "IES runs first so random removal can be matched"
+    random_rows = [r for r in rows if r["selector"] == "random"]
+    assert all(r["random_ratio"] == 0.4 and r["backward_saved"] == 0.4 for r in random_rows)
+    assert all(c.epochs == 3 and c.dataset == "digits" for c in calls)
+    rows = cmp.compare(FakeConfig(), selectors=["random"], seeds=[0], train_fn=fake_train([]))
+    assert rows[0]["random_ratio"] == 0.3, "without IES the config's ratio is used"
+
+
+def test_table_and_plot(tmp_path):
+    rows = cmp.compare(FakeConfig(), seeds=(0, 1, 2), train_fn=fake_train([]))
+    table = cmp.format_table(rows)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 4
+    assert lines[2].startswith("baseline") and "IES" in lines[3] and "InfoBatch" in lines[4] and "random removal" in lines[5]
+    # baseline: acc mean 0.89 sd 0.01; time mean 11
+    assert "89.00 ± 1.00" in lines[2] and "11.00 ± 1.00" in lines[2] and "1.00x" in lines[2]
+    agg = {a["selector"]: a for a in cmp.aggregate(rows)}
+    assert agg["ies"]["speedup"] == pytest.approx(11.0 / 7.0)
+    assert agg["ies"]["backward_saved"] == pytest.approx(0.4)
+    path = cmp.plot(rows, str(tmp_path / "cmp.png"))
+    assert (tmp_path / "cmp.png").stat().st_size > 1000 and path.endswith("cmp.png")
+
+
+def test_run_prints_table_and_writes_files(tmp_path):
+    parser = argparse.ArgumentParser()
+    cmp.add_arguments(parser)
+    args = parser.parse_args(["--selectors", "none", "ies", "--seeds", "0", "--plot", str(tmp_path / "p.png"),
+                              "--json", str(tmp_path / "rows.json")])
+    out = []
+    rows = cmp.run(args, FakeConfig(), train_fn=fake_train([]), print_fn=out.append)
+    assert len(rows) == 2 and any("backward saved" in o for o in out)
+    assert json.loads((tmp_path / "rows.json").read_text())[1]["selector"] == "ies"
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="selectors"):
+        cmp.compare(FakeConfig(), selectors=["greedy"], train_fn=fake_train([]))
+    with pytest.raises(ValueError, match="seeds"):
+        cmp.compare(FakeConfig(), seeds=[], train_fn=fake_train([]))
+    with pytest.raises(KeyError, match="accuracy"):
+        cmp.compare(FakeConfig(), selectors=["none"], seeds=[0], train_fn=lambda c: {"loss": 1.0})
