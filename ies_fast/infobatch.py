@@ -114,6 +114,13 @@ class InfoBatch(Selector):
         if not per_sample_loss.is_floating_point():
             raise TypeError(f"per_sample_loss must be floating point, got {per_sample_loss.dtype}")
         index = self._index(index, per_sample_loss.numel())
+        self._record(per_sample_loss, index)
+        if scoring:
+            self._pending_scored += index.numel()
+
+    def _record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
+        """Record already-checked losses; ``index`` is int64 on the device, rows with
+        ``index < 0`` are skipped (the hook ``ies_fast.cross_entropy`` can use)."""
         if per_sample_loss.numel() == 0:
             return
         loss = per_sample_loss.detach().to(self.device, torch.float32, non_blocking=True)
@@ -121,8 +128,6 @@ class InfoBatch(Selector):
         self.totals[TOTALS.index("nonfinite")] += (~finite).sum()
         slot = torch.where((index < 0) | ~finite, torch.full_like(index, self.num_samples), index)
         self._fresh.scatter_reduce_(0, slot, torch.where(finite, loss, torch.full_like(loss, -math.inf)), "amax")
-        if scoring:
-            self._pending_scored += index.numel()
 
     # ---- epoch end -------------------------------------------------------------------
     def step(self) -> None:

@@ -47,6 +47,9 @@ class RandomRemoval(Selector):
         if scoring:
             self._pending_scored += index.numel()
 
+    def _record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
+        """Already-checked losses (the hook ``ies_fast.cross_entropy`` can use): ignored."""
+
     def step(self) -> None:
         """Close the epoch and draw the next epoch's removed set."""
         self._report_deferred_errors()

@@ -185,3 +185,12 @@ def test_interface_and_errors():
         InfoBatch(5, 4).load_state_dict(sel.state_dict())
     with pytest.raises(ValueError, match="InfoBatch"):
         sel.load_state_dict({"kind": "IES"})
+
+
+def test_record_hook_skips_negative_rows():
+    """``_record`` takes checked indices where -1 marks rows to skip (ignored targets)."""
+    sel = InfoBatch(4, 10)
+    sel._record(torch.tensor([0.5, 9.0, 0.25]), torch.tensor([1, -1, 3]))
+    sel.step()
+    assert sel.scores.tolist()[:4] == [INITIAL_SCORE, 0.5, INITIAL_SCORE, 0.25]
+    assert sel.stats()["nonfinite_total"] == 0
