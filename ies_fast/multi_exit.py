@@ -54,10 +54,25 @@ def check_exit_config(num_exits, exit_reduction, exit_weights) -> tuple:
     return num_exits, exit_reduction, weights
 
 
+_WEIGHTS_CACHE: dict = {}
+
+
 def _weights_tensor(weights: Optional[Sequence[float]], num_exits: int, like: torch.Tensor) -> torch.Tensor:
+    """Exit weights as a tensor on ``like``'s device and dtype, cached so a training
+    step does not copy them from the host each time."""
     if weights is None:
         return torch.ones(num_exits, dtype=like.dtype, device=like.device)
-    return torch.tensor(weights, dtype=like.dtype).to(like.device, non_blocking=True)
+    if isinstance(weights, torch.Tensor):
+        if weights.shape != (num_exits,):
+            raise ValueError(f"exit_weights must have shape ({num_exits},), got {tuple(weights.shape)}")
+        return weights.to(like.device, like.dtype, non_blocking=True)
+    key = (tuple(float(w) for w in weights), like.device, like.dtype)
+    t = _WEIGHTS_CACHE.get(key)
+    if t is None:
+        if len(_WEIGHTS_CACHE) > 64:
+            _WEIGHTS_CACHE.clear()
+        t = _WEIGHTS_CACHE[key] = torch.tensor(key[0], dtype=like.dtype, device=like.device)
+    return t
 
 
 def check_losses(per_exit_losses: torch.Tensor, num_exits: int) -> torch.Tensor:

@@ -99,6 +99,7 @@ def test_multi_exit_loss_normalisation():
         keep[0, 0] = True
         w = torch.rand(H, generator=gen) + 0.1
         got = multi_exit_loss(L, keep, w.tolist())
+        torch.testing.assert_close(multi_exit_loss(L, keep, w), got)
         want = (L * keep * w).sum() / (keep * w).sum()
         torch.testing.assert_close(got, want)
         # nothing masked, equal weights: mean over exits of each exit's batch mean
