@@ -194,3 +194,13 @@ def test_record_hook_skips_negative_rows():
     sel.step()
     assert sel.scores.tolist()[:4] == [INITIAL_SCORE, 0.5, INITIAL_SCORE, 0.25]
     assert sel.stats()["nonfinite_total"] == 0
+
+
+def test_scores_equal_to_the_mean_are_not_well_learned():
+    """Strictly below the mean: unobserved samples keep 3.0, here exactly the mean."""
+    sel = InfoBatch(4, 10, prune_ratio=0.5, seed=0)
+    assert not sel.well_learned_mask().any(), "all scores tie before any loss"
+    sel.observe(torch.tensor([1.0, 5.0]), torch.tensor([0, 3]))
+    sel.step()
+    assert sel.well_learned_mask().tolist() == [True, False, False, False]
+    assert int(sel.removed_mask().sum()) == 1 - int(0.5 * 1)
