@@ -1,0 +1,199 @@
+"""Kernel throughput: per-sample cross-entropy + ring write + Δ^N test.
+
+Variants, all doing the same work on the same inputs in the same run:
+
+* ``fused_triton``: ``ies_fast.cross_entropy(..., selector=sel, backend="triton")``
+  (CUDA, or CPU under ``TRITON_INTERPRET=1`` only: interpreted Triton is far too
+  slow to time meaningfully);
+* ``torch_eager``: ``F.cross_entropy(reduction="none")``, then the ring write
+  (``ies_fast.ops.ring.record_torch``) and the Δ^N test of the batch's rows as
+  separate torch ops;
+* ``torch_compile``: the same function under ``torch.compile``;
+* ``native_record``: ``F.cross_entropy`` + the native ring write (``ies_fast._C``),
+  where it is built;
+* ``liger``: Liger-Kernel's fused cross-entropy + the torch ring write and test,
+  where ``liger_kernel`` is installed.
+
+Bytes moved (the same for every variant, the minimum any implementation must
+move): logits read (+ gradient write for forward+backward), targets and indices
+(int64), and per row the ring row read, one slot write and the count byte.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import benchutil
+from ies_fast import IES, backend
+from ies_fast.ops.ring import chronological, difference_score, record_torch
+
+VARIANTS = ("fused_triton", "torch_eager", "torch_compile", "native_record", "liger")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SHAPES = {
+    "small": {"N": (4096,), "C": (10, 1000)},
+    "gpu": {"N": (4096, 65536), "C": (10, 100, 1000, 32768, 131072)},
+}
+DELTA = 1e-3
+
+
+def pytest_generate_tests(metafunc):
+    if "case" not in metafunc.fixturenames:
+        return
+    size = metafunc.config.getoption("size")
+    params = []
+    for n in SHAPES[size]["N"]:
+        for c in SHAPES[size]["C"]:
+            for dtype in DTYPES:
+                for direction in ("fwd", "fwdbwd"):
+                    for variant in VARIANTS:
+                        params.append(
+                            pytest.param(
+                                (variant, n, c, dtype, direction),
+                                id=f"{variant}-N{n}-C{c}-{dtype}-{direction}",
+                                marks=benchutil.size_marks(size),
+                            )
+                        )
+    metafunc.parametrize("case", params)
+
+
+def bytes_moved(n: int, c: int, elem: int, direction: str, history: int) -> int:
+    logits = n * c * elem * (2 if direction == "fwdbwd" else 1)
+    return logits + n * 8 * 2 + n * (4 * history + 4 + 1)
+
+
+def ring_and_test(losses, index, hist, count, order: int):
+    """Ring write of the batch's losses, then the Δ^N test of those rows (torch ops)."""
+    record_torch(hist, count, losses.detach(), index)
+    rows = hist.index_select(0, index)
+    seen = count.index_select(0, index).long() + 1  # counting the slot just written
+    score = difference_score(chronological(rows, seen), order)
+    return (seen >= hist.shape[1]) & (score < DELTA)
+
+
+def eager_loss(logits, target, index, hist, count, order: int):
+    losses = F.cross_entropy(logits.float(), target, reduction="none")
+    return losses, ring_and_test(losses, index, hist, count, order)
+
+
+def native_loss(logits, target, index, hist, count, order: int):
+    losses = F.cross_entropy(logits.float(), target, reduction="none")
+    torch.ops.ies_fast.record(hist, count, losses.detach(), index)
+    return losses, None
+
+
+def liger_loss_fn():
+    from liger_kernel.transformers.functional import liger_cross_entropy
+
+    def liger_loss(logits, target, index, hist, count, order: int):
+        losses = liger_cross_entropy(logits, target, reduction="none").float()
+        return losses, ring_and_test(losses, index, hist, count, order)
+
+    return liger_loss
+
+
+def unavailable(variant: str, dev: torch.device):
+    """Why ``variant`` cannot run here, or ``None``."""
+    if variant == "fused_triton":
+        if importlib.util.find_spec("ies_fast.kernels.cross_entropy") is None:
+            return "ies_fast.kernels.cross_entropy not present yet"
+        if not backend.triton_usable(dev):
+            return "Triton needs CUDA here (on CPU only under TRITON_INTERPRET=1, too slow to time)"
+    if variant == "native_record" and not backend.native_usable(dev):
+        return f"native extension not built for {dev.type}"
+    if variant == "liger" and importlib.util.find_spec("liger_kernel") is None:
+        return "liger_kernel not installed"
+    if variant == "liger" and dev.type != "cuda":
+        return "Liger kernels need CUDA"
+    return None
+
+
+def peak_bytes(variant: str, n: int, c: int, elem: int, direction: str) -> int:
+    if variant == "fused_triton":
+        return n * c * elem * (2 if direction == "fwdbwd" else 1)
+    per = elem + 4 + (4 if elem != 4 else 0)  # logits, fp32 log-softmax, fp32 copy
+    if direction == "fwdbwd":
+        per += 4 + elem  # fp32 gradient and the gradient in the logits' dtype
+    return n * c * per
+
+
+def make_op(variant, direction, logits, target, index, sel):
+    """One operation of ``variant``: a zero-argument callable."""
+    hist, count, order = sel.hist, sel.count, sel.order
+    if variant == "fused_triton":
+        import ies_fast
+
+        reduction = "mean" if direction == "fwdbwd" else "none"
+
+        def fused():
+            return ies_fast.cross_entropy(logits, target, index, selector=sel, backend="triton", reduction=reduction)
+
+        fn = fused
+    else:
+        base = {"torch_eager": eager_loss, "native_record": native_loss}.get(variant)
+        if variant == "torch_compile":
+            torch._dynamo.reset()  # fresh cache per case: no recompile limit, no dynamic shapes
+            base = torch.compile(eager_loss)
+        elif variant == "liger":
+            base = liger_loss_fn()
+
+        def fn():
+            losses, _ = base(logits, target, index, hist, count, order)
+            return losses.mean() if direction == "fwdbwd" else losses
+
+    if direction == "fwd":
+        def op():
+            with torch.no_grad():
+                return fn()
+    else:
+        def op():
+            logits.grad = None
+            fn().backward()
+    return op
+
+
+def test_kernel_throughput(benchmark, case, dev, copy_gbps):
+    variant, n, c, dtype_name, direction = case
+    why = unavailable(variant, dev)
+    if why:
+        pytest.skip(why)
+    dtype = DTYPES[dtype_name]
+    elem = torch.finfo(dtype).bits // 8
+    benchutil.skip_unless_fits(dev, peak_bytes(variant, n, c, elem, direction))
+
+    gen = torch.Generator(device=dev).manual_seed(n + c)
+    sel = IES(2 * n, delta=DELTA, device=dev)
+    sel.hist.uniform_(0.1, 2.0, generator=gen)  # every row eligible, real arithmetic in the test
+    sel.count.fill_(sel.history_length)
+    logits = (torch.randn(n, c, device=dev, generator=gen) * 2).to(dtype)
+    logits.requires_grad_(direction == "fwdbwd")
+    target = torch.randint(0, c, (n,), device=dev, generator=gen)
+    index = torch.randperm(2 * n, device=dev, generator=gen)[:n]
+
+    moved = bytes_moved(n, c, elem, direction, sel.history_length)
+    reps = benchutil.reps_for(dev, moved / (copy_gbps * 1e9))
+    op = make_op(variant, direction, logits, target, index, sel)
+    try:
+        op()  # warm-up: compiles / autotunes outside the timing
+        benchutil.sync(dev)
+
+        def run():
+            for _ in range(reps):
+                op()
+            benchutil.sync(dev)
+
+        benchmark(run)
+    except torch.cuda.OutOfMemoryError:
+        pytest.skip("out of device memory")
+
+    seconds = benchutil.per_call_seconds(benchmark, reps)
+    fields = dict(
+        bench="kernel", variant=variant, N=n, C=c, dtype=dtype_name, direction=direction, reps=reps,
+        bytes_moved=moved, copy_gbps=copy_gbps, device=benchutil.env_info()["device"],
+    )
+    if seconds is not None:
+        gbps = moved / seconds / 1e9
+        fields.update(time_s=seconds, gbps=gbps, copy_fraction=gbps / copy_gbps)
+    benchutil.attach(benchmark, **fields)

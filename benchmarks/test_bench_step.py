@@ -1,0 +1,111 @@
+"""``IES.step()`` (close the epoch: fold in the losses, Δ^N test, new mastered set)
+for each available backend, and a Python-loop implementation for scale.
+
+Each timed round is preceded (untimed) by one epoch of observations for every
+sample, half of them on a plateau so the mastered set is non-trivial. The
+Python loop is timed at the size named in its result (``N``), never extrapolated.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+import benchutil
+from ies_fast import IES, backend
+from python_loop import PythonLoopIES
+
+BACKENDS = ("torch", "native", "triton")
+SIZES = {"small": (50_000, 1_280_000), "gpu": (1_280_000,)}
+LOOP_SIZES = {"small": (50_000,), "gpu": (1_280_000,)}
+ROUNDS = {"small": 5, "gpu": 20}
+DELTA = 1e-3
+
+
+def pytest_generate_tests(metafunc):
+    size = metafunc.config.getoption("size")
+    marks = benchutil.size_marks(size)
+    if "step_case" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "step_case",
+            [pytest.param((b, n), id=f"{b}-N{n}", marks=marks) for n in SIZES[size] for b in BACKENDS],
+        )
+    if "loop_n" in metafunc.fixturenames:
+        metafunc.parametrize("loop_n", [pytest.param(n, id=f"N{n}", marks=marks) for n in LOOP_SIZES[size]])
+
+
+def backend_unavailable(name: str, dev: torch.device, n: int):
+    if name == "native" and not backend.native_usable(dev):
+        return f"native extension not built for {dev.type}"
+    if name == "triton":
+        if importlib.util.find_spec("ies_fast.kernels.ring") is None:
+            return "ies_fast.kernels.ring not present yet"
+        if not backend.triton_usable(dev):
+            return "Triton needs CUDA here (on CPU only under TRITON_INTERPRET=1)"
+        if dev.type == "cpu" and n > 50_000:
+            return "interpreted Triton: only the smallest size"
+    return None
+
+
+def epoch_losses(n: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+    """Half the samples sit on a plateau (|Δ| ~ 1e-5 < δ), half jump around."""
+    noise = torch.rand(n, device=dev, generator=gen)
+    settled = 0.5 + noise * 1e-5
+    moving = noise * 2 + 0.1
+    return torch.where(torch.arange(n, device=dev) % 2 == 0, settled, moving)
+
+
+def test_step(benchmark, step_case, dev, size):
+    name, n = step_case
+    why = backend_unavailable(name, dev, n)
+    if why:
+        pytest.skip(why)
+    sel = IES(n, delta=DELTA, device=dev, backend=name)
+    gen = torch.Generator(device=dev).manual_seed(n)
+    index = torch.arange(n, device=dev)
+    def observe_epoch():
+        sel.observe(epoch_losses(n, gen, dev), index)
+        benchutil.sync(dev)
+
+    for _ in range(sel.history_length):  # fill the ring: everyone eligible
+        observe_epoch()
+        sel.step()
+
+    def step():
+        sel.step()
+        benchutil.sync(dev)
+
+    benchmark.pedantic(step, setup=observe_epoch, rounds=benchutil.rounds(ROUNDS[size]), warmup_rounds=1)
+    seconds = benchutil.per_call_seconds(benchmark)
+    fields = dict(bench="step", variant=f"IES.step[{name}]", N=n, mastered=int(sel.mastered.sum()),
+                  device=benchutil.env_info()["device"])
+    if seconds is not None:
+        fields["time_s"] = seconds
+    benchutil.attach(benchmark, **fields)
+
+
+def test_python_loop_step(benchmark, loop_n, size):
+    """Per-sample Python loop (CPU, whatever the device), timed at ``loop_n`` samples."""
+    rng = np.random.default_rng(loop_n)
+    ref = PythonLoopIES(loop_n, delta=DELTA)
+    indices = list(range(loop_n))
+    def observe_epoch():
+        noise = rng.random(loop_n)
+        settled = 0.5 + noise * 1e-5
+        losses = np.where(np.arange(loop_n) % 2 == 0, settled, noise * 2 + 0.1).tolist()
+        ref.observe(losses, indices)
+
+    for _ in range(ref.order + ref.window):
+        observe_epoch()
+        ref.step()
+
+    rounds = benchutil.rounds(3 if loop_n <= 100_000 else 1)
+    benchmark.pedantic(ref.step, setup=observe_epoch, rounds=rounds)
+    seconds = benchutil.per_call_seconds(benchmark)
+    fields = dict(bench="step", variant="python_loop", N=loop_n, mastered=len(ref.mastered),
+                  device=benchutil.env_info()["cpu"] + " (Python)")
+    if seconds is not None:
+        fields["time_s"] = seconds
+    benchutil.attach(benchmark, **fields)
