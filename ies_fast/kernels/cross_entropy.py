@@ -131,7 +131,7 @@ def _ce_backward_kernel(
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         in_c = cols[None, :] < C
-        x = tl.load(base + cols[None, :], mask=active[:, None] & in_c, other=0.0).to(tl.float32)
+        x = tl.load(base + cols[None, :], mask=active[:, None] & in_c, other=float("-inf")).to(tl.float32)
         p = tl.exp((x - m[:, None]) - log_d[:, None])
         grad = p - eps / C - tl.where(cols[None, :] == t[:, None], 1.0 - eps, 0.0)
         grad = tl.where(active[:, None], grad * g[:, None], 0.0)

@@ -1,0 +1,178 @@
+"""Triton ring record / close_epoch against the plain-torch ops, and IES(backend='triton')
+against the torch backend and the reference criterion."""
+import math
+
+import pytest
+import torch
+
+from ies_fast import IES
+from ies_fast.kernels.ring import close_epoch_triton, record_triton
+from ies_fast.ops.ring import close_epoch_torch, record_torch
+
+from selector_driver import run_both
+
+
+def random_state(S, L, order, gen):
+    """Rings whose scores spread around delta=0.05, random counts (wrap values
+    included), current slots -inf / +inf / finite, random mastered."""
+    noise = 10 ** (torch.rand(S, 1, generator=gen) * 4 - 4) * (10 if order == 0 else 1)
+    hist = torch.rand(S, 1, generator=gen) * (order > 0) + torch.randn(S, L, generator=gen) * noise
+    count = torch.randint(0, 2 * L, (S,), generator=gen)
+    count[:4] = torch.tensor([0, L - 1, L, 2 * L - 1])[: min(4, S)]
+    count = count.to(torch.uint8)
+    cur = count.long() % L
+    rows = torch.arange(S)
+    r = torch.rand(S, generator=gen)
+    hist[rows[r < 0.2], cur[r < 0.2]] = -math.inf
+    hist[rows[(r >= 0.2) & (r < 0.3)], cur[(r >= 0.2) & (r < 0.3)]] = math.inf
+    mastered = torch.rand(S, generator=gen) < 0.5
+    return hist, count, mastered
+
+
+def random_batch(S, B, gen):
+    loss = torch.rand(B, generator=gen) * 3
+    special = torch.rand(B, generator=gen)
+    loss[special < 0.05] = math.nan
+    loss[(special >= 0.05) & (special < 0.1)] = math.inf
+    loss[(special >= 0.1) & (special < 0.15)] = -math.inf
+    index = torch.randint(0, S, (B,), generator=gen)  # duplicates
+    index[torch.rand(B, generator=gen) < 0.15] = -1
+    return loss, index
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("S,L,B,block", [(7, 5, 40, 16), (100, 3, 257, 64), (33, 8, 5, 0)])
+def test_record_matches_torch(dtype, S, L, B, block):
+    gen = torch.Generator().manual_seed(S + B)
+    hist, count, _ = random_state(S, L, 2, gen)
+    loss, index = random_batch(S, B, gen)
+    loss = loss.to(dtype)
+    got, want = hist.clone(), hist.clone()
+    record_triton(got, count, loss, index, block=block)
+    record_torch(want, count, loss, index)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, hist)
+
+
+def test_record_empty_batch_is_noop():
+    hist = torch.randn(4, 3)
+    before = hist.clone()
+    record_triton(hist, torch.zeros(4, dtype=torch.uint8), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    assert torch.equal(hist, before)
+
+
+def assert_same_close(hist, count, mastered, order, delta, block):
+    got = (hist.clone(), count.clone(), mastered.clone())
+    want = (hist.clone(), count.clone(), mastered.clone())
+    stats_got = close_epoch_triton(*got, order, delta, block=block)
+    stats_want = close_epoch_torch(*want, order, delta)
+    assert stats_got.dtype == torch.int64
+    assert torch.equal(stats_got, stats_want), (stats_got, stats_want)
+    for name, a, b in zip(("hist", "count", "mastered"), got, want):
+        assert torch.equal(a, b), name
+    return got, stats_got
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 3])
+@pytest.mark.parametrize("window", [1, 3, 5])
+@pytest.mark.parametrize("S,block", [(301, 64), (5, 0)])
+def test_close_epoch_matches_torch(order, window, S, block):
+    gen = torch.Generator().manual_seed(order * 10 + window + S)
+    hist, count, mastered = random_state(S, order + window, order, gen)
+    (_, _, now), stats = assert_same_close(hist, count, mastered, order, 0.05, block)
+    if S > 100:  # the random states exercise every branch
+        assert 0 < int(now.sum()) < S
+        assert stats[1] > 0 and stats[3] > 0 and stats[5] > 0
+
+
+def test_close_epoch_several_epochs_with_records():
+    gen = torch.Generator().manual_seed(9)
+    S, order, window = 150, 2, 3
+    fast = random_state(S, order + window, order, gen)
+    slow = tuple(t.clone() for t in fast)
+    for _ in range(8):
+        loss, index = random_batch(S, 200, gen)
+        loss = torch.where(torch.rand(200, generator=gen) < 0.5, loss * 1e-3, loss)
+        record_triton(fast[0], fast[1], loss, index, block=64)
+        record_torch(slow[0], slow[1], loss, index)
+        assert torch.equal(close_epoch_triton(*fast, order, 0.05, block=32), close_epoch_torch(*slow, order, 0.05))
+        for a, b in zip(fast, slow):
+            assert torch.equal(a, b)
+
+
+def test_close_epoch_delta_zero_masters_nothing():
+    gen = torch.Generator().manual_seed(10)
+    hist, count, mastered = random_state(50, 5, 2, gen)
+    mastered.zero_()
+    close_epoch_triton(hist, count, mastered, 2, 0.0)
+    assert not mastered.any()
+
+
+def test_bad_state_is_rejected():
+    hist = torch.zeros(4, 5)
+    count = torch.zeros(4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="hist"):
+        record_triton(hist.t(), count, torch.zeros(2), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="count"):
+        record_triton(hist, count.long(), torch.zeros(2), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="index"):
+        record_triton(hist, count, torch.zeros(2), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="mastered"):
+        close_epoch_triton(hist, count, torch.zeros(4, dtype=torch.uint8), 2, 0.1)
+    with pytest.raises(ValueError, match="order"):
+        close_epoch_triton(hist, count, torch.zeros(4, dtype=torch.bool), 5, 0.1)
+
+
+# ---- the selector on the triton backend ------------------------------------------------
+
+
+@pytest.mark.parametrize("order,window", [(0, 1), (2, 3), (3, 2)])
+def test_selector_triton_matches_torch_and_reference(order, window):
+    fast = IES(61, delta=0.05, order=order, window=window, backend="triton")
+    slow = IES(61, delta=0.05, order=order, window=window, backend="torch")
+    got = run_both(fast, 11, order)
+    want = run_both(slow, 11, order)
+    assert any(m.any() for m, _ in got), "the test should master some samples"
+    for epoch, ((g, ref), (w, _)) in enumerate(zip(got, want)):
+        assert torch.equal(g, ref), f"epoch {epoch}"
+        assert torch.equal(g, w), f"epoch {epoch}"
+    assert torch.equal(fast.hist, slow.hist) and torch.equal(fast.count, slow.count)
+    assert torch.equal(fast.kept_indices(), slow.kept_indices())
+    assert fast.stats() == slow.stats()
+
+
+def test_selector_triton_partial_duplicates_nonfinite():
+    def perturb(losses, order, gen):
+        losses = losses.clone()
+        bad = torch.rand(losses.shape, generator=gen) < 0.05
+        losses[bad] = torch.tensor([math.nan, math.inf, -math.inf])[torch.randint(0, 3, (int(bad.sum()),), generator=gen)]
+        dup = order[torch.randint(0, len(order), (len(order) // 4,), generator=gen)]
+        return losses, torch.cat([order, dup])[torch.randperm(len(order) + len(dup), generator=gen)]
+
+    fast = IES(53, delta=0.05, backend="triton")
+    for got, want in run_both(fast, 12, 5, extra=perturb, observe_fraction=0.7):
+        assert torch.equal(got, want)
+    assert fast.stats()["nonfinite_total"] > 0
+
+
+# ---- realistic sizes on CUDA ---------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order,window", [(2, 3), (3, 5)])
+def test_cuda_close_epoch_matches_torch(order, window):
+    gen = torch.Generator().manual_seed(0)
+    hist, count, mastered = random_state(1_281_167, order + window, order, gen)
+    assert_same_close(hist.cuda(), count.cuda(), mastered.cuda(), order, 0.05, 0)
+
+
+@pytest.mark.gpu
+def test_cuda_record_matches_torch():
+    gen = torch.Generator().manual_seed(1)
+    S = 1_281_167
+    hist, count, _ = random_state(S, 5, 2, gen)
+    loss, index = random_batch(S, 1 << 20, gen)
+    got, want = hist.cuda(), hist.cuda()
+    record_triton(got, count.cuda(), loss.cuda(), index.cuda())
+    record_torch(want, count.cuda(), loss.cuda(), index.cuda())
+    assert torch.equal(got, want)
