@@ -152,7 +152,7 @@ def _blocks(B: int, C: int, block_c: Optional[int], block_b: Optional[int]) -> t
         if v < 1 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two >= 1, got {v}")
     tile = bb * bc
-    num_warps = 4 if tile <= 2048 else (8 if tile <= 8192 else 16)
+    num_warps = max(1, min(8, tile // 512))  # about 4+ elements per thread per load
     return bb, bc, num_warps
 
 
