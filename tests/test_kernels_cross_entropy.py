@@ -97,6 +97,15 @@ def test_sample_weight_gets_gradient():
     torch.testing.assert_close(sw1.grad, sw2.grad)
 
 
+def test_logits_are_left_untouched():
+    """A drop-in for F.cross_entropy must not overwrite the logits with gradients."""
+    gen = torch.Generator().manual_seed(12)
+    logits, target = random_problem(5, 9, torch.bfloat16, gen)
+    x = logits.clone().requires_grad_()
+    fused_cross_entropy(x, target, label_smoothing=0.1, block_c=4).backward()
+    assert torch.equal(x.detach(), logits)
+
+
 def test_all_rows_ignored_and_empty_batch():
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(4, 6, generator=gen, requires_grad=True)

@@ -184,8 +184,9 @@ class FusedCrossEntropyFunction(torch.autograd.Function):
     logits and per-row statistics (no ``[B, C]`` buffer is written in forward)."""
 
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, eps, hist, count, index, block_c, block_b):
-        ring = None if hist is None else (hist, count, index)
+    def forward(ctx, logits, target, ignore_index, eps, ring, block_c, block_b):
+        # ``ring`` is passed as one plain tuple so autograd does not treat the ring
+        # state (written in place by the kernel, never differentiated) as an input
         losses, row_max, row_logsum = _forward(logits, target, ignore_index, eps, ring, True, block_c, block_b)
         ctx.save_for_backward(logits, target, row_max, row_logsum)
         ctx.args = (ignore_index, eps, block_c, block_b)
@@ -204,7 +205,7 @@ class FusedCrossEntropyFunction(torch.autograd.Function):
                 logits, logits.stride(0), grad, target, row_max, row_logsum, g, g.stride(0),
                 B, C, ignore_index, eps, BLOCK_B=bb, BLOCK_C=bc, num_warps=warps,
             )
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def _check_ring(ring, B: int, device: torch.device):
@@ -259,16 +260,12 @@ def fused_cross_entropy(
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     target = target.to(torch.int64).contiguous()
-    hist = count = index = None
     if ring is not None:
-        hist, count, index = _check_ring(ring, logits.shape[0], logits.device)
+        ring = _check_ring(ring, logits.shape[0], logits.device)
 
     if torch.is_grad_enabled() and logits.requires_grad:
-        losses = FusedCrossEntropyFunction.apply(
-            logits, target, int(ignore_index), eps, hist, count, index, block_c, block_b
-        )
+        losses = FusedCrossEntropyFunction.apply(logits, target, int(ignore_index), eps, ring, block_c, block_b)
     else:
-        ring_t = None if hist is None else (hist, count, index)
-        losses = _forward(logits, target, int(ignore_index), eps, ring_t, False, block_c, block_b)[0]
+        losses = _forward(logits, target, int(ignore_index), eps, ring, False, block_c, block_b)[0]
     valid = target != ignore_index
     return reduce_losses(losses, valid, reduction, sample_weight, logits.dtype)
