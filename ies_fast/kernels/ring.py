@@ -73,9 +73,8 @@ def _close_epoch_kernel(
 
     # mean |Δ^ORDER| over the window, evaluated as iterated differences (the same
     # fp32 operations, in the same order, as ies_fast.ops.ring.difference_score)
-    W = L - ORDER
     score = tl.zeros((BLOCK,), tl.float32)
-    for w in tl.static_range(W):
+    for w in tl.static_range(L - ORDER):  # inline: a local would turn into a tensor
         x0 = _chron(row, n, w, L, eligible)
         if ORDER == 0:
             dlt = x0
@@ -91,7 +90,7 @@ def _close_epoch_kernel(
                     x3 = _chron(row, n, w + 3, L, eligible)
                     dlt = ((x3 - x2) - (x2 - x1)) - ((x2 - x1) - (x1 - x0))
         score += tl.abs(dlt)
-    score = score / W
+    score = tl.div_rn(score, tl.full((BLOCK,), L - ORDER, tl.float32))  # IEEE, as torch.mean on CPU
     passed = eligible & (score < delta)
 
     was = ok & (tl.load(mastered_ptr + offs, mask=ok, other=0) != 0)
