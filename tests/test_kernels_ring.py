@@ -1,6 +1,10 @@
 """Triton ring record / close_epoch against the plain-torch ops, and IES(backend='triton')
 against the torch backend and the reference criterion."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +157,41 @@ def test_selector_triton_partial_duplicates_nonfinite():
     for got, want in run_both(fast, 12, 5, extra=perturb, observe_fraction=0.7):
         assert torch.equal(got, want)
     assert fast.stats()["nonfinite_total"] > 0
+
+
+# ---- compiled mode, without a GPU -----------------------------------------------------
+
+
+def compile_for_sm90(tmp_path, body: str) -> None:
+    """Compile kernels for an H100 (sm_90: TTIR -> PTX -> cubin with Triton's bundled
+    ptxas) in a fresh process without TRITON_INTERPRET: catches what only the
+    compiler rejects (e.g. a non-constexpr static_range bound)."""
+    prelude = (
+        "import triton\n"
+        "from triton.compiler import ASTSource\n"
+        "from triton.backends.compiler import GPUTarget\n"
+        "def build(fn, sig, consts, warps=4):\n"
+        "    src = ASTSource(fn, {**sig, **{k: 'constexpr' for k in consts}}, consts)\n"
+        "    triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-c", prelude + body], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    compile_for_sm90(tmp_path, """
+from ies_fast.kernels.ring import _record_kernel, _close_epoch_kernel
+build(_record_kernel, dict(hist_ptr="*fp32", count_ptr="*u8", loss_ptr="*fp32", index_ptr="*i64", B="i32"),
+      dict(L=5, BLOCK=1024))
+for order in range(4):
+    for window in (1, 3, 5):
+        build(_close_epoch_kernel,
+              dict(hist_ptr="*fp32", count_ptr="*u8", mastered_ptr="*u8", partial_ptr="*i32", S="i32", delta="fp32"),
+              dict(L=order + window, ORDER=order, NSTATS=6, BLOCK=1024))
+""")
 
 
 # ---- realistic sizes on CUDA ---------------------------------------------------------
