@@ -119,13 +119,15 @@ def host_sync_flag(fn: Callable[[], object], dev: torch.device) -> Optional[bool
     return synced
 
 
-def per_call_seconds(benchmark, reps: int = 1) -> Optional[float]:
-    """Median seconds of one operation (``reps`` operations per timed call);
-    ``None`` under ``--benchmark-disable``."""
+def timing(benchmark, reps: int = 1) -> dict:
+    """``{"time_s": median, "time_min_s": min}`` seconds of one operation (``reps``
+    operations per timed call); empty under ``--benchmark-disable``. Derived
+    figures use the median (never flattering); the min shows the uncontended
+    time on a shared machine."""
     stats = getattr(benchmark, "stats", None)
     if not stats:
-        return None
-    return stats.stats.median / reps
+        return {}
+    return {"time_s": stats.stats.median / reps, "time_min_s": stats.stats.min / reps}
 
 
 def reps_for(dev: torch.device, estimate_s: float, target_s: float = 2e-3, cap: int = 200) -> int:

@@ -85,9 +85,6 @@ def test_compaction(benchmark, case, dev, copy_gbps):
         benchutil.sync(dev)
 
     benchmark(run)
-    seconds = benchutil.per_call_seconds(benchmark, reps)
-    fields = dict(bench="compaction", variant=variant, N=n, kept_fraction=KEPT, reps=reps, host_sync=host_sync,
-                  device=benchutil.env_info()["device"])
-    if seconds is not None:
-        fields["time_s"] = seconds
-    benchutil.attach(benchmark, **fields)
+    benchutil.attach(benchmark, **benchutil.timing(benchmark, reps))
+    benchutil.attach(benchmark, bench="compaction", variant=variant, N=n, kept_fraction=KEPT, reps=reps,
+                     host_sync=host_sync, device=benchutil.env_info()["device"])

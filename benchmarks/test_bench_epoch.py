@@ -157,7 +157,7 @@ def test_epoch(benchmark, epoch_case, dev, size):
 
     benchmark.pedantic(lambda: wl.epoch(sel, plain_sel), setup=force_kept_fraction,
                        rounds=benchutil.rounds(cfg["rounds"]), warmup_rounds=1 if dev.type == "cuda" else 0)
-    seconds = benchutil.per_call_seconds(benchmark)
+    times = benchutil.timing(benchmark)
     kept = (n - num_mastered) / n
     c = wl.costs
     ideal = 1.0 / (kept + (1.0 - kept) * c["F_score"] / (c["F"] + c["B"]))
@@ -166,8 +166,9 @@ def test_epoch(benchmark, epoch_case, dev, size):
         kept_fraction=kept, N=n, model=wl.model_source, F_s=c["F"], B_s=c["B"], F_score_s=c["F_score"],
         ideal_speedup=ideal, device=benchutil.env_info()["device"],
     )
-    if seconds is not None:
-        fields["time_s"] = seconds
+    fields.update(times)
+    if times:
+        seconds = times["time_s"]
         if k == 1.0:
             _baseline[(loader, batch, size)] = seconds
         base = _baseline.get((loader, batch, size))

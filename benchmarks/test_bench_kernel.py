@@ -188,12 +188,12 @@ def test_kernel_throughput(benchmark, case, dev, copy_gbps):
     except torch.cuda.OutOfMemoryError:
         pytest.skip("out of device memory")
 
-    seconds = benchutil.per_call_seconds(benchmark, reps)
+    times = benchutil.timing(benchmark, reps)
     fields = dict(
         bench="kernel", variant=variant, N=n, C=c, dtype=dtype_name, direction=direction, reps=reps,
-        bytes_moved=moved, copy_gbps=copy_gbps, device=benchutil.env_info()["device"],
+        bytes_moved=moved, copy_gbps=copy_gbps, device=benchutil.env_info()["device"], **times,
     )
-    if seconds is not None:
-        gbps = moved / seconds / 1e9
-        fields.update(time_s=seconds, gbps=gbps, copy_fraction=gbps / copy_gbps)
+    if times:
+        gbps = moved / times["time_s"] / 1e9
+        fields.update(gbps=gbps, copy_fraction=gbps / copy_gbps)
     benchutil.attach(benchmark, **fields)

@@ -78,12 +78,8 @@ def test_step(benchmark, step_case, dev, size):
         benchutil.sync(dev)
 
     benchmark.pedantic(step, setup=observe_epoch, rounds=benchutil.rounds(ROUNDS[size]), warmup_rounds=1)
-    seconds = benchutil.per_call_seconds(benchmark)
-    fields = dict(bench="step", variant=f"IES.step[{name}]", N=n, mastered=int(sel.mastered.sum()),
-                  device=benchutil.env_info()["device"])
-    if seconds is not None:
-        fields["time_s"] = seconds
-    benchutil.attach(benchmark, **fields)
+    benchutil.attach(benchmark, bench="step", variant=f"IES.step[{name}]", N=n, mastered=int(sel.mastered.sum()),
+                     device=benchutil.env_info()["device"], **benchutil.timing(benchmark))
 
 
 def test_python_loop_step(benchmark, loop_n, size):
@@ -103,9 +99,5 @@ def test_python_loop_step(benchmark, loop_n, size):
 
     rounds = benchutil.rounds(3 if loop_n <= 100_000 else 1)
     benchmark.pedantic(ref.step, setup=observe_epoch, rounds=rounds)
-    seconds = benchutil.per_call_seconds(benchmark)
-    fields = dict(bench="step", variant="python_loop", N=loop_n, mastered=len(ref.mastered),
-                  device=benchutil.env_info()["cpu"] + " (Python)")
-    if seconds is not None:
-        fields["time_s"] = seconds
-    benchutil.attach(benchmark, **fields)
+    benchutil.attach(benchmark, bench="step", variant="python_loop", N=loop_n, mastered=len(ref.mastered),
+                     device=benchutil.env_info()["cpu"] + " (Python)", **benchutil.timing(benchmark))

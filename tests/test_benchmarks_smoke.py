@@ -18,7 +18,7 @@ import report  # noqa: E402  (benchmarks/report.py)
 
 SUITE = [f"benchmarks/test_bench_{name}.py" for name in ("kernel", "compaction", "step", "epoch")]
 FIELDS = {
-    "kernel": {"time_s", "gbps", "copy_fraction", "copy_gbps", "bytes_moved", "N", "C", "dtype", "direction"},
+    "kernel": {"time_s", "time_min_s", "gbps", "copy_fraction", "copy_gbps", "bytes_moved", "N", "C", "dtype", "direction"},
     "compaction": {"time_s", "host_sync", "N"},
     "step": {"time_s", "N", "mastered"},
     "epoch": {"time_s", "F_s", "B_s", "F_score_s", "ideal_speedup", "speedup", "efficiency", "kept_fraction"},
@@ -86,7 +86,7 @@ def test_report_computes_speedup_against_eager():
     assert "### Fake GPU" in text and "driver: 1.0" in text
     fused = next(line for line in text.splitlines() if line.startswith("| fused_triton"))
     assert "4.00×" in fused and "40.0%" in fused and "1.0 µs" in fused
-    assert "| nonzero | 10 | 20.0 µs | yes |" in text
+    assert "| nonzero | 10 | 20.0 µs | – | yes |" in text
 
 
 def test_report_cli_rejects_unreadable_file(tmp_path, capsys):
