@@ -75,7 +75,14 @@ build(_scatter_kernel, dict(flags_ptr="*u8", ends_ptr="*i64", out_ptr="*i64", N=
 """)
 
 
+#: the CUDA tests need compiled kernels: run them as ``TRITON_INTERPRET=0 pytest -m gpu``
+compiled = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="interpreted Triton; run TRITON_INTERPRET=0 pytest -m gpu"
+)
+
+
 @pytest.mark.gpu
+@compiled
 @pytest.mark.parametrize("n", [1_281_167, 10_000_000])
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
 def test_cuda_matches_nonzero(n, p):

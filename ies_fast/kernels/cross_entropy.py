@@ -160,8 +160,11 @@ def _forward(logits, target, ignore_index, eps, ring, save_stats, block_c, block
     B, C = logits.shape
     dev = logits.device
     losses = torch.empty(B, dtype=torch.float32, device=dev)
-    row_max = torch.empty(B if save_stats else 0, dtype=torch.float32, device=dev)
-    row_logsum = torch.empty_like(row_max)
+    if save_stats:
+        row_max = torch.empty(B, dtype=torch.float32, device=dev)
+        row_logsum = torch.empty(B, dtype=torch.float32, device=dev)
+    else:  # never written (SAVE_STATS=False); any valid pointer will do
+        row_max = row_logsum = losses
     if B == 0:
         return losses, row_max, row_logsum
     if ring is None:
