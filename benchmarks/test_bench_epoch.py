@@ -3,15 +3,16 @@
 For each loader (torch, DALI) and batch size, in one run:
 
 * F, B, F_score: forward (train mode), backward, and no-grad forward (eval mode,
-  the scoring pass's mode here) seconds per sample, measured on device-resident
-  batches of the same size;
+  the scoring pass's mode here) seconds per sample, the median over a few
+  device-resident batches of the same size;
 * the epoch time at kept fraction k, with the mastered set forced
   (``sel.mastered`` set directly): k = 1.0 is the baseline (plain
   ``F.cross_entropy``, no selector, all samples); k < 1 trains on the kept samples
   through ``ies_fast.cross_entropy(..., selector=sel)``, then runs the forward-only
   scoring pass over the mastered ones, then ``sel.step()``;
 * speedup = T(1.0) / T(k), ideal = ``1 / (k + (1 - k) * F_score / (F + B))``,
-  efficiency = speedup / ideal.
+  efficiency = speedup / ideal, from median epoch times (and ``*_min`` from the
+  fastest rounds, the uncontended figure on a shared machine).
 
 ``IES_BENCH_SAMPLES`` overrides the number of samples (the smoke test makes it tiny).
 """
@@ -30,7 +31,7 @@ from epoch_loaders import DaliLoader, TorchLoader, dali_available, kept_sampler,
 from resnet_cifar import resnet18
 
 SIZES = {
-    "small": dict(samples=256, batches=(64,), kept=(1.0, 0.6, 0.3), cost_batches=2, rounds=2),
+    "small": dict(samples=256, batches=(64,), kept=(1.0, 0.6, 0.3), cost_batches=3, rounds=3),
     "gpu": dict(samples=50_000, batches=(64, 512), kept=(1.0, 0.6, 0.5, 0.3), cost_batches=20, rounds=2),
 }
 LOADERS = ("torch", "dali")
@@ -85,7 +86,7 @@ class Workload:
     def measure_costs(self, batches: int) -> dict:
         x = torch.randn(self.batch, 3, 32, 32, device=self.dev)
         y = torch.randint(0, 10, (self.batch,), device=self.dev)
-        fwd = bwd = score = 0.0
+        fwd, bwd, score = [], [], []
         for i in range(batches + 1):  # the first round warms up (allocator, cuDNN) and is dropped
             self.model.train()
             out = {}
@@ -96,10 +97,10 @@ class Workload:
             with torch.no_grad():
                 s = self._time(lambda: self.model(x))
             if i:
-                fwd, bwd, score = fwd + f, bwd + b, score + s
+                fwd.append(f), bwd.append(b), score.append(s)
         self.model.train()
-        n = batches * self.batch
-        return {"F": fwd / n, "B": bwd / n, "F_score": score / n}
+        median = lambda xs: float(torch.tensor(xs).median()) / self.batch  # robust to a busy machine
+        return {"F": median(fwd), "B": median(bwd), "F_score": median(score)}
 
     def train_batch(self, x, y, idx, sel) -> None:
         out = self.model(x)
@@ -168,10 +169,11 @@ def test_epoch(benchmark, epoch_case, dev, size):
     )
     fields.update(times)
     if times:
-        seconds = times["time_s"]
         if k == 1.0:
-            _baseline[(loader, batch, size)] = seconds
+            _baseline[(loader, batch, size)] = times
         base = _baseline.get((loader, batch, size))
         if base is not None:
-            fields.update(speedup=base / seconds, efficiency=base / seconds / ideal)
+            speedup, speedup_min = base["time_s"] / times["time_s"], base["time_min_s"] / times["time_min_s"]
+            fields.update(speedup=speedup, efficiency=speedup / ideal,
+                          speedup_min=speedup_min, efficiency_min=speedup_min / ideal)
     benchutil.attach(benchmark, **fields)
