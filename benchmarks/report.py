@@ -134,7 +134,21 @@ def epoch_section(results: list[dict]) -> list[str]:
     ]
 
 
-SECTIONS = {"kernel": kernel_section, "compaction": compaction_section, "step": step_section, "epoch": epoch_section}
+def memory_section(results: list[dict]) -> list[str]:
+    if not results:
+        return []
+    rows = [
+        [r["variant"], str(r["N"]), f"{r['order']}+{r['window']}", fmt(r["state_bytes_per_sample"], ".1f"),
+         fmt(r["with_kept_buffer_bytes_per_sample"], ".1f"), fmt_time(r.get("time_s"))]
+        for r in sorted(results, key=lambda r: (r["N"], r["variant"]))
+    ]
+    return ["#### Selector device memory", "",
+            *table(["selector", "N", "order+window", "state B/sample", "with kept-index buffer B/sample",
+                    "kept_indices_padded() median"], rows), ""]
+
+
+SECTIONS = {"kernel": kernel_section, "compaction": compaction_section, "step": step_section,
+            "memory": memory_section, "epoch": epoch_section}
 
 
 def render(data: dict, label=None) -> str:

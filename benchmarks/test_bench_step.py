@@ -101,3 +101,31 @@ def test_python_loop_step(benchmark, loop_n, size):
     benchmark.pedantic(ref.step, setup=observe_epoch, rounds=rounds)
     benchutil.attach(benchmark, bench="step", variant="python_loop", N=loop_n, mastered=len(ref.mastered),
                      device=benchutil.env_info()["cpu"] + " (Python)", **benchutil.timing(benchmark))
+
+
+def state_bytes(sel: IES) -> dict:
+    """Bytes per sample of the selector's device state, and with the kept-index buffer."""
+    per_sample = sum(t.numel() * t.element_size() for t in (sel.hist, sel.count, sel.mastered)) / sel.num_samples
+    buffer, count = sel.kept_indices_padded()
+    with_list = per_sample + buffer.numel() * buffer.element_size() / sel.num_samples
+    return {"state_bytes_per_sample": per_sample, "with_kept_buffer_bytes_per_sample": with_list}
+
+
+def test_selector_memory(benchmark, step_case, dev):
+    """Device memory of the selector (tensor sizes: the same layout on every device),
+    timing ``kept_indices_padded()`` (compaction through the selector) on the way."""
+    name, n = step_case
+    why = backend_unavailable(name, dev, n)
+    if why:
+        pytest.skip(why)
+    sel = IES(n, delta=DELTA, device=dev, backend=name)
+    sel.mastered.copy_(torch.rand(n, device=dev) < 0.4)
+
+    def build():
+        sel._invalidate()
+        sel.kept_indices_padded()
+        benchutil.sync(dev)
+
+    benchmark(build)
+    benchutil.attach(benchmark, bench="memory", variant=f"IES[{name}]", N=n, order=sel.order, window=sel.window,
+                     device=benchutil.env_info()["device"], **state_bytes(sel), **benchutil.timing(benchmark))

@@ -21,6 +21,7 @@ FIELDS = {
     "kernel": {"time_s", "time_min_s", "gbps", "copy_fraction", "copy_gbps", "bytes_moved", "N", "C", "dtype", "direction"},
     "compaction": {"time_s", "host_sync", "N"},
     "step": {"time_s", "N", "mastered"},
+    "memory": {"time_s", "state_bytes_per_sample", "with_kept_buffer_bytes_per_sample"},
     "epoch": {"time_s", "F_s", "B_s", "F_score_s", "ideal_speedup", "speedup", "efficiency", "kept_fraction"},
 }
 
@@ -62,7 +63,7 @@ def test_every_benchmark_reports_its_fields(suite_json):
 def test_report_renders_the_suite(suite_json):
     text = report.render(suite_json, "CPU smoke")
     assert text.startswith("### CPU smoke")
-    for heading in ("Fused loss", "Compaction", "IES.step()", "Epoch time"):
+    for heading in ("Fused loss", "Compaction", "IES.step()", "Selector device memory", "Epoch time"):
         assert heading in text
     assert "torch " + suite_json["machine_info"]["ies_bench"]["torch"] in text
 
