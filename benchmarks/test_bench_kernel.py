@@ -1,22 +1,27 @@
-"""Kernel throughput: per-sample cross-entropy + ring write + Δ^N test.
+"""Kernel throughput: per-sample cross-entropy + ring write (+ Δ^N test).
 
-Variants, all doing the same work on the same inputs in the same run:
+Variants, on the same inputs in the same run:
 
 * ``fused_triton``: ``ies_fast.cross_entropy(..., selector=sel, backend="triton")``
   (CUDA, or CPU under ``TRITON_INTERPRET=1`` only: interpreted Triton is far too
-  slow to time meaningfully);
-* ``torch_eager``: ``F.cross_entropy(reduction="none")``, then the ring write
-  (``ies_fast.ops.ring.record_torch``) and the Δ^N test of the batch's rows as
-  separate torch ops;
-* ``torch_compile``: the same function under ``torch.compile``;
+  slow to time meaningfully). The kernel computes the loss (and gradient) and
+  max-writes it into the sample's ring slot; the Δ^N test runs once per epoch in
+  ``IES.step()`` (see ``docs/kernels.md``);
+* ``torch_eager``: the same work as separate torch ops: ``F.cross_entropy(
+  reduction="none")``, then the ring write ``ies_fast.ops.ring.record_torch``;
+* ``torch_compile``: that function under ``torch.compile``;
+* ``torch_eager_test``: ``torch_eager`` plus the Δ^N test of the batch's rows
+  (gather, chronological order, difference score), the per-step test as the
+  issue words it: more work than the others do;
 * ``native_record``: ``F.cross_entropy`` + the native ring write (``ies_fast._C``),
   where it is built;
-* ``liger``: Liger-Kernel's fused cross-entropy + the torch ring write and test,
-  where ``liger_kernel`` is installed.
+* ``liger``: Liger-Kernel's fused cross-entropy + the torch ring write, where
+  ``liger_kernel`` is installed.
 
-Bytes moved (the same for every variant, the minimum any implementation must
-move): logits read (+ gradient write for forward+backward), targets and indices
-(int64), and per row the ring row read, one slot write and the count byte.
+Bytes moved (the same count for every variant: the minimum the loss and ring
+write must move): logits read (+ gradient write for forward+backward), targets
+and indices (int64), and per row the count byte and a read-modify-write of one
+fp32 ring slot.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import benchutil
 from ies_fast import IES, backend
 from ies_fast.ops.ring import chronological, difference_score, record_torch
 
-VARIANTS = ("fused_triton", "torch_eager", "torch_compile", "native_record", "liger")
+VARIANTS = ("fused_triton", "torch_eager", "torch_compile", "torch_eager_test", "native_record", "liger")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SHAPES = {
     "small": {"N": (4096,), "C": (10, 1000)},
@@ -59,14 +64,13 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("case", params)
 
 
-def bytes_moved(n: int, c: int, elem: int, direction: str, history: int) -> int:
+def bytes_moved(n: int, c: int, elem: int, direction: str) -> int:
     logits = n * c * elem * (2 if direction == "fwdbwd" else 1)
-    return logits + n * 8 * 2 + n * (4 * history + 4 + 1)
+    return logits + n * 8 * 2 + n * (1 + 4 + 4)
 
 
-def ring_and_test(losses, index, hist, count, order: int):
-    """Ring write of the batch's losses, then the Δ^N test of those rows (torch ops)."""
-    record_torch(hist, count, losses.detach(), index)
+def batch_test(index, hist, count, order: int):
+    """The Δ^N test of the batch's rows, as torch ops (after their ring write)."""
     rows = hist.index_select(0, index)
     seen = count.index_select(0, index).long() + 1  # counting the slot just written
     score = difference_score(chronological(rows, seen), order)
@@ -75,7 +79,14 @@ def ring_and_test(losses, index, hist, count, order: int):
 
 def eager_loss(logits, target, index, hist, count, order: int):
     losses = F.cross_entropy(logits.float(), target, reduction="none")
-    return losses, ring_and_test(losses, index, hist, count, order)
+    record_torch(hist, count, losses.detach(), index)
+    return losses, None
+
+
+def eager_loss_and_test(logits, target, index, hist, count, order: int):
+    losses = F.cross_entropy(logits.float(), target, reduction="none")
+    record_torch(hist, count, losses.detach(), index)
+    return losses, batch_test(index, hist, count, order)
 
 
 def native_loss(logits, target, index, hist, count, order: int):
@@ -89,7 +100,8 @@ def liger_loss_fn():
 
     def liger_loss(logits, target, index, hist, count, order: int):
         losses = liger_cross_entropy(logits, target, reduction="none").float()
-        return losses, ring_and_test(losses, index, hist, count, order)
+        record_torch(hist, count, losses.detach(), index)
+        return losses, None
 
     return liger_loss
 
@@ -132,7 +144,8 @@ def make_op(variant, direction, logits, target, index, sel):
 
         fn = fused
     else:
-        base = {"torch_eager": eager_loss, "native_record": native_loss}.get(variant)
+        base = {"torch_eager": eager_loss, "torch_eager_test": eager_loss_and_test,
+                "native_record": native_loss}.get(variant)
         if variant == "torch_compile":
             torch._dynamo.reset()  # fresh cache per case: no recompile limit, no dynamic shapes
             base = torch.compile(eager_loss)
@@ -172,7 +185,7 @@ def test_kernel_throughput(benchmark, case, dev, copy_gbps):
     target = torch.randint(0, c, (n,), device=dev, generator=gen)
     index = torch.randperm(2 * n, device=dev, generator=gen)[:n]
 
-    moved = bytes_moved(n, c, elem, direction, sel.history_length)
+    moved = bytes_moved(n, c, elem, direction)
     reps = benchutil.reps_for(dev, moved / (copy_gbps * 1e9))
     op = make_op(variant, direction, logits, target, index, sel)
     try:
