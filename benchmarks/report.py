@@ -75,7 +75,7 @@ def kernel_section(results: list[dict]) -> list[str]:
         ])
     copy = results[0].get("copy_gbps")
     return [
-        "#### Fused loss + ring + Δ test (kernel throughput)",
+        "#### Fused loss + ring write (kernel throughput)",
         "",
         f"Copy bandwidth measured in the same run: {fmt(copy, '.1f')} GB/s (read + write).",
         "",

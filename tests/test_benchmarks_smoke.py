@@ -63,7 +63,7 @@ def test_every_benchmark_reports_its_fields(suite_json):
 def test_report_renders_the_suite(suite_json):
     text = report.render(suite_json, "CPU smoke")
     assert text.startswith("### CPU smoke")
-    for heading in ("Fused loss", "Compaction", "IES.step()", "Selector device memory", "Epoch time"):
+    for heading in ("Fused loss + ring write", "Compaction", "IES.step()", "Selector device memory", "Epoch time"):
         assert heading in text
     assert "torch " + suite_json["machine_info"]["ies_bench"]["torch"] in text
 
