@@ -9,6 +9,7 @@ uint8 HWC images to float CHW; neither augments (the same work on both paths).
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator, Optional
 
 import numpy as np
@@ -103,7 +104,8 @@ class DaliLoader:
 
     name = "dali"
 
-    def __init__(self, images, labels, batch_size: int, device: torch.device, num_threads: int = 2):
+    def __init__(self, images, labels, batch_size: int, device: torch.device, num_threads: int = 0):
+        num_threads = num_threads or min(8, os.cpu_count() or 2)
         from nvidia.dali import fn, pipeline_def, types
 
         self.images, self.labels = images, labels

@@ -3,6 +3,7 @@ timed round, then ``benchmarks/report.py`` on the JSON it wrote. No timing is
 asserted; only that every benchmark ran and reported its fields."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,8 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH))
-import report  # noqa: E402  (benchmarks/report.py)
+_spec = importlib.util.spec_from_file_location("ies_bench_report", BENCH / "report.py")
+report = importlib.util.module_from_spec(_spec)  # benchmarks/report.py, without touching sys.path
+_spec.loader.exec_module(report)
 
 SUITE = [f"benchmarks/test_bench_{name}.py" for name in ("kernel", "compaction", "step", "epoch")]
 FIELDS = {

@@ -27,21 +27,21 @@ def no_host_sync():
     torch.cuda.synchronize()
 
 
-def setup(backend: str, dtype: torch.dtype):
-    dev = torch.device("cuda")
+def setup(backend: str, dtype: torch.dtype, dev: torch.device):
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(NUM_SAMPLES, FEATURES, device=dev, generator=gen)
     y = torch.randint(0, CLASSES, (NUM_SAMPLES,), device=dev, generator=gen)
-    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 128), torch.nn.ReLU(), torch.nn.Linear(128, CLASSES)).to(dev)
+    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 128), torch.nn.ReLU(), torch.nn.Linear(128, CLASSES))
+    model = model.to(device=dev, dtype=dtype)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sel = ies_fast.IES(NUM_SAMPLES, delta=1e-3, device=dev, backend=backend)
     batches = torch.randperm(NUM_SAMPLES, device=dev, generator=gen).split(BATCH)
-    return x.to(dtype), y, model.to(dtype), opt, sel, batches
+    return x.to(dtype), y, model, opt, sel, batches
 
 
 def train_step(model, opt, sel, x, y, idx, backend):
-    logits = model(x[idx])
-    loss = ies_fast.cross_entropy(logits, y[idx], idx, selector=sel, backend=backend)
+    logits = model(x.index_select(0, idx))
+    loss = ies_fast.cross_entropy(logits, y.index_select(0, idx), idx, selector=sel, backend=backend)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -49,17 +49,17 @@ def train_step(model, opt, sel, x, y, idx, backend):
 
 
 def scoring_step(model, sel, x, y, idx, backend):
+    xb, yb = x.index_select(0, idx), y.index_select(0, idx)
     with torch.no_grad():
-        per_sample = F.cross_entropy(model(x[idx]).float(), y[idx], reduction="none")
+        per_sample = F.cross_entropy(model(xb).float(), yb, reduction="none")
         sel.observe(per_sample, idx, scoring=True)
-        ies_fast.cross_entropy(model(x[idx]), y[idx], idx, selector=sel, reduction="none", scoring=True,
-                               backend=backend)
+        ies_fast.cross_entropy(model(xb), yb, idx, selector=sel, reduction="none", scoring=True, backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_training_steps_do_not_sync(backend, dtype):
-    x, y, model, opt, sel, batches = setup(backend, dtype)
+    x, y, model, opt, sel, batches = setup(backend, dtype, torch.device("cuda"))
     train_step(model, opt, sel, x, y, batches[0], backend)  # lazy init (cuBLAS, kernels) outside the check
     scoring_step(model, sel, x, y, batches[0], backend)
     for epoch in range(2):
