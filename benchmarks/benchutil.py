@@ -139,7 +139,10 @@ def reps_for(dev: torch.device, estimate_s: float, target_s: float = 2e-3, cap: 
 
 
 def attach(benchmark, **fields) -> None:
-    """Add fields to the result's ``extra_info`` (floats rounded for the JSON)."""
+    """Add fields to the result's ``extra_info`` (floats rounded for the JSON), with
+    the device, driver, torch and triton versions on every result."""
+    env = env_info()
+    fields = {"device": env["device"], "driver": env["driver"], "torch": env["torch"], "triton": env["triton"], **fields}
     for key, value in fields.items():
         benchmark.extra_info[key] = round(value, 9) if isinstance(value, float) else value
 

@@ -52,6 +52,7 @@ def test_every_benchmark_reports_its_fields(suite_json):
         missing = FIELDS[info["bench"]] - info.keys()
         assert not missing, f"{result['name']} lacks {missing}"
         assert info["time_s"] > 0
+        assert {"device", "driver", "torch", "triton"} <= info.keys()
     assert set(seen) == set(FIELDS), f"benchmarks that produced no result: {set(FIELDS) - set(seen)}"
     variants = {r["variant"] for r in seen["kernel"]}
     assert {"torch_eager", "torch_compile"} <= variants
