@@ -5,7 +5,6 @@ prefers that one so the benchmark times the model the training loop uses.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 

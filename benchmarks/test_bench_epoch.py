@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import benchutil
 import ies_fast
-from epoch_loaders import DaliLoader, TorchLoader, dali_available, kept_sampler, synthetic_cifar
+from epoch_loaders import DaliLoader, IndexListSampler, TorchLoader, dali_available, kept_sampler, synthetic_cifar
 from resnet_cifar import resnet18
 
 SIZES = {
@@ -118,8 +118,6 @@ class Workload:
         if sel is not None and sel.needs_scoring():
             mastered = sel.scoring_mask().nonzero().squeeze(1)  # once per epoch
             if mastered.numel():
-                from epoch_loaders import IndexListSampler
-
                 self.model.eval()
                 with torch.no_grad():
                     for x, y, idx in self.loader.epoch(IndexListSampler(mastered)):
