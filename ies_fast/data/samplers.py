@@ -1,0 +1,224 @@
+"""Samplers that visit only the samples a selector keeps (training) or removed
+(scoring), with DistributedSampler-style seeding and DDP sharding.
+
+The kept index list lives on the selector's device; each sampler copies it to the
+host once per epoch (the one device->host copy the design allows) and caches the
+copy until the selector's list changes (``selector.step()`` builds a new one).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+__all__ = ["KeptSampler", "KeptBatchSampler", "ScoringSampler", "shard"]
+
+
+def _check_selector(selector) -> None:
+    for name in ("num_samples", "kept_indices", "scoring_mask"):
+        if not hasattr(selector, name):
+            raise TypeError(f"selector must be an ies_fast selector (IES, InfoBatch, ...), got {type(selector).__name__} without {name!r}")
+
+
+def _world(num_replicas: Optional[int], rank: Optional[int]) -> tuple[int, int]:
+    """``(num_replicas, rank)``, defaulting to the initialised process group (else 1, 0)."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+        raise ValueError(f"num_replicas must be a positive int, got {num_replicas!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be an int in [0, {num_replicas}), got {rank!r}")
+    return num_replicas, rank
+
+
+def shard(indices: torch.Tensor, num_replicas: int, rank: int, drop_last: bool) -> torch.Tensor:
+    """This rank's share of ``indices`` (1-D, already in epoch order), exactly as
+    ``DistributedSampler`` splits: pad to a multiple of ``num_replicas`` by
+    repeating from the start (``drop_last=False``) or trim the tail
+    (``drop_last=True``), then take every ``num_replicas``-th element from ``rank``."""
+    n = indices.numel()
+    if num_replicas == 1:
+        return indices
+    if drop_last:
+        total = (n // num_replicas) * num_replicas
+        indices = indices[:total]
+    else:
+        total = math.ceil(n / num_replicas) * num_replicas
+        pad = total - n
+        if pad and n:
+            reps = math.ceil(pad / n)
+            indices = torch.cat([indices, indices.repeat(reps)[:pad]])
+    return indices[rank:total:num_replicas]
+
+
+class _HostList:
+    """Host copy of a device index list, refreshed only when the source tensor changes."""
+
+    def __init__(self):
+        self._src: Optional[torch.Tensor] = None
+        self._host: Optional[torch.Tensor] = None
+
+    def get(self, src: torch.Tensor) -> torch.Tensor:
+        if src is not self._src:  # the selector builds a new tensor after each step()
+            self._host = src.detach().to("cpu", torch.int64)
+            self._src = src
+        return self._host
+
+
+class KeptSampler(Sampler[int]):
+    """Yields the selector's kept sample indices for one epoch, each once, in a
+    fresh seeded shuffle (``shuffle=False``: ascending).
+
+    The shuffle of epoch ``e`` uses ``seed + e``. ``e`` is the value last given to
+    :meth:`set_epoch` (as with ``DistributedSampler``); if ``set_epoch`` was never
+    called, ``selector.epoch`` is used, so the order still changes every epoch.
+    The kept list is read when the epoch starts (``iter``) and by ``len()``, so
+    ``len()`` is right before the epoch; call ``selector.step()`` before building
+    the next epoch's iterator.
+
+    DDP: every rank must hold the same selector state (``IES.step`` merges ranks)
+    and the same ``seed``; rank ``r`` of ``R`` gets every ``R``-th index of the
+    shuffled list. With ``drop_last=False`` the list is padded to a multiple of
+    ``R`` by repeating its first entries (as ``DistributedSampler`` does): up to
+    ``R - 1`` samples are seen twice per epoch; their recorded loss is unaffected
+    (the selector keeps one loss per sample per epoch, the largest) but they count
+    twice in the gradient. ``drop_last=True`` trims the tail instead (up to
+    ``R - 1`` kept samples skipped this epoch). With one replica nothing is padded
+    or dropped.
+    """
+
+    def __init__(self, selector, *, shuffle: bool = True, seed: int = 0, num_replicas: Optional[int] = None,
+                 rank: Optional[int] = None, drop_last: bool = False):
+        _check_selector(selector)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.selector = selector
+        self.shuffle = bool(shuffle)
+        self.seed = seed
+        self.num_replicas, self.rank = _world(num_replicas, rank)
+        self.drop_last = bool(drop_last)
+        self._epoch: Optional[int] = None
+        self._host = _HostList()
+
+    # ---- epoch ---------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch whose shuffle the next ``iter()`` draws (``seed + epoch``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._epoch = epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch if self._epoch is not None else int(self.selector.epoch)
+
+    # ---- the epoch's indices -----------------------------------------------------------
+    def kept(self) -> torch.Tensor:
+        """The selector's kept indices on the host (ascending; copied once per list)."""
+        return self._host.get(self.selector.kept_indices())
+
+    def epoch_indices(self) -> torch.Tensor:
+        """int64 CPU tensor: this rank's indices for the current epoch, in order."""
+        kept = self.kept()
+        if self.shuffle and kept.numel() > 1:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            kept = kept.index_select(0, torch.randperm(kept.numel(), generator=g))
+        return shard(kept, self.num_replicas, self.rank, self.drop_last)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices().tolist())
+
+    def __len__(self) -> int:
+        n, R = self.kept().numel(), self.num_replicas
+        return n // R if self.drop_last else math.ceil(n / R)
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self._epoch, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or "seed" not in state or "epoch" not in state:
+            raise ValueError("state must be a dict from KeptSampler.state_dict() (keys 'seed', 'epoch')")
+        self.seed = int(state["seed"])
+        self._epoch = None if state["epoch"] is None else int(state["epoch"])
+        self.shuffle = bool(state.get("shuffle", self.shuffle))
+
+
+class KeptBatchSampler(Sampler[List[int]]):
+    """Batches (lists of indices) over a :class:`KeptSampler`'s epoch.
+
+    ``drop_last`` drops the last incomplete batch *and* trims the DDP shards
+    instead of padding them; ``shard_drop_last`` sets the sharding on its own.
+    Use as ``DataLoader(dataset, batch_sampler=...)``."""
+
+    def __init__(self, selector, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 num_replicas: Optional[int] = None, rank: Optional[int] = None, drop_last: bool = False,
+                 shard_drop_last: Optional[bool] = None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.drop_last = bool(drop_last)
+        self.sampler = KeptSampler(selector, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank,
+                                   drop_last=self.drop_last if shard_drop_last is None else bool(shard_drop_last))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        order = self.sampler.epoch_indices()
+        n = order.numel()
+        if self.drop_last:
+            order = order[: (n // self.batch_size) * self.batch_size]
+        return (b.tolist() for b in order.split(self.batch_size)) if order.numel() else iter(())
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+class ScoringSampler(Sampler[int]):
+    """The samples of ``selector.scoring_mask()`` (the removed ones) in ascending
+    order — or every sample with ``all_samples=True`` — for the forward-only
+    scoring pass. Read when the epoch starts and copied to the host once.
+
+    DDP: rank ``r`` of ``R`` gets every ``R``-th index; shards differ in length by
+    at most one and nothing is repeated (scoring is forward-only, so ranks need not
+    run the same number of steps: score with the unwrapped module). ``pad=True``
+    pads like ``DistributedSampler`` for equal lengths; the repeated samples are
+    harmless (the selector keeps the largest of an epoch's losses per sample).
+    """
+
+    def __init__(self, selector, all_samples: bool = False, *, num_replicas: Optional[int] = None,
+                 rank: Optional[int] = None, pad: bool = False):
+        _check_selector(selector)
+        self.selector = selector
+        self.all_samples = bool(all_samples)
+        self.pad = bool(pad)
+        self.num_replicas, self.rank = _world(num_replicas, rank)
+
+    def indices(self) -> torch.Tensor:
+        """int64 CPU tensor: this rank's scoring indices, ascending."""
+        if self.all_samples:
+            idx = torch.arange(self.selector.num_samples)
+        else:
+            idx = self.selector.scoring_mask().to("cpu").nonzero().squeeze(1)  # once per epoch
+        if self.pad:
+            return shard(idx, self.num_replicas, self.rank, drop_last=False)
+        return idx[self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.indices().numel()
