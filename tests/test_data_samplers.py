@@ -181,3 +181,21 @@ def test_bad_input():
     assert list(KeptSampler(sel)) == [] and len(KeptSampler(sel)) == 0
     assert list(KeptBatchSampler(sel, 4)) == [] and len(KeptBatchSampler(sel, 4)) == 0
     assert list(kept_loader(TensorDataset(torch.randn(N, 2), torch.zeros(N, dtype=torch.long)), sel, 4)) == []
+
+
+def test_dali_is_optional_and_named_when_missing():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ies_fast.data\n"
+        "assert 'nvidia.dali' not in sys.modules, 'ies_fast.data imported DALI eagerly'\n"
+        "sys.modules['nvidia.dali'] = None\n"
+        "try:\n"
+        "    import ies_fast.data.dali\n"
+        "except ImportError as e:\n"
+        "    assert 'nvidia-dali-cuda130' in str(e) and 'nvidia-dali-cuda120' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no ImportError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
