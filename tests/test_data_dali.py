@@ -174,3 +174,13 @@ def test_imagenet_corrupt_body_names_the_file(tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 2)  # JPEG header, garbage body
     with pytest.raises(RuntimeError, match="im0.JPEG"):
         list(imagenet_loader(str(root), None, 4, mode="val", size=8, num_threads=1))
+
+
+def test_epoch_left_early_does_not_leak_into_the_next():
+    images, labels = arrays()
+    sel = ies_fast.IES(N, backend="torch")
+    it = array_loader(images, labels, sel, 3, shuffle=False, num_threads=1, prefetch_queue_depth=2)
+    assert next(iter(it))[2].tolist() == [0, 1, 2]  # abandoned after one batch
+    set_mastered(sel, masks()[1])
+    seen = [i for _, _, b in it for i in b.tolist()]
+    assert seen == np.flatnonzero(~masks()[1]).tolist()

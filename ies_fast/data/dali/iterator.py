@@ -37,6 +37,7 @@ class DALIKeptIterator:
         gpu = pipeline.device_id is not None and pipeline.device_id >= 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", pipeline.device_id) if gpu else torch.device("cpu")
         self._dirty = False  # the pipeline ran since its last reset
+        self._finished = True  # the last epoch ran to its end
         self._len = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -48,18 +49,31 @@ class DALIKeptIterator:
         n = len(self.source.sampler) if self.source.sampler is not None else self.source.num_samples
         return -(-n // self.source.batch_size)
 
+    def _drain(self) -> None:
+        """Finish an epoch left early: feed nothing more and discard the batches
+        DALI already prefetched, so the next epoch starts clean."""
+        self.source.cursor = self.source.order.size
+        try:
+            while True:
+                self.pipeline.run()
+        except StopIteration:
+            pass
+
     def __iter__(self):
         if self._dirty:
+            if not self._finished:
+                self._drain()
             self.pipeline.reset()
             self._dirty = False
         if self.source.start_epoch() == 0:
             return
-        self._dirty = True
+        self._dirty, self._finished = True, False
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         while True:
             try:
                 outs = self.pipeline.run()
             except StopIteration:
+                self._finished = True
                 return
             except RuntimeError as e:
                 raise self.source.explain(e) if hasattr(self.source, "explain") else e
