@@ -184,3 +184,22 @@ def test_epoch_left_early_does_not_leak_into_the_next():
     set_mastered(sel, masks()[1])
     seen = [i for _, _, b in it for i in b.tolist()]
     assert seen == np.flatnonzero(~masks()[1]).tolist()
+
+
+def test_scoring_pass_over_the_dali_scoring_pipeline():
+    from ies_fast.scoring import score
+
+    images, labels = arrays()
+    sel = ies_fast.IES(N, backend="torch")
+    set_mastered(sel, masks()[2])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 36, 10))
+    n = score(sel, model, array_loader(images, labels, sel, 5, mode="scoring", num_threads=1))
+    gone = torch.from_numpy(np.flatnonzero(masks()[2]))
+    assert n == gone.numel()
+    slot = sel.count.long() % sel.history_length
+    recorded = sel.hist.gather(1, slot.unsqueeze(1)).squeeze(1)
+    x = normalised(images[gone.numpy()]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(labels)[gone], reduction="none")
+    assert torch.allclose(recorded[gone], expected, atol=1e-5)
