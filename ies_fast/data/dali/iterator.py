@@ -3,7 +3,6 @@ follows the sampler's current index list (its length changes with the kept
 set), the last batch is partial, nothing is dropped or repeated."""
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from nvidia.dali.backend import TensorListGPU
