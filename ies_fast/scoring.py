@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .loss import cross_entropy
 
-__all__ = ["score"]
+__all__ = ["score", "per_sample_cross_entropy"]
 
 MODES = ("eval", "train")
 
