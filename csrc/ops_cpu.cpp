@@ -1,0 +1,137 @@
+// ies_fast._C: op schemas, CPU (OpenMP) implementations, and the Python module.
+#include <Python.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "checks.h"
+#include "ring_math.h"
+
+namespace ies_fast {
+namespace {
+
+// Serial: a batch is small next to the state, and duplicates in `index` would
+// otherwise need atomics.
+void record_cpu(at::Tensor hist, const at::Tensor& count, const at::Tensor& loss_in, const at::Tensor& index_in) {
+  check_record(hist, count, loss_in, index_in);
+  const at::Tensor loss = loss_in.contiguous();
+  const at::Tensor index = index_in.contiguous();
+  const int64_t S = hist.size(0), L = hist.size(1), B = loss.size(0);
+  float* h = hist.data_ptr<float>();
+  const uint8_t* c = count.data_ptr<uint8_t>();
+  const float* v = loss.data_ptr<float>();
+  const int64_t* idx = index.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t i = idx[b];
+    if (i < 0) continue;
+    TORCH_CHECK_INDEX(i < S, "index[", b, "] = ", i, " is out of range for ", S, " samples");
+    const float value = std::isfinite(v[b]) ? v[b] : INFINITY;
+    float& slot = h[i * L + c[i] % L];
+    if (value > slot) slot = value;
+  }
+}
+
+at::Tensor close_epoch_cpu(at::Tensor hist, at::Tensor count, at::Tensor mastered, int64_t order, double delta) {
+  check_close(hist, count, mastered, order);
+  const int64_t S = hist.size(0);
+  const int L = static_cast<int>(hist.size(1));
+  const int ord = static_cast<int>(order);
+  const float d = static_cast<float>(delta);  // torch compares the fp32 score with delta cast to fp32
+  float* h = hist.data_ptr<float>();
+  uint8_t* c = count.data_ptr<uint8_t>();
+  bool* m = mastered.data_ptr<bool>();
+  int64_t observed = 0, nonfinite = 0, now = 0, reincluded = 0, newly = 0, eligible = 0;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (S > 4096) \
+    reduction(+ : observed, nonfinite, now, reincluded, newly, eligible)
+  for (int64_t i = 0; i < S; ++i) {
+    const SampleOutcome o = close_sample(h + i * L, c + i, m + i, L, ord, d);
+    observed += o.observed;
+    nonfinite += o.nonfinite;
+    now += o.now_mastered;
+    reincluded += o.was_mastered && !o.now_mastered;
+    newly += !o.was_mastered && o.now_mastered;
+    eligible += o.eligible;
+  }
+  at::Tensor stats = at::empty({kNumStats}, hist.options().dtype(at::kLong));
+  int64_t* s = stats.data_ptr<int64_t>();
+  s[kObserved] = observed;
+  s[kNonfinite] = nonfinite;
+  s[kMastered] = now;
+  s[kReincluded] = reincluded;
+  s[kNewlyMastered] = newly;
+  s[kEligible] = eligible;
+  return stats;
+}
+
+// Two passes over equal chunks: count per chunk, exclusive prefix, write.
+std::tuple<at::Tensor, at::Tensor> compact_cpu(const at::Tensor& mask_in) {
+  check_mask(mask_in);
+  const at::Tensor mask = mask_in.reshape(-1).contiguous();
+  const int64_t n = mask.numel();
+  at::Tensor out = at::empty({n}, mask.options().dtype(at::kLong));
+  const bool* f = mask.data_ptr<bool>();
+  int64_t* o = out.data_ptr<int64_t>();
+  const int threads = n > 65536 ? std::max(1, at::get_num_threads()) : 1;
+  std::vector<int64_t> offset(threads + 1, 0);
+  int64_t total = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t chunk = (n + nt - 1) / nt;
+    const int64_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
+    int64_t k = 0;
+    for (int64_t i = begin; i < end; ++i) k += f[i];
+    offset[t + 1] = k;
+#pragma omp barrier
+#pragma omp single
+    {
+      for (int j = 0; j < nt; ++j) offset[j + 1] += offset[j];
+      total = offset[nt];
+    }  // implicit barrier
+    int64_t w = offset[t];
+    for (int64_t i = begin; i < end; ++i)
+      if (f[i]) o[w++] = i;
+  }
+  return {out, at::scalar_tensor(total, mask.options().dtype(at::kLong))};
+}
+
+}  // namespace
+}  // namespace ies_fast
+
+TORCH_LIBRARY(ies_fast, m) {
+  m.def("record(Tensor(a!) hist, Tensor count, Tensor loss, Tensor index) -> ()");
+  m.def("close_epoch(Tensor(a!) hist, Tensor(b!) count, Tensor(c!) mastered, int order, float delta) -> Tensor");
+  m.def("compact(Tensor mask) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(ies_fast, CPU, m) {
+  m.impl("record", &ies_fast::record_cpu);
+  m.impl("close_epoch", &ies_fast::close_epoch_cpu);
+  m.impl("compact", &ies_fast::compact_cpu);
+}
+
+// ---- the Python module: importing it loads the ops above; cuda_built() says
+// whether the CUDA implementations were compiled in. Plain C API (no pybind11)
+// keeps the build short.
+
+static PyObject* cuda_built(PyObject*, PyObject*) {
+#ifdef IES_FAST_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"cuda_built", cuda_built, METH_NOARGS, "Whether the CUDA implementations of the ies_fast ops were compiled."},
+    {nullptr, nullptr, 0, nullptr}};
+
+static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                 "Native ies_fast ops, registered as torch.ops.ies_fast.{record,close_epoch,compact}.",
+                                 -1, methods};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }
