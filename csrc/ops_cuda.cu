@@ -2,7 +2,7 @@
 // CUB stream compaction with the count left on the device. Nothing here
 // synchronises with the host; everything runs on the current stream.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
@@ -65,7 +65,7 @@ void record_cuda(at::Tensor hist, const at::Tensor& count, const at::Tensor& los
   const at::Tensor index = index_in.contiguous();
   const int64_t B = loss.size(0);
   if (B == 0) return;
-  record_kernel<<<blocks_for(B), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  record_kernel<<<blocks_for(B), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       hist.data_ptr<float>(), count.data_ptr<uint8_t>(), loss.data_ptr<float>(), index.data_ptr<int64_t>(),
       hist.size(0), static_cast<int>(hist.size(1)), B);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -77,7 +77,7 @@ at::Tensor close_epoch_cuda(at::Tensor hist, at::Tensor count, at::Tensor master
   const int64_t S = hist.size(0);
   at::Tensor stats = at::zeros({kNumStats}, hist.options().dtype(at::kLong));
   if (S == 0) return stats;
-  close_epoch_kernel<<<blocks_for(S), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  close_epoch_kernel<<<blocks_for(S), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       hist.data_ptr<float>(), count.data_ptr<uint8_t>(), mastered.data_ptr<bool>(), S,
       static_cast<int>(hist.size(1)), static_cast<int>(order), static_cast<float>(delta),
       reinterpret_cast<unsigned long long*>(stats.data_ptr<int64_t>()));
@@ -93,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> compact_cuda(const at::Tensor& mask_in) {
   at::Tensor out = at::empty({n}, mask.options().dtype(at::kLong));
   at::Tensor count = at::zeros({}, mask.options().dtype(at::kLong));
   if (n == 0) return {out, count};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const thrust::counting_iterator<int64_t> positions(0);
   size_t temp_bytes = 0;
   C10_CUDA_CHECK(cub::DeviceSelect::Flagged(nullptr, temp_bytes, positions, mask.data_ptr<bool>(),

@@ -1,0 +1,276 @@
+"""The native extension ``ies_fast._C`` against the plain-torch ops, and
+IES(backend='native') against the torch backend and the reference criterion."""
+import math
+import os
+
+import pytest
+import torch
+
+from ies_fast import IES
+from ies_fast.backend import native_status
+from ies_fast.ops.compact import compact_torch
+from ies_fast.ops.ring import close_epoch_torch, record_torch
+
+from selector_driver import run_both
+
+
+@pytest.mark.skipif(os.environ.get("IES_FAST_EXPECT_NATIVE") != "1", reason="set IES_FAST_EXPECT_NATIVE=1")
+def test_native_was_built():
+    cpu, _, message = native_status()
+    assert cpu, message
+
+
+native = pytest.importorskip("ies_fast._C", reason="native extension ies_fast._C not built")
+ops = torch.ops.ies_fast
+
+
+def random_state(S, L, order, gen):
+    """Rings whose scores spread around delta=0.05, random counts (wrap values
+    included), current slots -inf / +inf / finite, random mastered."""
+    noise = 10 ** (torch.rand(S, 1, generator=gen) * 4 - 4) * (10 if order == 0 else 1)
+    hist = torch.rand(S, 1, generator=gen) * (order > 0) + torch.randn(S, L, generator=gen) * noise
+    count = torch.randint(0, 2 * L, (S,), generator=gen)
+    count[:4] = torch.tensor([0, L - 1, L, 2 * L - 1])[: min(4, S)]
+    count = count.to(torch.uint8)
+    cur = count.long() % L
+    rows = torch.arange(S)
+    r = torch.rand(S, generator=gen)
+    hist[rows[r < 0.2], cur[r < 0.2]] = -math.inf
+    hist[rows[(r >= 0.2) & (r < 0.3)], cur[(r >= 0.2) & (r < 0.3)]] = math.inf
+    mastered = torch.rand(S, generator=gen) < 0.5
+    return hist, count, mastered
+
+
+def random_batch(S, B, gen):
+    """Losses with NaN / +inf / -inf, duplicate indices and -1 rows."""
+    loss = torch.rand(B, generator=gen) * 3
+    special = torch.rand(B, generator=gen)
+    loss[special < 0.05] = math.nan
+    loss[(special >= 0.05) & (special < 0.1)] = math.inf
+    loss[(special >= 0.1) & (special < 0.15)] = -math.inf
+    index = torch.randint(0, max(S, 1), (B,), generator=gen)
+    index[torch.rand(B, generator=gen) < 0.15] = -1
+    if S == 0:
+        index.fill_(-1)
+    return loss, index
+
+
+# ---- record ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("S,L,B", [(7, 5, 40), (100, 3, 257), (33, 8, 5), (1000, 1, 3000), (5, 4, 0), (0, 3, 4)])
+def test_record_matches_torch(S, L, B):
+    gen = torch.Generator().manual_seed(S + B + L)
+    hist, count, _ = random_state(S, L, 2, gen)
+    loss, index = random_batch(S, B, gen)
+    got, want = hist.clone(), hist.clone()
+    ops.record(got, count, loss, index)
+    if S:  # the torch op cannot index an empty state, even for skipped rows
+        record_torch(want, count, loss, index)
+    assert torch.equal(got, want)
+    if S and B:
+        assert not torch.equal(got, hist)
+
+
+def test_record_non_contiguous_inputs():
+    gen = torch.Generator().manual_seed(3)
+    hist, count, _ = random_state(50, 5, 2, gen)
+    loss, index = random_batch(50, 200, gen)
+    got, want = hist.clone(), hist.clone()
+    ops.record(got, count, loss[::2], index[::2])
+    record_torch(want, count, loss[::2], index[::2])
+    assert torch.equal(got, want)
+
+
+def test_record_rejects_bad_arguments():
+    hist, count = torch.zeros(4, 5), torch.zeros(4, dtype=torch.uint8)
+    loss, index = torch.zeros(2), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="hist"):
+        ops.record(hist.t(), count, loss, index)
+    with pytest.raises(ValueError, match="count"):
+        ops.record(hist, count.long(), loss, index)
+    with pytest.raises(ValueError, match="loss"):
+        ops.record(hist, count, loss.double(), index)
+    with pytest.raises(ValueError, match="index"):
+        ops.record(hist, count, loss, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(IndexError, match="index"):
+        ops.record(hist, count, loss, torch.tensor([0, 4]))
+
+
+# ---- close_epoch -------------------------------------------------------------------------
+
+
+def assert_same_close(hist, count, mastered, order, delta):
+    got = (hist.clone(), count.clone(), mastered.clone())
+    want = (hist.clone(), count.clone(), mastered.clone())
+    stats_got = ops.close_epoch(*got, order, delta)
+    stats_want = close_epoch_torch(*want, order, delta)
+    assert stats_got.dtype == torch.int64
+    assert torch.equal(stats_got, stats_want), (stats_got, stats_want)
+    for name, a, b in zip(("hist", "count", "mastered"), got, want):
+        assert torch.equal(a, b), name
+    return got, stats_got
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 3])
+@pytest.mark.parametrize("window", [1, 3, 5])
+@pytest.mark.parametrize("S", [301, 5, 0])
+def test_close_epoch_matches_torch(order, window, S):
+    gen = torch.Generator().manual_seed(order * 10 + window + S)
+    hist, count, mastered = random_state(S, order + window, order, gen)
+    (_, _, now), stats = assert_same_close(hist, count, mastered, order, 0.05)
+    if S > 100:  # the random states exercise every branch
+        assert 0 < int(now.sum()) < S
+        assert stats[1] > 0 and stats[3] > 0 and stats[5] > 0
+
+
+def test_close_epoch_parallel_path_matches_torch():
+    """Large enough for the OpenMP loop and its reductions."""
+    gen = torch.Generator().manual_seed(11)
+    hist, count, mastered = random_state(20_011, 5, 2, gen)
+    assert_same_close(hist, count, mastered, 2, 0.05)
+
+
+def test_close_epoch_inf_in_window_never_masters():
+    hist = torch.tensor([[0.5, math.inf, 0.5, 0.5, 0.5], [0.5, -math.inf, 0.5, 0.5, 0.5]])
+    count = torch.tensor([6, 6], dtype=torch.uint8)  # current slot 1; after the fold 7 -> window slots 2..6
+    mastered = torch.tensor([True, True])
+    assert_same_close(hist, count, mastered, 2, 0.05)
+
+
+def test_close_epoch_several_epochs_with_records():
+    gen = torch.Generator().manual_seed(9)
+    S, order, window = 150, 2, 3
+    fast = random_state(S, order + window, order, gen)
+    slow = tuple(t.clone() for t in fast)
+    for _ in range(8):
+        loss, index = random_batch(S, 200, gen)
+        loss = torch.where(torch.rand(200, generator=gen) < 0.5, loss * 1e-3, loss)
+        ops.record(fast[0], fast[1], loss, index)
+        record_torch(slow[0], slow[1], loss, index)
+        assert torch.equal(ops.close_epoch(*fast, order, 0.05), close_epoch_torch(*slow, order, 0.05))
+        for a, b in zip(fast, slow):
+            assert torch.equal(a, b)
+
+
+def test_close_epoch_rejects_bad_arguments():
+    hist, count = torch.zeros(4, 5), torch.zeros(4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="mastered"):
+        ops.close_epoch(hist, count, torch.zeros(4, dtype=torch.uint8), 2, 0.1)
+    with pytest.raises(ValueError, match="order"):
+        ops.close_epoch(hist, count, torch.zeros(4, dtype=torch.bool), 5, 0.1)
+    with pytest.raises(ValueError, match="hist"):
+        ops.close_epoch(torch.zeros(4, 200), count, torch.zeros(4, dtype=torch.bool), 2, 0.1)
+
+
+# ---- compact -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 65_537, 200_003])
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_compact_matches_torch(n, p):
+    gen = torch.Generator().manual_seed(n)
+    mask = torch.rand(n, generator=gen) < p
+    got, count = ops.compact(mask)
+    want, want_count = compact_torch(mask)
+    assert got.dtype == torch.int64 and got.shape == (n,)
+    assert count.dtype == torch.int64 and count.dim() == 0
+    assert torch.equal(count, want_count)
+    k = int(count)
+    assert torch.equal(got[:k], want[:k])
+    assert torch.equal(got[:k], mask.nonzero().squeeze(1))
+
+
+def test_compact_flattens_and_rejects_non_bool():
+    mask = torch.rand(30, 7, generator=torch.Generator().manual_seed(2)) < 0.5
+    got, count = ops.compact(mask)
+    assert torch.equal(got[: int(count)], mask.reshape(-1).nonzero().squeeze(1))
+    with pytest.raises(ValueError, match="mask"):
+        ops.compact(mask.float())
+
+
+# ---- the selector on the native backend ---------------------------------------------------
+
+
+@pytest.mark.parametrize("order,window", [(0, 1), (2, 3), (3, 2)])
+def test_selector_native_matches_torch_and_reference(order, window):
+    fast = IES(61, delta=0.05, order=order, window=window, backend="native")
+    slow = IES(61, delta=0.05, order=order, window=window, backend="torch")
+    got = run_both(fast, 11, order)
+    want = run_both(slow, 11, order)
+    assert any(m.any() for m, _ in got), "the test should master some samples"
+    for epoch, ((g, ref), (w, _)) in enumerate(zip(got, want)):
+        assert torch.equal(g, ref), f"epoch {epoch}"
+        assert torch.equal(g, w), f"epoch {epoch}"
+    assert torch.equal(fast.hist, slow.hist) and torch.equal(fast.count, slow.count)
+    assert torch.equal(fast.kept_indices(), slow.kept_indices())
+    assert fast.stats() == slow.stats()
+
+
+def test_selector_native_partial_duplicates_nonfinite():
+    def perturb(losses, order, gen):
+        losses = losses.clone()
+        bad = torch.rand(losses.shape, generator=gen) < 0.05
+        losses[bad] = torch.tensor([math.nan, math.inf, -math.inf])[torch.randint(0, 3, (int(bad.sum()),), generator=gen)]
+        dup = order[torch.randint(0, len(order), (len(order) // 4,), generator=gen)]
+        return losses, torch.cat([order, dup])[torch.randperm(len(order) + len(dup), generator=gen)]
+
+    fast = IES(53, delta=0.05, backend="native")
+    for got, want in run_both(fast, 12, 5, extra=perturb, observe_fraction=0.7):
+        assert torch.equal(got, want)
+    assert fast.stats()["nonfinite_total"] > 0
+
+
+# ---- CUDA --------------------------------------------------------------------------------
+
+cuda_native = pytest.mark.skipif(not native_status()[1], reason="ies_fast._C built without CUDA")
+
+
+@pytest.mark.gpu
+@cuda_native
+@pytest.mark.parametrize("S,L,B", [(1_281_167, 5, 1 << 20), (37, 3, 1000), (10, 4, 0)])
+def test_cuda_record_matches_torch(S, L, B):
+    gen = torch.Generator().manual_seed(1)
+    hist, count, _ = random_state(S, L, 2, gen)
+    loss, index = random_batch(S, B, gen)
+    got = hist.cuda()
+    ops.record(got, count.cuda(), loss.cuda(), index.cuda())
+    want = hist.clone()
+    record_torch(want, count, loss, index)
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.gpu
+@cuda_native
+@pytest.mark.parametrize("order", [0, 2, 3])
+@pytest.mark.parametrize("S", [1_281_167, 301, 0])
+def test_cuda_close_epoch_matches_torch(order, S):
+    gen = torch.Generator().manual_seed(order + S)
+    state = random_state(S, order + 3, order, gen)
+    fast = tuple(t.cuda() for t in state)
+    slow = tuple(t.clone() for t in state)
+    stats = ops.close_epoch(*fast, order, 0.05)
+    assert stats.is_cuda
+    assert torch.equal(stats.cpu(), close_epoch_torch(*slow, order, 0.05))
+    for a, b in zip(fast, slow):
+        assert torch.equal(a.cpu(), b)
+
+
+@pytest.mark.gpu
+@cuda_native
+@pytest.mark.parametrize("n", [0, 1, 1000, 1_281_167])
+def test_cuda_compact_matches_torch(n):
+    gen = torch.Generator().manual_seed(n)
+    mask = torch.rand(n, generator=gen) < 0.4
+    got, count = ops.compact(mask.cuda())
+    assert got.is_cuda and count.is_cuda and count.dim() == 0
+    assert int(count) == int(mask.sum())
+    assert torch.equal(got[: int(count)].cpu(), mask.nonzero().squeeze(1))
+
+
+@pytest.mark.gpu
+@cuda_native
+def test_selector_native_cuda_matches_reference():
+    fast = IES(61, delta=0.05, device="cuda", backend="native")
+    for got, want in run_both(fast, 11, 2):
+        assert torch.equal(got, want)
