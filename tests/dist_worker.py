@@ -40,14 +40,25 @@ def epoch_observations(epoch: int, overlap: bool, seed: int = 0) -> tuple[torch.
     return loss, index
 
 
+def exit_losses(loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``[B, 2]`` losses for a two-exit model: exit 0 as given, exit 1 three times
+    as unstable (masters later), both functions of (sample, loss) only."""
+    return torch.stack([loss, loss * 3 + (index % 7).float() * 0.1], 1)
+
+
 def feed(selector: IES, epochs: range, overlap: bool, rank: int, world: int, batch: int = 5) -> None:
     """Observe this rank's share (every ``world``-th observation) of each epoch, then step."""
     for epoch in epochs:
         loss, index = epoch_observations(epoch, overlap)
         mine_l, mine_i = loss[rank::world], index[rank::world]
         for l, i in zip(mine_l.split(batch), mine_i.split(batch)):
-            selector.observe(l, i)
+            selector.observe(exit_losses(l, i) if selector.num_exits == 2 else l, i)
         selector.step()
+
+
+def new_per_exit_selector() -> IES:
+    return IES(S, delta=DELTA, order=ORDER, window=WINDOW, device="cpu", backend="torch",
+               num_exits=2, exit_reduction="per_exit")
 
 
 def new_selector() -> IES:
@@ -94,6 +105,11 @@ def worker(rank: int, world: int, port: int, out_dir: str, job: dict) -> None:
             start = save_at
         feed(sel, range(start, job["epochs"]), job["overlap"], rank, world)
         d.assert_selector_in_sync(sel)
-        torch.save(snapshot(sel), os.path.join(out_dir, f"rank{rank}.pt"))
+        snap = snapshot(sel)
+        if job.get("per_exit"):
+            pe = new_per_exit_selector()
+            feed(pe, range(job["epochs"]), job["overlap"], rank, world)
+            snap["per_exit"] = pe.exit_mastered_mask().clone()
+        torch.save(snap, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -74,11 +74,17 @@ def assert_same(a: dict, b: dict, what: str) -> None:
 
 @pytest.mark.parametrize("world,overlap", [(2, False), (3, True)])
 def test_ranks_agree_with_single_process_and_reference(tmp_path, world, overlap):
-    job = {"overlap": overlap, "epochs": EPOCHS}
+    job = {"overlap": overlap, "epochs": EPOCHS, "per_exit": world == 3}
     snaps = launch(world, tmp_path, job)
     single, ref_mask = single_process(job, EPOCHS)
     for r, snap in enumerate(snaps):
         assert_same(snap, single, f"rank {r} vs single process")
+    if job["per_exit"]:  # the per-exit selector merges through its inner IES
+        pe = w.new_per_exit_selector()
+        w.feed(pe, range(EPOCHS), overlap, 0, 1)
+        for r, snap in enumerate(snaps):
+            assert torch.equal(snap["per_exit"], pe.exit_mastered_mask()), f"rank {r}: per-exit masks differ"
+        assert bool(pe.exit_mastered_mask()[:, 0].any())
     assert snaps[0]["mastered"].tolist() == ref_mask
     # the test must be able to fail: something got mastered, and not everything
     assert 0 < int(single["mastered"].sum()) < w.S
