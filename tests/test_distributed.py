@@ -122,3 +122,31 @@ def test_helpers_without_process_group():
     sel.observe(torch.rand(5), torch.arange(5))
     sel.step()
     assert not torch.equal(before, d.selector_fingerprint(sel))
+
+
+def test_torchrun_loop_with_helpers(tmp_path):
+    """A DDP loop built from ies_fast.distributed under torchrun (2 gloo ranks):
+    identical selector and model on both ranks, rank 0 checkpoints."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", os.path.join(root, "tests", "torchrun_script.py"), str(tmp_path), "6"]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("torchrun run did not finish in 120 s")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert a["world"] == b["world"] == 2
+    for k in ("hist", "count", "mastered", "totals"):
+        assert torch.equal(a["selector"][k], b["selector"][k]), k
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["stats"]["mastered"] > 0 and a["stats"]["kept"] > 0
+    from ies_fast.checkpoint_io import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / "ckpt.pt")
+    assert torch.equal(saved["selector"]["mastered"], a["selector"]["mastered"])
