@@ -140,7 +140,8 @@ def test_torchrun_loop_with_helpers(tmp_path):
         pytest.fail("torchrun run did not finish in 120 s")
     assert proc.returncode == 0, proc.stderr[-4000:]
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
-    assert a["world"] == b["world"] == 2
+    assert a["world"] == b["world"] == 2 and a["ranks"] == 2
+    assert a["trained"] == b["trained"] > 0
     for k in ("hist", "count", "mastered", "totals"):
         assert torch.equal(a["selector"][k], b["selector"][k]), k
     for k in a["model"]:

@@ -18,8 +18,10 @@ torch.set_num_threads(1)
 device = d.init_from_env(backend="gloo")
 torch.manual_seed(0)  # same initial model on every rank (DDP also broadcasts it)
 N, D, C = 120, 8, 3
-g = torch.Generator().manual_seed(1)
-data = TensorDataset(torch.randn(N, D, generator=g), torch.randint(0, C, (N,), generator=g), torch.arange(N))
+with d.main_process_first():  # where rank 0 would build a cache the others then read
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(N, D, generator=g), torch.randint(0, C, (N,), generator=g), torch.arange(N))
+trained = torch.zeros(1, dtype=torch.int64)
 model = d.wrap_model(torch.nn.Linear(D, C), device)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 sel = IES(N, delta=3e-2, order=1, window=2, device=device, backend="torch")
@@ -29,6 +31,7 @@ for epoch in range(epochs):
     for x, y, idx in DataLoader(data, batch_size=8, sampler=sampler):
         loss = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
         sel.observe(loss.detach(), idx)
+        trained += idx.numel()
         opt.zero_grad()
         loss.mean().backward()  # the loader only yields kept samples
         opt.step()
@@ -44,5 +47,6 @@ for epoch in range(epochs):
                         os.path.join(out_dir, "ckpt.pt"))
     d.barrier()
 torch.save({"selector": sel.state_dict(), "model": d.unwrap_model(model).state_dict(), "world": d.get_world_size(),
-            "stats": sel.stats()}, os.path.join(out_dir, f"rank{d.get_rank()}.pt"))
+            "stats": sel.stats(),
+            "trained": int(d.all_reduce_sum(trained)), "ranks": int(d.all_reduce_sum(torch.ones(1, dtype=torch.int64)))}, os.path.join(out_dir, f"rank{d.get_rank()}.pt"))
 d.cleanup()
