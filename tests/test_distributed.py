@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ import torch.multiprocessing as mp
 
 from ies_fast import ReferenceCriterion
 from ies_fast import distributed as d
+from ies_fast.checkpoint_io import load_checkpoint
 
 import dist_worker as w
 
@@ -98,8 +101,6 @@ def test_resume_on_another_world_size(tmp_path, resume_world):
     resume = {"overlap": True, "epochs": EPOCHS, "resume_from": ckpt}
     if resume_world == 1:
         sel = w.new_selector()
-        from ies_fast.checkpoint_io import load_checkpoint
-
         sel.load_state_dict(load_checkpoint(ckpt)["selector"])
         w.feed(sel, range(sel.epoch, EPOCHS), True, 0, 1)
         snaps = [w.snapshot(sel)]
@@ -127,9 +128,6 @@ def test_helpers_without_process_group():
 def test_torchrun_loop_with_helpers(tmp_path):
     """A DDP loop built from ies_fast.distributed under torchrun (2 gloo ranks):
     identical selector and model on both ranks, rank 0 checkpoints."""
-    import subprocess
-    import sys
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -147,7 +145,5 @@ def test_torchrun_loop_with_helpers(tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["stats"]["mastered"] > 0 and a["stats"]["kept"] > 0
-    from ies_fast.checkpoint_io import load_checkpoint
-
     saved = load_checkpoint(tmp_path / "ckpt.pt")
     assert torch.equal(saved["selector"]["mastered"], a["selector"]["mastered"])
