@@ -19,3 +19,6 @@ from .stopper import PatienceStopper, all_mastered
 from .multi_exit import MultiExitResNet, multi_exit_loss, per_exit_cross_entropy
 
 __all__ += ["InfoBatch", "RandomRemoval", "PatienceStopper", "all_mastered", "MultiExitResNet", "multi_exit_loss", "per_exit_cross_entropy"]
+from .scoring import score
+
+__all__ += ["score"]

@@ -81,6 +81,11 @@ def cross_entropy(
     _check_inputs(logits, target, ignore_index, label_smoothing, reduction, sample_weight)
     if selector is not None and index is None:
         raise ValueError("index is required when a selector is given (the samples' dataset indices)")
+    if selector is not None and getattr(selector, "num_exits", 1) > 1:
+        raise ValueError(
+            "selector has num_exits > 1: feed its [B, H] per-exit losses through selector.observe "
+            "(see ies_fast.per_exit_cross_entropy), not cross_entropy"
+        )
     target = _check_target_range(target, logits.shape[1], ignore_index, selector)
     recorded = None
     if selector is not None:
@@ -90,7 +95,8 @@ def cross_entropy(
             selector._pending_scored += logits.shape[0]
 
     op = _backend.resolve(backend, logits.device, "cross_entropy")
-    if op == "triton" and logits.dtype != torch.float64 and (selector is None or selector.device == logits.device):
+    fused_ring = selector is None or (hasattr(selector, "hist") and selector.device == logits.device)
+    if op == "triton" and logits.dtype != torch.float64 and fused_ring:
         from .kernels.cross_entropy import fused_cross_entropy
 
         ring = (selector.hist, selector.count, recorded) if selector is not None else None
@@ -106,9 +112,7 @@ def cross_entropy(
 
     losses = per_sample_cross_entropy_torch(logits, target, ignore_index, float(label_smoothing))
     if selector is not None and logits.shape[0]:
-        from .ops import dispatch
-
-        dispatch.record(selector._op("record"), selector.hist, selector.count, losses.detach().to(selector.device), recorded)
+        selector._record(losses.detach(), recorded)
     valid = target != ignore_index
     out_dtype = logits.dtype
     return reduce_losses(losses, valid, reduction, sample_weight, out_dtype)

@@ -49,9 +49,20 @@ class Selector:
         """Record this epoch's per-sample losses (no host sync)."""
         raise NotImplementedError
 
+    def _record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
+        """Record already-checked losses: ``index`` int64 on the selector's device,
+        rows with ``index < 0`` skipped (the hook ``ies_fast.cross_entropy`` uses)."""
+        raise NotImplementedError
+
     def step(self) -> None:
         """Close the epoch and decide the next epoch's kept set."""
         raise NotImplementedError
+
+    def score(self, model, loader, **kwargs) -> int:
+        """Forward-only scoring pass over the removed samples (see :func:`ies_fast.scoring.score`)."""
+        from .scoring import score
+
+        return score(self, model, loader, **kwargs)
 
     def removed_mask(self) -> torch.Tensor:
         """bool ``[num_samples]``: samples left out of the next training pass."""
@@ -104,10 +115,12 @@ class Selector:
         count once (the one device->host copy per epoch), cached until ``step()``."""
         if self._kept_list is None:
             buffer, count = self.kept_indices_padded()
-            self._kept_list = buffer[: int(count)]
+            self._kept_list = buffer[: int(count)].clone()
+            self._kept_cache = None  # keep only the sized list (memory: 8 bytes per kept sample)
         return self._kept_list
 
     def _invalidate(self) -> None:
+        """Forget the cached index list (the mask changed)."""
         self._kept_cache = None
         self._kept_list = None
 

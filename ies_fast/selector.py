@@ -111,10 +111,13 @@ class IES(Selector):
         index = self._index(index, per_sample_loss.numel())
         if per_sample_loss.numel() == 0:
             return
-        loss = per_sample_loss.detach().to(self.device, non_blocking=True)
-        dispatch.record(self._op("record"), self.hist, self.count, loss, index)
+        self._record(per_sample_loss, index)
         if scoring:
             self._pending_scored += index.numel()
+
+    def _record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
+        loss = per_sample_loss.detach().to(self.device, non_blocking=True)
+        dispatch.record(self._op("record"), self.hist, self.count, loss, index)
 
     def _reduce_exits(self, per_sample_loss: torch.Tensor) -> torch.Tensor:
         if self.num_exits == 1 and per_sample_loss.dim() == 1:
@@ -135,8 +138,8 @@ class IES(Selector):
         """Close the epoch: fold in its losses and decide the mastered set for the next
         epoch. Under an initialised process group the ranks first merge what they
         recorded (one all-reduce of ``num_samples`` fp32 values)."""
-        self._report_deferred_errors()
         self._merge_ranks()
+        self._report_deferred_errors()
         if self.removal_enabled:
             self.totals[TOTALS.index("backward_saved")] += self.mastered.sum()
         self.totals[TOTALS.index("sample_epochs")] += self.num_samples
@@ -158,6 +161,8 @@ class IES(Selector):
         dist.all_reduce(current, op=dist.ReduceOp.MAX)
         self.hist.scatter_(1, slot, current.unsqueeze(1))
         dist.all_reduce(self._pending_scored, op=dist.ReduceOp.SUM)
+        # every rank raises together on bad input instead of leaving the others waiting
+        dist.all_reduce(self._deferred_errors, op=dist.ReduceOp.SUM)
 
     # ---- the decision ----------------------------------------------------------------
     def mastered_mask(self) -> torch.Tensor:
