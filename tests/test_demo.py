@@ -1,0 +1,41 @@
+import pytest
+
+from ies_fast.cli import main
+from ies_fast.demo import DemoConfig, format_table, load_digits_split, run
+
+
+def test_demo_ies_saves_backward_passes_at_equal_accuracy():
+    data = load_digits_split()
+    config = DemoConfig(epochs=40)
+    base = [run(config, 0.0, s, data) for s in (0, 1)]
+    ies = [run(config, config.delta, s, data) for s in (0, 1)]
+    total = config.epochs * len(data[1])
+    saved = 1 - sum(r.backward_samples for r in ies) / (2 * total)
+    assert saved >= 0.25
+    assert all(r.backward_samples == total for r in base)
+    acc_base = sum(r.test_acc for r in base) / 2
+    acc_ies = sum(r.test_acc for r in ies) / 2
+    assert acc_ies >= acc_base - 0.01
+    assert all(r.scored_samples > 0 for r in ies)
+    assert "IES" in format_table(base, ies, config.epochs, len(data[1]))
+
+
+def test_cli_demo_writes_table_and_plot(tmp_path, capsys):
+    plot = tmp_path / "demo.png"
+    assert main(["demo", "--epochs", "8", "--seeds", "1", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "IES" in out
+    assert plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv", [["demo", "--epochs", "0"], ["demo", "--epochs", "x"], ["nope"]])
+def test_cli_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_negative_delta(capsys):
+    assert main(["demo", "--delta", "-1", "--plot", ""]) == 2
+    assert "--delta" in capsys.readouterr().err
