@@ -223,10 +223,7 @@ class InfoBatch(Selector):
             "pruning": self.prunes_epoch(self.epoch) and self.removal_enabled,
             "mean_score": float(self.scores[: self.num_samples].mean()),
             "nonfinite_total": totals["nonfinite"],
-            "backward_saved": totals["backward_saved"],
-            "backward_saved_fraction": totals["backward_saved"] / totals["sample_epochs"] if totals["sample_epochs"] else 0.0,
-            "scored_total": totals["scored"],
-            "removal_enabled": self.removal_enabled,
+            **self._saving_stats(totals),
         }
 
     # ---- checkpoints -----------------------------------------------------------------

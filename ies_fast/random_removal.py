@@ -73,10 +73,7 @@ class RandomRemoval(Selector):
             "num_samples": self.num_samples,
             "kept": self.num_samples - removed,
             "removed": removed,
-            "backward_saved": totals["backward_saved"],
-            "backward_saved_fraction": totals["backward_saved"] / totals["sample_epochs"] if totals["sample_epochs"] else 0.0,
-            "scored_total": totals["scored"],
-            "removal_enabled": self.removal_enabled,
+            **self._saving_stats(totals),
         }
 
     def state_dict(self) -> dict:

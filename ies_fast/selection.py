@@ -90,6 +90,16 @@ class Selector:
     def stats(self) -> dict:
         raise NotImplementedError
 
+    def _saving_stats(self, totals: dict) -> dict:
+        """The stats every selector reports, from its totals (backward_saved, sample_epochs, scored)."""
+        epochs = totals["sample_epochs"]
+        return {
+            "backward_saved": totals["backward_saved"],
+            "backward_saved_fraction": totals["backward_saved"] / epochs if epochs else 0.0,
+            "scored_total": totals["scored"],
+            "removal_enabled": self.removal_enabled,
+        }
+
     def state_dict(self) -> dict:
         raise NotImplementedError
 

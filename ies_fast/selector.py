@@ -199,10 +199,7 @@ class IES(Selector):
             "nonfinite": last["nonfinite"],
             "nonfinite_total": totals["nonfinite"],
             "reincluded_total": totals["reincluded"],
-            "backward_saved": totals["backward_saved"],
-            "backward_saved_fraction": totals["backward_saved"] / totals["sample_epochs"] if totals["sample_epochs"] else 0.0,
-            "scored_total": totals["scored"],
-            "removal_enabled": self.removal_enabled,
+            **self._saving_stats(totals),
         }
 
     # ---- checkpoints -----------------------------------------------------------------
