@@ -67,8 +67,11 @@ def init_from_env(backend: Optional[str] = None, timeout_s: float = 600.0) -> to
 
 
 def cleanup() -> None:
-    """Destroy the process group if one is up (call at the end of a run)."""
+    """Destroy the process group if one is up (call at the end of a run). All ranks
+    meet in a barrier first: a rank tearing gloo down while a peer still has a
+    collective in flight aborts the peer ("terminate called without an active exception")."""
     if is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
