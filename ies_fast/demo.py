@@ -51,13 +51,14 @@ def load_digits_split(seed: int = 0):
     return x[train], y[train], x[test], y[test]
 
 
-def run(config: DemoConfig, delta: float, seed: int, data) -> RunResult:
-    """Train one MLP with IES at ``delta`` (0 = baseline)."""
+def run(config: DemoConfig, delta: float, seed: int, data, selector=None) -> RunResult:
+    """Train one MLP with IES at ``delta`` (0 = baseline), or with the given ``selector``
+    (any :class:`ies_fast.Selector`: InfoBatch, RandomRemoval, ...)."""
     x_train, y_train, x_test, y_test = data
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, config.hidden), torch.nn.ReLU(), torch.nn.Linear(config.hidden, 10))
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
-    sel = IES(len(y_train), delta=delta)
+    sel = selector if selector is not None else IES(len(y_train), delta=delta)
     gen = torch.Generator().manual_seed(seed)
     result = RunResult(0.0, 0, 0, 0.0)
     start = time.perf_counter()
@@ -66,12 +67,13 @@ def run(config: DemoConfig, delta: float, seed: int, data) -> RunResult:
         order = kept[torch.randperm(len(kept), generator=gen)]
         model.train()
         for batch in order.split(config.batch_size):
-            loss = cross_entropy(model(x_train[batch]), y_train[batch], batch, selector=sel)
+            weight = sel.loss_weights(batch)
+            loss = cross_entropy(model(x_train[batch]), y_train[batch], batch, selector=sel, sample_weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         result.backward_samples += len(kept)
-        removed = torch.nonzero(sel.removed_mask()).squeeze(1)
+        removed = torch.nonzero(sel.scoring_mask()).squeeze(1)
         if sel.needs_scoring() and len(removed):
             model.eval()
             with torch.no_grad():
@@ -86,6 +88,41 @@ def run(config: DemoConfig, delta: float, seed: int, data) -> RunResult:
     result.test_acc = result.acc_curve[-1]
     result.scored_samples = sel.stats()["scored_total"]
     return result
+
+
+@dataclass
+class DigitsCompareConfig:
+    """What ``ies-fast compare --dataset digits`` varies per run (see ies_fast.train.compare)."""
+
+    selector: str = "ies"
+    seed: int = 0
+    epochs: int = 60
+    delta: float = 2e-4
+    prune_ratio: float = 0.5
+    infobatch_delta: float = 0.875
+    random_ratio: float = 0.3
+
+
+def train_digits(config: DigitsCompareConfig) -> dict:
+    """One digits run with the named selector; the summary ``compare`` reads."""
+    from . import InfoBatch, RandomRemoval
+
+    data = load_digits_split()
+    n = len(data[1])
+    demo = DemoConfig(epochs=config.epochs, delta=config.delta)
+    selector = {
+        "ies": lambda: IES(n, delta=config.delta),
+        "none": lambda: IES(n, delta=0.0),
+        "infobatch": lambda: InfoBatch(n, config.epochs, prune_ratio=config.prune_ratio, delta=config.infobatch_delta, seed=config.seed),
+        "random": lambda: RandomRemoval(n, config.random_ratio, seed=config.seed),
+    }[config.selector]()
+    result = run(demo, config.delta, config.seed, data, selector=selector)
+    return {
+        "test_acc": result.test_acc,
+        "backward_saved_fraction": 1 - result.backward_samples / (config.epochs * n),
+        "scored_samples": result.scored_samples,
+        "wall_time_s": result.wall_time,
+    }
 
 
 def _mean_std(values):

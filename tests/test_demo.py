@@ -39,3 +39,13 @@ def test_cli_bad_arguments_exit_2(argv, capsys):
 def test_cli_negative_delta(capsys):
     assert main(["demo", "--delta", "-1", "--plot", ""]) == 2
     assert "--delta" in capsys.readouterr().err
+
+
+def test_cli_compare_digits_prints_every_selector(tmp_path, capsys):
+    plot = tmp_path / "compare.png"
+    argv = ["compare", "--dataset", "digits", "--epochs", "6", "--seeds", "0", "--plot", str(plot)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for name in ("baseline", "IES", "InfoBatch", "random removal"):
+        assert name in out
+    assert plot.stat().st_size > 1000

@@ -1,0 +1,1 @@
+"""Training helpers: `compare` (several selectors, same data and seeds)."""
