@@ -41,6 +41,15 @@ class IES(Selector):
 
     VERSION = 1
 
+    def __new__(cls, *args, **kwargs):
+        # one history and decision per (sample, exit): IES(..., exit_reduction="per_exit")
+        # builds ies_fast.multi_exit.PerExitIES, which overrides observe/step/stats/state_dict
+        if cls is IES and kwargs.get("exit_reduction") == "per_exit":
+            from .multi_exit import PerExitIES
+
+            cls = PerExitIES
+        return super().__new__(cls)
+
     def __init__(
         self,
         num_samples: int,
@@ -79,12 +88,7 @@ class IES(Selector):
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
         self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
         if self.exit_reduction == "per_exit":
-            # one history and decision per (sample, exit): the behaviour lives in
-            # ies_fast/multi_exit.py (PerExitIES overrides observe/step/stats/state_dict)
-            from .multi_exit import PerExitIES
-
-            self.__class__ = PerExitIES
-            self._init_per_exit()
+            self._init_per_exit()  # PerExitIES, chosen by __new__
 
     @property
     def history_length(self) -> int:
