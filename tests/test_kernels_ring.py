@@ -7,11 +7,11 @@ import pytest
 import torch
 from triton_compile import compile_for_sm90
 
-from ies_fast import IES
+
 from ies_fast.kernels.ring import close_epoch_triton, record_triton
 from ies_fast.ops.ring import close_epoch_torch, record_torch
 
-from selector_driver import run_both
+from selector_driver import assert_backend_handles_duplicates_and_nonfinite, assert_backend_matches_torch_and_reference
 
 
 def random_state(S, L, order, gen):
@@ -130,31 +130,11 @@ def test_bad_state_is_rejected():
 
 @pytest.mark.parametrize("order,window", [(0, 1), (2, 3), (3, 2)])
 def test_selector_triton_matches_torch_and_reference(order, window):
-    fast = IES(61, delta=0.05, order=order, window=window, backend="triton")
-    slow = IES(61, delta=0.05, order=order, window=window, backend="torch")
-    got = run_both(fast, 11, order)
-    want = run_both(slow, 11, order)
-    assert any(m.any() for m, _ in got), "the test should master some samples"
-    for epoch, ((g, ref), (w, _)) in enumerate(zip(got, want)):
-        assert torch.equal(g, ref), f"epoch {epoch}"
-        assert torch.equal(g, w), f"epoch {epoch}"
-    assert torch.equal(fast.hist, slow.hist) and torch.equal(fast.count, slow.count)
-    assert torch.equal(fast.kept_indices(), slow.kept_indices())
-    assert fast.stats() == slow.stats()
+    assert_backend_matches_torch_and_reference("triton", order, window)
 
 
 def test_selector_triton_partial_duplicates_nonfinite():
-    def perturb(losses, order, gen):
-        losses = losses.clone()
-        bad = torch.rand(losses.shape, generator=gen) < 0.05
-        losses[bad] = torch.tensor([math.nan, math.inf, -math.inf])[torch.randint(0, 3, (int(bad.sum()),), generator=gen)]
-        dup = order[torch.randint(0, len(order), (len(order) // 4,), generator=gen)]
-        return losses, torch.cat([order, dup])[torch.randperm(len(order) + len(dup), generator=gen)]
-
-    fast = IES(53, delta=0.05, backend="triton")
-    for got, want in run_both(fast, 12, 5, extra=perturb, observe_fraction=0.7):
-        assert torch.equal(got, want)
-    assert fast.stats()["nonfinite_total"] > 0
+    assert_backend_handles_duplicates_and_nonfinite("triton")
 
 
 # ---- compiled mode, without a GPU -----------------------------------------------------

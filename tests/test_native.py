@@ -11,7 +11,7 @@ from ies_fast.backend import native_status
 from ies_fast.ops.compact import compact_torch
 from ies_fast.ops.ring import close_epoch_torch, record_torch
 
-from selector_driver import run_both
+from selector_driver import assert_backend_handles_duplicates_and_nonfinite, assert_backend_matches_torch_and_reference, run_both
 
 
 @pytest.mark.skipif(os.environ.get("IES_FAST_EXPECT_NATIVE") != "1", reason="set IES_FAST_EXPECT_NATIVE=1")
@@ -194,31 +194,11 @@ def test_compact_flattens_and_rejects_non_bool():
 
 @pytest.mark.parametrize("order,window", [(0, 1), (2, 3), (3, 2)])
 def test_selector_native_matches_torch_and_reference(order, window):
-    fast = IES(61, delta=0.05, order=order, window=window, backend="native")
-    slow = IES(61, delta=0.05, order=order, window=window, backend="torch")
-    got = run_both(fast, 11, order)
-    want = run_both(slow, 11, order)
-    assert any(m.any() for m, _ in got), "the test should master some samples"
-    for epoch, ((g, ref), (w, _)) in enumerate(zip(got, want)):
-        assert torch.equal(g, ref), f"epoch {epoch}"
-        assert torch.equal(g, w), f"epoch {epoch}"
-    assert torch.equal(fast.hist, slow.hist) and torch.equal(fast.count, slow.count)
-    assert torch.equal(fast.kept_indices(), slow.kept_indices())
-    assert fast.stats() == slow.stats()
+    assert_backend_matches_torch_and_reference("native", order, window)
 
 
 def test_selector_native_partial_duplicates_nonfinite():
-    def perturb(losses, order, gen):
-        losses = losses.clone()
-        bad = torch.rand(losses.shape, generator=gen) < 0.05
-        losses[bad] = torch.tensor([math.nan, math.inf, -math.inf])[torch.randint(0, 3, (int(bad.sum()),), generator=gen)]
-        dup = order[torch.randint(0, len(order), (len(order) // 4,), generator=gen)]
-        return losses, torch.cat([order, dup])[torch.randperm(len(order) + len(dup), generator=gen)]
-
-    fast = IES(53, delta=0.05, backend="native")
-    for got, want in run_both(fast, 12, 5, extra=perturb, observe_fraction=0.7):
-        assert torch.equal(got, want)
-    assert fast.stats()["nonfinite_total"] > 0
+    assert_backend_handles_duplicates_and_nonfinite("native")
 
 
 # ---- CUDA --------------------------------------------------------------------------------

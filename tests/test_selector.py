@@ -1,13 +1,12 @@
-import math
 
 import pytest
 import torch
 
-import ies_fast
-from ies_fast import IES, ReferenceCriterion, instability_score
+
+from ies_fast import IES, instability_score
 from ies_fast.criterion import difference_coefficients
 
-from selector_driver import run_both
+from selector_driver import perturb_duplicates_nonfinite, run_both
 
 
 def test_difference_coefficients():
@@ -45,15 +44,8 @@ def test_partial_observation_keeps_decisions():
 
 
 def test_duplicates_and_nonfinite_follow_reference():
-    def perturb(losses, order, gen):
-        losses = losses.clone()
-        bad = torch.rand(losses.shape, generator=gen) < 0.05
-        losses[bad] = torch.tensor([math.nan, math.inf, -math.inf])[torch.randint(0, 3, (int(bad.sum()),), generator=gen)]
-        dup = order[torch.randint(0, len(order), (len(order) // 4,), generator=gen)]
-        return losses, torch.cat([order, dup])[torch.randperm(len(order) + len(dup), generator=gen)]
-
     sel = IES(53, delta=0.05, backend="torch")
-    masks = run_both(sel, 15, 5, extra=perturb)
+    masks = run_both(sel, 15, 5, extra=perturb_duplicates_nonfinite)
     for got, want in masks:
         assert torch.equal(got, want)
     assert sel.stats()["nonfinite_total"] > 0
