@@ -1,9 +1,13 @@
-"""The ``ies-fast`` command: ``demo`` (embedded digits, baseline vs IES), ``compare``
-(IES, InfoBatch, random removal, baseline on digits) and ``info`` (active backends)."""
+"""The ``ies-fast`` command: ``demo`` (embedded digits, baseline vs IES), ``train``
+(the reference loop: digits, mnist1d, CIFAR, ImageNet, synthetic), ``compare``
+(IES, InfoBatch, random removal and the baseline on the same data and seeds) and
+``info`` (active backends). Bad arguments end in one line on stderr and exit 2."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 
 
@@ -15,6 +19,9 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train import arguments
+    from .train import compare as _compare
+
     parser = argparse.ArgumentParser(prog="ies-fast", description="Instance-dependent Early Stopping for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="baseline vs IES on scikit-learn's bundled digits; prints a table, writes a plot")
@@ -22,17 +29,63 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds per arm")
     demo.add_argument("--delta", type=float, default=2e-4, help="IES threshold δ for the IES arm")
     demo.add_argument("--plot", default="ies_demo.png", help="PNG path ('' for none)")
+    train = sub.add_parser("train", help="train one model with a sample selector (the paper's recipes by default)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    arguments.add_arguments(train)
     compare = sub.add_parser("compare", help="IES, InfoBatch, random removal and the baseline on the same data and seeds")
-    compare.add_argument("--dataset", choices=["digits"], default="digits",
-                         help="only the embedded digits for now (ies-fast train is not built yet)")
-    compare.add_argument("--epochs", type=_positive_int, default=60)
-    compare.add_argument("--delta", type=float, default=2e-4, help="IES threshold δ")
-    compare.add_argument("--prune-ratio", type=float, default=0.5, help="InfoBatch prune ratio")
-    from .train import compare as _compare
-
+    arguments.add_arguments(compare, for_compare=True)
     _compare.add_arguments(compare)
     sub.add_parser("info", help="print ies_fast.backend_info() as JSON")
     return parser
+
+
+def _error(message: str) -> int:
+    print(f"ies-fast: error: {message}", file=sys.stderr)
+    return 2
+
+
+#: what a run can reject before it starts (bad flags, missing data, a checkpoint that does not fit)
+SETUP_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+def _setup_errors():
+    from .checkpoint_io import CheckpointError
+    from .train.loop import RunError
+
+    return SETUP_ERRORS + (RunError, CheckpointError)
+
+
+def _train(args) -> int:
+    from .train.arguments import config_from_args
+    from .train.loop import Trainer
+
+    try:
+        trainer = Trainer(config_from_args(args))
+    except _setup_errors() as exc:
+        return _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    summary = trainer.run()
+    if trainer.main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _compare(args) -> int:
+    from .train import compare as _cmp
+    from .train.arguments import config_from_args
+    from .train.config import resolve
+    from .train.loop import train
+
+    try:
+        base = resolve(config_from_args(args, progress=False))
+    except ValueError as exc:
+        return _error(str(exc))
+
+    def run_one(config):  # a run already finished in its folder is read back, not repeated
+        out = os.path.join(base.out, f"{config.selector}-seed{config.seed}")
+        return train(dataclasses.replace(config, out=out, resume=True))
+
+    _cmp.run(args, base, train_fn=run_one)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -42,16 +95,10 @@ def main(argv=None) -> int:
 
         print(json.dumps(backend_info(), indent=2))
         return 0
-    if args.delta < 0:
-        print("ies-fast: error: --delta must be >= 0", file=sys.stderr)
-        return 2
-    if args.command == "compare":
-        from .demo import DigitsCompareConfig, train_digits
-        from .train import compare as _compare
-
-        base = DigitsCompareConfig(epochs=args.epochs, delta=args.delta, prune_ratio=args.prune_ratio)
-        _compare.run(args, base, train_fn=train_digits)
-        return 0
+    if args.delta is not None and args.delta < 0:
+        return _error("--delta must be >= 0")
+    if args.command in ("train", "compare"):
+        return _train(args) if args.command == "train" else _compare(args)
     from .demo import DemoConfig, main as demo_main
 
     demo_main(DemoConfig(epochs=args.epochs, delta=args.delta, seeds=tuple(range(args.seeds))), plot_path=args.plot)

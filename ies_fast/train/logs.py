@@ -1,0 +1,80 @@
+"""A run's files in ``--out``: one row per epoch as JSON lines (``log.jsonl``) and CSV
+(``log.csv``), the summary (``summary.json``), the config (``config.json``) and
+the plot (``curves.png``). The logs are rewritten whole from the run's history at
+every epoch, so after ``--resume`` they hold exactly the epochs the checkpoint
+holds (an epoch cut short by a crash leaves no row)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+#: the columns of a log row, in order
+COLUMNS = (
+    "epoch", "lr", "num_samples", "train_loss", "train_acc", "test_loss", "test_acc", "kept", "kept_fraction", "mastered",
+    "reincluded", "scored", "backward_samples", "backward_saved", "backward_saved_fraction", "removal_enabled",
+    "time_train_s", "time_score_s", "time_eval_s", "time_epoch_s",
+)
+
+
+class RunFiles:
+    """Paths of a run's files and the writers for them (call on the main process only)."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.checkpoint = os.path.join(out, "checkpoint.pt")
+        self.jsonl = os.path.join(out, "log.jsonl")
+        self.csv = os.path.join(out, "log.csv")
+        self.summary = os.path.join(out, "summary.json")
+        self.config = os.path.join(out, "config.json")
+        self.plot = os.path.join(out, "curves.png")
+
+    def _write(self, path: str, write) -> None:
+        os.makedirs(self.out, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+
+    def write_rows(self, rows: list) -> None:
+        self._write(self.jsonl, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows))
+
+        def write_csv(f):
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+        self._write(self.csv, write_csv)
+
+    def write_json(self, path: str, obj) -> None:
+        self._write(path, lambda f: json.dump(obj, f, indent=2))
+
+
+def read_rows(path: str) -> list:
+    """The rows of a ``log.jsonl``."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_history(rows: list, path: str, title: str = "") -> str:
+    """Two panels like the paper's Figure 1: test accuracy per epoch, and samples
+    excluded from backpropagation per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] + 1 for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    top.plot(epochs, [100 * r["test_acc"] for r in rows], color="C0")
+    top.set_ylabel("test accuracy (%)")
+    top.grid(alpha=0.3)
+    bottom.plot(epochs, [r["num_samples"] - r["kept"] for r in rows], color="C1")
+    bottom.set_ylabel("samples excluded")
+    bottom.set_xlabel("epoch")
+    bottom.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,336 @@
+"""The reference training loop behind ``ies-fast train``: :func:`train` runs one
+:class:`~ies_fast.train.config.TrainConfig` and returns its summary.
+
+One epoch: train on the selector's kept samples (the loss records each kept
+sample's loss on the way), score the removed ones in a forward-only pass, close
+the epoch (``selector.step()``: the Δ^N test, merged over DDP ranks), evaluate,
+log one row, checkpoint. The training step has no host synchronisation; the
+phases are timed with one device sync each at their ends. Under torchrun the
+same loop runs DDP: sharded kept batches, rank-0 logs and checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import IES, InfoBatch, RandomRemoval, cross_entropy, distributed as dist_utils
+from ..checkpoint_io import load_checkpoint, save_checkpoint
+from ..scoring import score
+from ..stopper import PatienceStopper, all_mastered
+from .batches import make_batches
+from .config import TrainConfig, resolve
+from .logs import RunFiles, plot_history
+from .schedule import EpochSchedule
+
+#: config fields a resumed run must share with its checkpoint
+RESUME_KEYS = ("dataset", "model", "selector", "epochs", "delta", "order", "window", "anneal", "lr_schedule",
+               "optimizer", "prune_ratio", "random_ratio", "synthetic_size", "synthetic_classes", "image_size", "seed")
+
+
+class RunError(RuntimeError):
+    """A run cannot start or resume as asked (message fit for a one-line CLI error)."""
+
+
+def make_selector(config: TrainConfig, num_samples: int, device: torch.device):
+    """The selector ``--selector`` names; ``none`` is IES with δ=0 (same code path and
+    costs, nothing removed), so the baseline's timing is comparable."""
+    if config.selector in ("ies", "none"):
+        delta = config.delta if config.selector == "ies" else 0.0
+        return IES(num_samples, delta=delta, order=config.order, window=config.window, device=device,
+                   score_every=config.score_every, backend=config.backend)
+    if config.selector == "infobatch":
+        return InfoBatch(num_samples, config.epochs, prune_ratio=config.prune_ratio, device=device, seed=config.seed,
+                         backend=config.backend)
+    return RandomRemoval(num_samples, config.random_ratio, device=device, seed=config.seed, backend=config.backend)
+
+
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _bar(total: int, enabled: bool, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+class Trainer:
+    """State of one run; :meth:`run` trains it to the end (or to an early stop)."""
+
+    def __init__(self, config: TrainConfig):
+        from .datasets import load_dataset
+        from .models import build_model
+
+        self.config = c = resolve(config)
+        self.device = dist_utils.init_from_env()
+        if c.device and dist_utils.get_world_size() == 1:
+            self.device = torch.device(c.device)
+        self.world, self.rank = dist_utils.get_world_size(), dist_utils.get_rank()
+        self.main = dist_utils.is_main_process()
+        self.files = RunFiles(c.out)
+        _seed_everything(c.seed, c.deterministic)
+        self.data = load_dataset(c.dataset, c.data_dir, seed=c.seed, synthetic_size=c.synthetic_size,
+                                 synthetic_classes=c.synthetic_classes, image_size=c.image_size)
+        self.num_samples = self.data.num_train
+        self.model = build_model(c.model, self.data.num_classes, self.data.input_shape,
+                                 imagenet=c.dataset == "imagenet").to(self.device)
+        if self.device.type == "cuda" and self.data.kind != "vector":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.selector = make_selector(c, self.num_samples, self.device)
+        self.optimizer = make_optimizer(c, self.model)
+        self.schedule = EpochSchedule(self.optimizer, c.lr_schedule, c.epochs, gamma=c.lr_gamma,
+                                      milestones=c.lr_milestones)
+        self.stopper = PatienceStopper("test_acc", mode="max", patience=c.patience) if c.early_stop == "patience" else None
+        self.batches = make_batches(c, self.data, self.selector, self.device, self.world, self.rank)
+        self.amp = (torch.autocast(self.device.type, dtype=torch.bfloat16) if c.amp else contextlib.nullcontext())
+        self.history: list = []
+        self.start_epoch = 0
+        self.stopped = False
+        self._restore_or_start()
+        net = torch.compile(self.model) if c.compile else self.model
+        self.net = dist_utils.wrap_model(net, self.device)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def _restore_or_start(self) -> None:
+        path, c = self.files.checkpoint, self.config
+        if not os.path.exists(path) and not os.path.exists(path + ".prev"):
+            if c.resume and self.main:
+                print(f"ies-fast: no checkpoint in {c.out}: starting from epoch 1", file=sys.stderr)
+            return
+        if not c.resume:
+            raise RunError(f"{c.out} already holds a checkpoint: pass --resume to continue that run, "
+                           f"or choose another --out")
+        state = load_checkpoint(path, fallback=True, map_location="cpu")
+        saved = state["config"]
+        diff = [k for k in RESUME_KEYS if saved.get(k) != getattr(c, k)]
+        if diff:
+            got = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(c, k)!r})" for k in diff)
+            raise RunError(f"cannot resume {path}: it was written with {got}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.selector.load_state_dict(state["selector"])
+        if self.stopper is not None and state.get("stopper") is not None:
+            self.stopper.load_state_dict(state["stopper"])
+        _set_rng_state(state["rng"], self.device)
+        self.history = state["history"]
+        self.start_epoch = state["epoch"] + 1
+        self.stopped = state["stopped"]
+        if self.main:
+            print(f"ies-fast: resumed {path} after epoch {self.start_epoch}", file=sys.stderr)
+
+    def _checkpoint(self, epoch: int) -> None:
+        state = {
+            "config": self.config.to_dict(),
+            "epoch": epoch,
+            "stopped": self.stopped,
+            "model": dist_utils.unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "selector": self.selector.state_dict(),
+            "stopper": self.stopper.state_dict() if self.stopper is not None else None,
+            "rng": _rng_state(self.device),
+            "history": self.history,
+            "world_size": self.world,
+        }
+        save_checkpoint(state, self.files.checkpoint)
+
+    # ---- one epoch ---------------------------------------------------------------------------
+    def _anneal_epochs(self) -> int:
+        return int(round(self.config.anneal * self.config.epochs))
+
+    def _train_epoch(self, epoch: int, bar) -> dict:
+        c, sel, dev = self.config, self.selector, self.device
+        self.net.train()
+        steps = len(self.batches)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        seen = 0
+        for i, (x, y, index) in enumerate(self.batches.train()):
+            with self.amp:
+                logits = self.net(x)
+            loss = cross_entropy(logits, y, index, selector=sel, sample_weight=sel.loss_weights(index))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.set_progress(epoch + (i + 1) / max(steps, 1))
+            n = index.shape[0]
+            seen += n
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == y).sum()
+            bar.update(1)
+        if steps == 0:  # everything removed: the schedule still moves one epoch
+            self.schedule.set_progress(epoch + 1)
+        totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct.double(),
+                                                         torch.tensor(float(seen), dtype=torch.float64, device=dev)]))
+        loss_total, correct_total, seen_total = totals.tolist()
+        return {"train_loss": loss_total / seen_total if seen_total else float("nan"),
+                "train_acc": correct_total / seen_total if seen_total else float("nan")}
+
+    def _evaluate(self) -> dict:
+        model = dist_utils.unwrap_model(self.net)
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            for x, y in self.batches.test():
+                with self.amp:
+                    logits = model(x)
+                sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+                sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += y.shape[0]
+        if self.batches.test_sharded:
+            dist_utils.all_reduce_sum(sums)
+        loss, correct, n = sums.tolist()
+        return {"test_loss": loss / n if n else float("nan"), "test_acc": correct / n if n else float("nan")}
+
+    def _epoch(self, epoch: int, progress: bool) -> dict:
+        c, sel = self.config, self.selector
+        if self._anneal_epochs() and epoch >= c.epochs - self._anneal_epochs() and sel.removal_enabled:
+            sel.set_removal(False)  # annealing: the last epochs on the full data
+        self.batches.set_epoch(epoch)
+        kept = int(sel.kept_mask().sum())  # one read per epoch
+        lr = self.schedule.get_last_lr()[0]
+        bar = _bar(len(self.batches), progress, desc=f"epoch {epoch + 1}", leave=False, position=1)
+        bar.set_postfix(kept=f"{kept / self.num_samples:.1%}")
+        t0 = time.perf_counter()
+        row = self._train_epoch(epoch, bar)
+        bar.close()
+        _sync(self.device)
+        t1 = time.perf_counter()
+        autocast_dtype = torch.bfloat16 if c.amp else None
+        score(sel, self.net, self.batches.score(), device=self.device, autocast_dtype=autocast_dtype)
+        sel.step()
+        stats = sel.stats()
+        _sync(self.device)
+        t2 = time.perf_counter()
+        row.update(self._evaluate())
+        t3 = time.perf_counter()
+        if self.world > 1:
+            dist_utils.assert_selector_in_sync(sel)
+        row = {
+            "epoch": epoch, "lr": lr, "num_samples": self.num_samples, **row,
+            "kept": kept, "kept_fraction": kept / self.num_samples,
+            "mastered": stats.get("mastered", stats.get("removed", 0)),
+            "reincluded": stats.get("reincluded", 0), "scored": stats["scored_total"],
+            "backward_samples": sum(r["kept"] for r in self.history) + kept,
+            "backward_saved": stats["backward_saved"], "backward_saved_fraction": stats["backward_saved_fraction"],
+            "removal_enabled": bool(stats["removal_enabled"]),
+            "time_train_s": t1 - t0, "time_score_s": t2 - t1, "time_eval_s": t3 - t2, "time_epoch_s": t3 - t0,
+        }
+        return row
+
+    def _should_stop(self, row: dict) -> bool:
+        if self.config.early_stop == "patience":
+            return self.stopper.step({"test_acc": row["test_acc"]})
+        if self.config.early_stop == "mastered":
+            return all_mastered(self.selector)
+        return False
+
+    # ---- the run -----------------------------------------------------------------------------
+    def run(self) -> dict:
+        c = self.config
+        if self.main:
+            self.files.write_json(self.files.config, c.to_dict())
+        progress = c.progress and self.main
+        epochs = _bar(c.epochs, progress, initial=self.start_epoch, desc="epochs", position=0)
+        for epoch in range(self.start_epoch, c.epochs):
+            if self.stopped:
+                break
+            row = self._epoch(epoch, progress)
+            self.history.append(row)
+            self.stopped = self._should_stop(row)
+            if self.main:
+                self._checkpoint(epoch)
+                self.files.write_rows(self.history)
+                epochs.set_postfix(test_acc=f"{row['test_acc']:.2%}", kept=f"{row['kept_fraction']:.1%}",
+                                   saved=f"{row['backward_saved_fraction']:.1%}")
+                epochs.write(_epoch_line(row, c.epochs)) if progress else None
+            epochs.update(1)
+            dist_utils.barrier()  # no rank runs ahead of the checkpoint
+        epochs.close()
+        summary = self.summary()
+        if self.main:
+            self.files.write_json(self.files.summary, summary)
+            if c.plot and self.history:
+                try:
+                    plot_history(self.history, self.files.plot, title=f"{c.selector} on {c.dataset} ({c.model})")
+                except ImportError:  # matplotlib is optional
+                    pass
+        return summary
+
+    def summary(self) -> dict:
+        h = self.history
+        last = h[-1] if h else {}
+        return {
+            "dataset": self.config.dataset, "model": self.config.model, "selector": self.config.selector,
+            "epochs_run": len(h), "stopped_early": bool(self.stopped and len(h) < self.config.epochs),
+            "test_acc": last.get("test_acc", float("nan")),
+            "best_test_acc": max((r["test_acc"] for r in h), default=float("nan")),
+            "test_loss": last.get("test_loss", float("nan")),
+            "backward_saved": last.get("backward_saved", 0),
+            "backward_saved_fraction": last.get("backward_saved_fraction", 0.0),
+            "scored_samples": last.get("scored", 0),
+            "wall_time_s": sum(r["time_epoch_s"] for r in h),
+            "train_time_s": sum(r["time_train_s"] for r in h),
+            "score_time_s": sum(r["time_score_s"] for r in h),
+            "eval_time_s": sum(r["time_eval_s"] for r in h),
+            "world_size": self.world,
+            "out": self.config.out,
+            "history": h,
+        }
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch'] + 1}/{epochs}  loss {row['train_loss']:.4f}  test {100 * row['test_acc']:.2f}%  "
+            f"kept {100 * row['kept_fraction']:.1f}%  saved {100 * row['backward_saved_fraction']:.1f}%  "
+            f"train {row['time_train_s']:.1f}s score {row['time_score_s']:.1f}s eval {row['time_eval_s']:.1f}s")
+
+
+def train(config: TrainConfig) -> dict:
+    """Run ``config`` (resuming from ``config.out`` with ``config.resume``) and return
+    the summary: ``test_acc``, ``backward_saved_fraction``, ``wall_time_s``, the
+    per-epoch ``history`` and more (also written to ``OUT/summary.json``)."""
+    return Trainer(config).run()
