@@ -90,41 +90,6 @@ def run(config: DemoConfig, delta: float, seed: int, data, selector=None) -> Run
     return result
 
 
-@dataclass
-class DigitsCompareConfig:
-    """What ``ies-fast compare --dataset digits`` varies per run (see ies_fast.train.compare)."""
-
-    selector: str = "ies"
-    seed: int = 0
-    epochs: int = 60
-    delta: float = 2e-4
-    prune_ratio: float = 0.5
-    infobatch_delta: float = 0.875
-    random_ratio: float = 0.3
-
-
-def train_digits(config: DigitsCompareConfig) -> dict:
-    """One digits run with the named selector; the summary ``compare`` reads."""
-    from . import InfoBatch, RandomRemoval
-
-    data = load_digits_split()
-    n = len(data[1])
-    demo = DemoConfig(epochs=config.epochs, delta=config.delta)
-    selector = {
-        "ies": lambda: IES(n, delta=config.delta),
-        "none": lambda: IES(n, delta=0.0),
-        "infobatch": lambda: InfoBatch(n, config.epochs, prune_ratio=config.prune_ratio, delta=config.infobatch_delta, seed=config.seed),
-        "random": lambda: RandomRemoval(n, config.random_ratio, seed=config.seed),
-    }[config.selector]()
-    result = run(demo, config.delta, config.seed, data, selector=selector)
-    return {
-        "test_acc": result.test_acc,
-        "backward_saved_fraction": 1 - result.backward_samples / (config.epochs * n),
-        "scored_samples": result.scored_samples,
-        "wall_time_s": result.wall_time,
-    }
-
-
 def _mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 

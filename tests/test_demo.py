@@ -43,7 +43,8 @@ def test_cli_negative_delta(capsys):
 
 def test_cli_compare_digits_prints_every_selector(tmp_path, capsys):
     plot = tmp_path / "compare.png"
-    argv = ["compare", "--dataset", "digits", "--epochs", "6", "--seeds", "0", "--plot", str(plot)]
+    argv = ["compare", "--dataset", "digits", "--epochs", "6", "--seeds", "0", "--plot", str(plot),
+            "--out", str(tmp_path / "runs")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     for name in ("baseline", "IES", "InfoBatch", "random removal"):

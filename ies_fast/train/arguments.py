@@ -69,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     if not for_compare:
         run.add_argument("--seed", type=int, default=0)
         run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+        run.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                         help="stop (checkpointed) once EPOCH epochs are done; continue later with --resume")
     run.add_argument("--out", default="runs/ies", help="folder for log.jsonl, log.csv, summary.json, curves.png, "
                                                 "checkpoint.pt")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -73,6 +73,7 @@ class TrainConfig:
     deterministic: bool = False
     out: str = "runs/ies"
     resume: bool = False
+    stop_after: Optional[int] = None
     progress: bool = True
     plot: bool = True
     synthetic_size: int = 10000
@@ -147,5 +148,7 @@ def validate(c: TrainConfig) -> None:
         _fail("data_dir", f"is required for {c.dataset} (the folder holding the data set; see --help)")
     if c.loader == "dali" and c.dataset in ("digits", "mnist1d"):
         _fail("loader", f"dali needs an image data set (cifar10, cifar100, imagenet, synthetic); {c.dataset} is vectors")
+    if c.stop_after is not None:
+        _positive_int("stop_after", c.stop_after)
     if not c.out:
         _fail("out", "must name a folder for logs and checkpoints")

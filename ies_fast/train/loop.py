@@ -276,7 +276,8 @@ class Trainer:
             self.files.write_json(self.files.config, c.to_dict())
         progress = c.progress and self.main
         epochs = _bar(c.epochs, progress, initial=self.start_epoch, desc="epochs", position=0)
-        for epoch in range(self.start_epoch, c.epochs):
+        end = min(c.epochs, c.stop_after) if c.stop_after else c.epochs
+        for epoch in range(self.start_epoch, end):
             if self.stopped:
                 break
             row = self._epoch(epoch, progress)
