@@ -2,12 +2,13 @@
 the CIFAR ResNet-18 has its known size; errors name what is wrong."""
 from __future__ import annotations
 
+import functools
 import sys
 
 import pytest
 import torch
 
-from ies_fast.train.models import build_model, model_names, resnet18, resnet34
+from ies_fast.train.models import build_model, model_names, resnet18
 
 IMAGE_SHAPES = [(3, 32, 32), (3, 16, 16)]
 VECTOR_SHAPES = [(64,), (40,)]
@@ -26,12 +27,20 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@functools.lru_cache(maxsize=None)
+def built(name: str, num_classes: int, shape: tuple) -> torch.nn.Module:
+    """One model per (name, classes, shape) for the whole module: building the ResNets is the slow part."""
+    torch.manual_seed(0)
+    return build_model(name, num_classes, shape)
+
+
 @pytest.mark.parametrize("shape", IMAGE_SHAPES + [(1, 8, 8)])
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_image_models_forward(name, shape):
-    torch.manual_seed(0)
-    model = build_model(name, 7, shape)
-    out = model(torch.randn(3, *shape))
+    resnet_any_size = name.startswith("resnet") and shape[0] == 3  # global pooling: one ResNet serves every size
+    model = built(name, 7, (3, 32, 32) if resnet_any_size else shape)
+    with torch.no_grad():
+        out = model.eval()(torch.randn(3, *shape))
     assert out.shape == (3, 7) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
@@ -51,21 +60,24 @@ def test_model_names():
 
 def test_resnet18_size_and_layout():
     # the CIFAR ResNet-18 of the data-pruning literature: 3x3 stride-1 stem, no max-pool
-    model = build_model("resnet18", 10, (3, 32, 32))
-    assert n_params(model) == 11_173_962 == n_params(resnet18(10))
+    model = built("resnet18", 10, (3, 32, 32))
+    assert n_params(model) == 11_173_962
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
-    assert n_params(resnet34(100)) == n_params(build_model("resnet34", 100, (3, 32, 32)))
-    assert n_params(resnet34(10)) > n_params(model)
-    assert resnet18(10, in_channels=1).conv1.in_channels == 1
+    assert len(model.layers) == 8 and len(built("resnet34", 7, (3, 32, 32)).layers) == 16
+    assert n_params(built("resnet34", 7, (3, 32, 32))) == 21_280_583  # 21,282,122 with 10 classes
+    small = resnet18(3, in_channels=1)
+    assert small.conv1.in_channels == 1 and small.fc.out_features == 3
+    assert n_params(small) == 11_173_962 - 7 * 513 - 2 * 9 * 64  # 7 fewer outputs, 2 fewer input planes
 
 
 def test_vgg16_small_inputs_drop_pools():
     pools = lambda m: sum(isinstance(x, torch.nn.MaxPool2d) for x in m.modules())  # noqa: E731
-    assert pools(build_model("vgg16", 10, (3, 32, 32))) == 5
+    assert pools(built("vgg16", 10, (3, 32, 32))) == 5
     assert pools(build_model("vgg16", 10, (3, 8, 8))) == 3
-    convs = [m for m in build_model("vgg16", 10, (3, 32, 32)).modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 13 and any(isinstance(m, torch.nn.BatchNorm2d) for m in build_model("vgg16", 10, (3, 32, 32)).modules())
+    modules = list(built("vgg16", 10, (3, 32, 32)).modules())
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in modules) == 13
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in modules) == 13
 
 
 def test_backward():

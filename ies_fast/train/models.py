@@ -142,7 +142,8 @@ def _import_torchvision():
     except ImportError:
         return None, ""
     except Exception as e:  # noqa: BLE001 - any failed import means "not usable"
-        return None, f" (a version built for torch {torch.__version__.split('+')[0]}; the installed one fails to import: {e})"
+        version = torch.__version__.split("+")[0]
+        return None, f" (a version built for torch {version}; the installed one fails to import: {e})"
     return torchvision, ""
 
 
