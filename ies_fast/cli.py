@@ -63,7 +63,12 @@ def _train(args) -> int:
         trainer = Trainer(config_from_args(args))
     except _setup_errors() as exc:
         return _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    summary = trainer.run()
+    from . import distributed
+
+    try:
+        summary = trainer.run()
+    finally:
+        distributed.cleanup()
     if trainer.main:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0

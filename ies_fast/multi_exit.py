@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .ops import dispatch
 from .selector import IES, TOTALS
+from .train.models import BasicBlock as _BasicBlock
 
 EXIT_REDUCTIONS = ("mean", "sum", "weights", "per_exit")
 
@@ -290,22 +291,6 @@ class PerExitIES(IES):
 
 
 # ---- an example multi-exit model ----------------------------------------------------
-class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 class MultiExitResNet(nn.Module):
     """A small CIFAR-style ResNet (3x3 stem, stages of basic blocks, stride 2 between
     stages) with a classifier head (global average pool + linear) after every

@@ -334,4 +334,8 @@ def train(config: TrainConfig) -> dict:
     """Run ``config`` (resuming from ``config.out`` with ``config.resume``) and return
     the summary: ``test_acc``, ``backward_saved_fraction``, ``wall_time_s``, the
     per-epoch ``history`` and more (also written to ``OUT/summary.json``)."""
-    return Trainer(config).run()
+    trainer = Trainer(config)
+    try:
+        return trainer.run()
+    finally:
+        dist_utils.cleanup()
