@@ -31,7 +31,7 @@ RECIPES = {
                       lr_schedule="exp", delta=1e-3, anneal=0.0),
     "digits": dict(model="mlp", epochs=60, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=0.0,
                    lr_schedule="constant", delta=2e-4, anneal=0.0),
-    "mnist1d": dict(model="mlp", epochs=60, batch_size=100, optimizer="sgd", lr=0.05, weight_decay=0.0,
+    "mnist1d": dict(model="cnn1d", epochs=60, batch_size=100, optimizer="sgd", lr=0.05, weight_decay=0.0,
                     lr_schedule="constant", delta=1e-3, anneal=0.0),
 }
 
