@@ -182,3 +182,25 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(v, b["selector"][k]) if isinstance(v, torch.Tensor) else v == b["selector"][k], k
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
     assert strip(read_rows(whole / "log.jsonl")) == strip(read_rows(log))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_steps_do_not_wait_for_the_gpu(tmp_path):
+    """The optimizer steps of an epoch (forward, fused loss recording into the
+    selector, backward, step, LR, running sums) under sync-debug mode "error"; the
+    epoch's batches are gathered first (their one host copy of the kept list)."""
+    from ies_fast.train.loop import Trainer
+
+    t = Trainer(TrainConfig(dataset="synthetic", synthetic_size=512, image_size=16, model="resnet18", epochs=3,
+                            batch_size=64, delta=0.5, device="cuda", out=str(tmp_path), **QUIET))
+    for epoch in range(2):  # the second epoch runs with samples removed
+        t.batches.set_epoch(epoch)
+        batches = list(t.batches.train())
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            t._train_steps(epoch, batches, len(batches), type("Bar", (), {"update": lambda self, n: None})())
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        t.selector.step()

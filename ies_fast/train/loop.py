@@ -11,12 +11,10 @@ same loop runs DDP: sharded kept batches, rank-0 logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import sys
 import time
-from typing import Optional
 
 import numpy as np
 import torch
@@ -182,14 +180,16 @@ class Trainer:
     def _anneal_epochs(self) -> int:
         return int(round(self.config.anneal * self.config.epochs))
 
-    def _train_epoch(self, epoch: int, bar) -> dict:
-        c, sel, dev = self.config, self.selector, self.device
+    def _train_steps(self, epoch: int, batches, steps: int, bar) -> tuple:
+        """The optimizer steps of one epoch over ``batches`` (``steps`` of them).
+        Returns device accumulators ``(loss_sum, correct, seen)``: nothing here
+        waits for the device."""
+        sel, dev = self.selector, self.device
         self.net.train()
-        steps = len(self.batches)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         seen = 0
-        for i, (x, y, index) in enumerate(self.batches.train()):
+        for i, (x, y, index) in enumerate(batches):
             with self.amp:
                 logits = self.net(x)
             loss = cross_entropy(logits, y, index, selector=sel, sample_weight=sel.loss_weights(index))
@@ -202,11 +202,16 @@ class Trainer:
             loss_sum += loss.detach().double() * n
             correct += (logits.detach().argmax(1) == y).sum()
             bar.update(1)
+        return loss_sum, correct, seen
+
+    def _train_epoch(self, epoch: int, bar) -> dict:
+        steps = len(self.batches)
+        loss_sum, correct, seen = self._train_steps(epoch, self.batches.train(), steps, bar)
         if steps == 0:  # everything removed: the schedule still moves one epoch
             self.schedule.set_progress(epoch + 1)
-        totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct.double(),
-                                                         torch.tensor(float(seen), dtype=torch.float64, device=dev)]))
-        loss_total, correct_total, seen_total = totals.tolist()
+        totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct.double(), torch.tensor(
+            float(seen), dtype=torch.float64, device=self.device)]))
+        loss_total, correct_total, seen_total = totals.tolist()  # the epoch's one read
         return {"train_loss": loss_total / seen_total if seen_total else float("nan"),
                 "train_acc": correct_total / seen_total if seen_total else float("nan")}
 
