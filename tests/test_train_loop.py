@@ -52,7 +52,8 @@ def test_digits_run_writes_logs_summary_plot_and_checkpoint(tmp_path):
     assert summary["backward_saved_fraction"] == pytest.approx(last["backward_saved"] / (12 * last["num_samples"]))
     assert all(r["time_epoch_s"] >= r["time_train_s"] > 0 for r in rows)
     ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["epoch"] == 11 and {"model", "optimizer", "schedule", "selector", "rng", "history"} <= set(ckpt)
+    assert ckpt["epoch"] == 11 and {"model", "optimizer", "schedule", "selector", "sampler", "rng", "history"} <= set(ckpt)
+    assert ckpt["sampler"]["epoch"] == 11
 
 
 def test_lr_moves_one_epoch_per_epoch_however_many_samples_are_kept(tmp_path):

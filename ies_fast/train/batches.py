@@ -65,6 +65,11 @@ class TensorBatches:
         self.epoch = epoch
         self.kept.set_epoch(epoch)
 
+    @property
+    def sampler(self):
+        """The training sampler (its ``state_dict`` goes into checkpoints)."""
+        return self.kept
+
     def __len__(self) -> int:
         """Training batches in the coming epoch."""
         return math.ceil(len(self.kept) / self.batch_size)
@@ -141,6 +146,10 @@ class DaliBatches:
     def set_epoch(self, epoch: int) -> None:
         self.train_it.set_epoch(epoch)
 
+    @property
+    def sampler(self):
+        return self.train_it.source.sampler
+
     def __len__(self) -> int:
         return len(self.train_it)
 
@@ -209,6 +218,10 @@ class FileBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.train_loader.batch_sampler.set_epoch(epoch)
+
+    @property
+    def sampler(self):
+        return self.train_loader.batch_sampler
 
     def __len__(self) -> int:
         return len(self.train_loader)

@@ -153,6 +153,7 @@ class Trainer:
         self.selector.load_state_dict(state["selector"])
         if self.stopper is not None and state.get("stopper") is not None:
             self.stopper.load_state_dict(state["stopper"])
+        self.batches.sampler.load_state_dict(state["sampler"])
         _set_rng_state(state["rng"], self.device)
         self.history = state["history"]
         self.start_epoch = state["epoch"] + 1
@@ -170,6 +171,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "selector": self.selector.state_dict(),
             "stopper": self.stopper.state_dict() if self.stopper is not None else None,
+            "sampler": self.batches.sampler.state_dict(),
             "rng": _rng_state(self.device),
             "history": self.history,
             "world_size": self.world,
