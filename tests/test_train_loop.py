@@ -124,6 +124,17 @@ def test_other_selectors_through_the_same_loop(tmp_path, selector):
         assert 0 < s["backward_saved_fraction"] < 0.5
 
 
+def test_amp_and_compile(tmp_path):
+    base = train(TrainConfig(dataset="digits", epochs=2, out=str(tmp_path / "fp32"), **QUIET))
+    amp = train(TrainConfig(dataset="digits", epochs=2, amp=True, out=str(tmp_path / "amp"), **QUIET))
+    assert amp["history"][0]["train_loss"] != base["history"][0]["train_loss"]  # bf16 forward really ran
+    assert amp["history"][0]["train_loss"] == pytest.approx(base["history"][0]["train_loss"], rel=0.05)
+    compiled = train(TrainConfig(dataset="digits", epochs=1, compile=True, out=str(tmp_path / "c"), **QUIET))
+    assert compiled["history"][0]["train_loss"] == pytest.approx(base["history"][0]["train_loss"], rel=1e-3)
+    keys = load_checkpoint(tmp_path / "c" / "checkpoint.pt")["model"].keys()
+    assert not any(k.startswith("_orig_mod") for k in keys)  # the checkpoint holds the plain module
+
+
 def test_anneal_trains_the_last_epochs_on_everything(tmp_path):
     s = train(TrainConfig(dataset="digits", epochs=10, delta=10.0, anneal=0.3, out=str(tmp_path), **QUIET))
     h = s["history"]
