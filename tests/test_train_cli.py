@@ -38,6 +38,7 @@ def test_missing_cifar_data_dir(capsys, tmp_path):
     (["--loader", "dali"], "--loader"),
     (["--model", "resnet9000"], "model"),
     (["--batch-size", "-4"], "--batch-size"),
+    (["--device", "toaster"], "--device"),
 ])
 def test_bad_values(capsys, tmp_path, argv, needle):
     _one_line_error(capsys, ["train", "--dataset", "digits", "--out", str(tmp_path), *argv], needle)

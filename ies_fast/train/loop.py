@@ -89,6 +89,16 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def _parse_device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise RunError(f"--device must name a torch device (cpu, cuda, cuda:1, ...); got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {text}: no CUDA device is available")
+    return device
+
+
 def _bar(total: int, enabled: bool, **kw):
     from tqdm.auto import tqdm
 
@@ -105,7 +115,7 @@ class Trainer:
         self.config = c = resolve(config)
         self.device = dist_utils.init_from_env()
         if c.device and dist_utils.get_world_size() == 1:
-            self.device = torch.device(c.device)
+            self.device = _parse_device(c.device)
         self.world, self.rank = dist_utils.get_world_size(), dist_utils.get_rank()
         self.main = dist_utils.is_main_process()
         self.files = RunFiles(c.out)
