@@ -81,7 +81,7 @@ def _compare(args) -> int:
     from .train.loop import train
 
     try:
-        base = resolve(config_from_args(args, progress=False))
+        base = resolve(config_from_args(args, progress=False, plot=True))
     except ValueError as exc:
         return _error(str(exc))
 

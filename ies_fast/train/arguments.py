@@ -11,7 +11,8 @@ from .schedule import KINDS
 
 def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False) -> None:
     """Add every training flag to ``parser`` (``for_compare``: without the ones
-    ``compare`` sets itself: ``--selector``, ``--seed``, ``--resume``)."""
+    ``compare`` sets itself: ``--selector``, ``--seed``, ``--resume``, ``--stop-after``,
+    ``--no-plot``)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=cfg.DATASETS, default="digits",
          help="digits and mnist1d need no files; cifar10/cifar100 read the python-pickle layout from --data-dir; "
@@ -74,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     run.add_argument("--out", default="runs/ies", help="folder for log.jsonl, log.csv, summary.json, curves.png, "
                                                 "checkpoint.pt")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    run.add_argument("--no-plot", dest="plot", action="store_false", help="no curves.png")
+    if not for_compare:  # compare's own --plot names its figure
+        run.add_argument("--no-plot", dest="plot", action="store_false", help="no curves.png")
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> cfg.TrainConfig:
