@@ -12,6 +12,8 @@ import pytest
 from ies_fast.cli import main
 from ies_fast.train.logs import read_rows
 
+from train_fixtures import has_dali
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -65,11 +67,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_ddp_train_then_resume_on_one_process(tmp_path):
+@pytest.mark.parametrize("loader", ["torch", pytest.param("dali", marks=pytest.mark.skipif(not has_dali(),
+                                                                                          reason="needs nvidia-dali"))])
+def test_torchrun_ddp_train_then_resume_on_one_process(tmp_path, loader):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     args = ["train", "--dataset", "synthetic", "--synthetic-size", "400", "--image-size", "8", "--model", "mlp",
             "--epochs", "6", "--batch-size", "16", "--delta", "0.05", "--order", "1", "--window", "2",
-            "--no-progress", "--no-plot", "--out", str(tmp_path)]
+            "--loader", loader, "--no-progress", "--no-plot", "--out", str(tmp_path)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "ies_fast.cli", *args, "--stop-after", "4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

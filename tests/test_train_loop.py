@@ -18,21 +18,13 @@ from ies_fast.train.config import TrainConfig
 from ies_fast.train.logs import COLUMNS, read_rows
 from ies_fast.train.loop import RunError, train
 
-from train_fixtures import write_cifar10, write_cifar100, write_image_folder
+from train_fixtures import has_dali, write_cifar10, write_cifar100, write_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = dict(progress=False, plot=False)
 
 
-def _has_dali() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_dali = pytest.mark.skipif(not _has_dali(), reason="needs nvidia-dali")
+needs_dali = pytest.mark.skipif(not has_dali(), reason="needs nvidia-dali")
 
 
 def test_digits_run_writes_logs_summary_plot_and_checkpoint(tmp_path):

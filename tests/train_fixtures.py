@@ -73,3 +73,12 @@ def write_image_folder(root, classes: int = 3, per_class: int = 4, size: int = 4
                 pixels = np.clip(colours[c] + noise, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(os.path.join(folder, f"n{c:08d}_{split}_{i}.JPEG"), quality=90)
     return str(root)
+
+
+def has_dali() -> bool:
+    """Whether NVIDIA DALI imports (the DALI-loader tests skip otherwise)."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
