@@ -41,22 +41,48 @@ def crop_flip(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor, padding:
     return padded[torch.arange(B, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+class TensorTestSet:
+    """The test set of in-memory data on ``device``: batches ``(x, y)`` of this rank's
+    shard (every ``num_replicas``-th sample from ``rank``; the loop sums over ranks),
+    normalised like the training input."""
+
+    def __init__(self, data, *, eval_batch_size: int, device: torch.device, num_replicas: int = 1, rank: int = 0):
+        self.device = device
+        self.image = data.kind == "image"
+        if self.image:
+            self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            self.std = torch.tensor(data.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.x, self.y = data.test_x.to(device), data.test_y.to(device)
+        self.eval_batch_size = eval_batch_size
+        self.num_replicas, self.rank = num_replicas, rank
+
+    def to_model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC images -> normalised float NCHW (channels-last memory); vectors as they are."""
+        if not self.image:
+            return x
+        return (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+
+    def batches(self) -> Iterator:
+        index = torch.arange(self.rank, self.y.numel(), self.num_replicas, device=self.device)
+        for b in index.split(self.eval_batch_size):
+            yield self.to_model_input(self.x[b]), self.y[b]
+
+
 class TensorBatches:
     """In-memory data on ``device`` (see the module docstring)."""
+
+    #: each rank evaluates a disjoint shard; the loop sums the counts over ranks
+    test_sharded = True
 
     def __init__(self, data, selector, *, batch_size: int, eval_batch_size: int, seed: int, device: torch.device,
                  augment: bool = True, num_replicas: int = 1, rank: int = 0):
         self.device = device
-        self.image = data.kind == "image"
+        self.test_set = TensorTestSet(data, eval_batch_size=eval_batch_size, device=device,
+                                      num_replicas=num_replicas, rank=rank)
         self.x, self.y = data.train_x.to(device), data.train_y.to(device)
-        self.test_x, self.test_y = data.test_x.to(device), data.test_y.to(device)
-        if self.image:
-            self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-            self.std = torch.tensor(data.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.augment = augment and self.image
+        self.augment = augment and self.test_set.image
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed = seed
-        self.num_replicas, self.rank = num_replicas, rank
         self.kept = KeptSampler(selector, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank)
         self.scoring = ScoringSampler(selector, num_replicas=num_replicas, rank=rank)
         self.epoch = 0
@@ -74,11 +100,6 @@ class TensorBatches:
         """Training batches in the coming epoch."""
         return math.ceil(len(self.kept) / self.batch_size)
 
-    def _to_model_input(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.image:
-            return x
-        return (x.permute(0, 3, 1, 2).float() - self.mean) / self.std  # NCHW shape, channels-last memory
-
     def train(self) -> Iterator:
         index = self.kept.epoch_indices()
         g = _epoch_generator(self.seed, self.epoch)
@@ -91,25 +112,20 @@ class TensorBatches:
             x = self.x[b]
             if self.augment:
                 x = crop_flip(x, shift[start:start + self.batch_size], flip[start:start + self.batch_size], CROP_PADDING)
-            yield self._to_model_input(x), self.y[b], b
+            yield self.test_set.to_model_input(x), self.y[b], b
 
     def score(self) -> Iterator:
         index = self.scoring.indices().to(self.device, non_blocking=True)
         for b in index.split(self.eval_batch_size):
-            yield self._to_model_input(self.x[b]), self.y[b], b
-
-    #: each rank evaluates a disjoint shard; the loop sums the counts over ranks
-    test_sharded = True
+            yield self.test_set.to_model_input(self.x[b]), self.y[b], b
 
     def test(self) -> Iterator:
-        index = torch.arange(self.rank, self.test_y.numel(), self.num_replicas, device=self.device)
-        for b in index.split(self.eval_batch_size):
-            yield self._to_model_input(self.test_x[b]), self.test_y[b]
+        return self.test_set.batches()
 
 
 class DaliBatches:
     """DALI pipelines over in-memory uint8 images or an ImageNet folder; the test set
-    of in-memory data goes through :class:`TensorBatches`' path, an ImageNet
+    of in-memory data is a :class:`TensorTestSet`, an ImageNet
     ``val/`` folder through a DALI ``val`` pipeline (every rank the whole set)."""
 
     def __init__(self, data, selector, *, batch_size: int, eval_batch_size: int, seed: int, device: torch.device,
@@ -124,9 +140,8 @@ class DaliBatches:
             common = dict(mean=data.mean, std=data.std, **shard)
             self.train_it = dali.array_loader(images, labels, selector, batch_size, mode="train", seed=seed, **common)
             self.score_it = dali.array_loader(images, labels, selector, eval_batch_size, mode="scoring", **common)
-            self._tensor_test = TensorBatches(data, selector, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                                              seed=seed, device=device, augment=False, num_replicas=num_replicas,
-                                              rank=rank)
+            self._tensor_test = TensorTestSet(data, eval_batch_size=eval_batch_size, device=device,
+                                              num_replicas=num_replicas, rank=rank)
             self.test_sharded = True
         elif data.kind == "files":
             labels = data.train_y.numpy()
@@ -166,7 +181,7 @@ class DaliBatches:
 
     def test(self) -> Iterator:
         if self._tensor_test is not None:
-            return self._tensor_test.test()
+            return self._tensor_test.batches()
         return ((x, y) for x, y, _ in self._moved(self.val_it))
 
 
