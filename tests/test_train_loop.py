@@ -151,6 +151,20 @@ def test_an_existing_run_is_not_overwritten_and_resume_checks_the_config(tmp_pat
     assert s["epochs_run"] == 2
 
 
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    cfg = dict(dataset="digits", epochs=4, out=str(tmp_path), **QUIET)
+    whole = train(TrainConfig(**dict(cfg, out=str(tmp_path / "whole"))))
+    train(TrainConfig(stop_after=3, **cfg))
+    ckpt = tmp_path / "checkpoint.pt"
+    raw = bytearray(ckpt.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped bit in the newest file (epoch 3)
+    ckpt.write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match="previous good checkpoint"):
+        resumed = train(TrainConfig(resume=True, **cfg))  # continues after epoch 2 from checkpoint.pt.prev
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+    assert strip(resumed["history"]) == strip(whole["history"])
+
+
 def _cli(out, *extra):
     return [sys.executable, "-m", "ies_fast.cli", "train", "--dataset", "synthetic", "--synthetic-size", "3000",
             "--image-size", "12", "--model", "mlp", "--epochs", "8", "--batch-size", "32", "--delta", "0.02",
