@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 
 
@@ -78,18 +76,12 @@ def _compare(args) -> int:
     from .train import compare as _cmp
     from .train.arguments import config_from_args
     from .train.config import resolve
-    from .train.loop import train
 
     try:
         base = resolve(config_from_args(args, progress=False, plot=True))
     except ValueError as exc:
         return _error(str(exc))
-
-    def run_one(config):  # a run already finished in its folder is read back, not repeated
-        out = os.path.join(base.out, f"{config.selector}-seed{config.seed}")
-        return train(dataclasses.replace(config, out=out, resume=True))
-
-    _cmp.run(args, base, train_fn=run_one)
+    _cmp.run(args, base)  # each run in OUT/<selector>-seed<seed>
     return 0
 
 

@@ -77,3 +77,15 @@ def test_errors():
         cmp.compare(FakeConfig(), seeds=[], train_fn=fake_train([]))
     with pytest.raises(KeyError, match="accuracy"):
         cmp.compare(FakeConfig(), selectors=["none"], seeds=[0], train_fn=lambda c: {"loss": 1.0})
+
+
+def test_compare_with_the_real_loop_runs_each_pair_in_its_own_folder(tmp_path):
+    from ies_fast.train.config import TrainConfig
+
+    base = TrainConfig(dataset="digits", epochs=3, out=str(tmp_path), progress=False, plot=False)
+    rows = cmp.compare(base, seeds=(0,))
+    assert [r["selector"] for r in rows] == list(cmp.SELECTORS)
+    for s in cmp.SELECTORS:
+        assert (tmp_path / f"{s}-seed0" / "checkpoint.pt").exists()
+    again = cmp.compare(base, seeds=(0,))  # finished runs are read back, not repeated
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]

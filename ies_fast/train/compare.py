@@ -44,10 +44,16 @@ def _with(config, **changes):
     return new
 
 
-def _default_train(config) -> dict:
+def run_in_subfolder(config) -> dict:
+    """The default ``train_fn``: :func:`ies_fast.train.loop.train` with each run in its
+    own folder ``OUT/<selector>-seed<seed>``; a run already finished there is read
+    back from its checkpoint, not repeated (``resume=True``)."""
+    import os
+
     from .loop import train
 
-    return train(config)
+    out = os.path.join(config.out, f"{config.selector}-seed{config.seed}")
+    return train(_with(config, out=out, resume=True))
 
 
 def compare(
@@ -73,7 +79,7 @@ def compare(
         raise ValueError(f"selectors must be a non-empty subset of {SELECTORS}, got {selectors!r}")
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of ints, got {seeds!r}")
-    train_fn = train_fn or _default_train
+    train_fn = train_fn or run_in_subfolder
     # IES first, so random removal can be matched to its savings
     order = sorted(selectors, key=lambda s: (s != "ies" if match_random else 0, selectors.index(s)))
     ies_saved: dict = {}
