@@ -91,3 +91,16 @@ def test_torchrun_ddp_train_then_resume_on_one_process(tmp_path, loader):
     after = read_rows(tmp_path / "log.jsonl")
     assert [r["epoch"] for r in after] == list(range(6)) and after[:4] == rows
     assert json.loads(resumed.stdout)["world_size"] == 1
+
+
+def test_imagenet_folder_errors(capsys, tmp_path):
+    from ies_fast.train.models import import_torchvision
+    from train_fixtures import write_image_folder
+
+    _one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "none"),
+                             "--out", str(tmp_path / "o")], "train/<class>", "val/<class>")
+    if import_torchvision()[0] is None:
+        data = write_image_folder(tmp_path / "imnet")
+        _one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", data, "--loader", "torch",
+                                 "--model", "mlp", "--image-size", "32", "--out", str(tmp_path / "o")],
+                        "torchvision", "--loader dali")

@@ -206,11 +206,13 @@ class FileBatches:
 
     def __init__(self, data, selector, *, batch_size: int, eval_batch_size: int, seed: int, device: torch.device,
                  image_size: int, workers: int, num_replicas: int = 1, rank: int = 0):
-        try:
-            from torchvision import transforms as T
-        except ImportError:
-            raise ImportError("--loader torch on an image folder needs torchvision (pip install torchvision), "
-                              "or use --loader dali") from None
+        from .models import import_torchvision
+
+        torchvision, why = import_torchvision()
+        if torchvision is None:
+            raise ImportError(f"--loader torch on an image folder needs torchvision (pip install torchvision{why}), "
+                              "or use --loader dali")
+        T = torchvision.transforms
         from ..data import kept_loader, scoring_loader
 
         mean = [m / 255 for m in data.mean]

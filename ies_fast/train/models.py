@@ -134,7 +134,7 @@ class CNN1d(nn.Module):
 
 
 # ---- by name ------------------------------------------------------------------------------
-def _import_torchvision():
+def import_torchvision():
     """``(torchvision or None, why not)``. A broken install (e.g. built for another torch)
     fails with RuntimeError rather than ImportError; it counts as missing too."""
     try:
@@ -152,7 +152,7 @@ def model_names(imagenet: bool = False) -> list[str]:
     only when torchvision imports) and ``mlp``; otherwise the small-input models."""
     if not imagenet:
         return list(SMALL_MODELS)
-    return list(IMAGENET_MODELS) if _import_torchvision()[0] is not None else ["mlp"]
+    return list(IMAGENET_MODELS) if import_torchvision()[0] is not None else ["mlp"]
 
 
 def build_model(name: str, num_classes: int, input_shape: tuple, *, imagenet: bool = False) -> nn.Module:
@@ -177,7 +177,7 @@ def build_model(name: str, num_classes: int, input_shape: tuple, *, imagenet: bo
     if name == "mlp":
         return mlp(num_classes, shape)
     if imagenet:
-        torchvision, why = _import_torchvision()
+        torchvision, why = import_torchvision()
         if torchvision is None:
             raise ImportError(f"model {name!r} for ImageNet needs torchvision: pip install torchvision{why}")
         if shape[0] != 3:
