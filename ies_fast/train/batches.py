@@ -102,10 +102,11 @@ class TensorBatches:
 
     def train(self) -> Iterator:
         index = self.kept.epoch_indices()
-        g = _epoch_generator(self.seed, self.epoch)
         n = index.numel()
-        shift = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=g).to(self.device, non_blocking=True)
-        flip = (torch.rand(n, generator=g) < 0.5).to(self.device, non_blocking=True)
+        if self.augment:  # the whole epoch's draws at once, one copy to the device
+            g = _epoch_generator(self.seed, self.epoch)
+            shift = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=g).to(self.device, non_blocking=True)
+            flip = (torch.rand(n, generator=g) < 0.5).to(self.device, non_blocking=True)
         index = index.to(self.device, non_blocking=True)
         for start in range(0, n, self.batch_size):
             b = index[start:start + self.batch_size]
