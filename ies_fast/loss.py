@@ -1,84 +1,140 @@
 """``ies_fast.cross_entropy``: a drop-in for ``F.cross_entropy`` that also records
-each sample's loss in a selector."""
+each sample's loss in a selector, and :func:`causal_lm_cross_entropy` for
+language-model logits ``[B, T, V]``."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from . import backend as _backend
-from .ops.cross_entropy import per_sample_cross_entropy_torch, reduce_losses
+from .ops.cross_entropy import PositionLosses, position_losses_torch, reduce_positions, sample_losses
 
-REDUCTIONS = ("mean", "sum", "none")
+#: F.cross_entropy's reductions, plus "sample": one loss per sample ``[B]`` (docs/semantics.md)
+REDUCTIONS = ("mean", "sum", "none", "sample")
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _check_inputs(logits, target, ignore_index, label_smoothing, reduction, sample_weight):
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(
-            f"logits must be a 2-D tensor [batch, classes], got "
-            f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
-        )
-    if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise TypeError(f"logits must be float32, bfloat16, float16 or float64, got {logits.dtype}")
-    if logits.shape[1] < 1:
-        raise ValueError("logits must have at least one class column")
-    if not isinstance(target, torch.Tensor) or target.dim() != 1 or target.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"target must be 1-D class indices with one entry per row of logits ({logits.shape[0]}), "
-            f"got {tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__}"
-        )
-    if target.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"target must hold class indices (int64), got {target.dtype}")
-    if target.device != logits.device:
-        raise ValueError(f"target is on {target.device} but logits on {logits.device}")
+def _check_own_args(input, reduction, sample_weight, lse_square_scale, softcap):
+    """The arguments F.cross_entropy does not have (its own ones F checks itself)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor of logits, got {type(input).__name__}")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not (0.0 <= float(label_smoothing) <= 1.0):
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    if sample_weight is not None and (
-        not isinstance(sample_weight, torch.Tensor) or tuple(sample_weight.shape) != (logits.shape[0],)
+        raise ValueError(f"{reduction} is not a valid value for reduction (one of {', '.join(REDUCTIONS)})")
+    if sample_weight is not None:
+        B = input.shape[0] if input.dim() > 1 else 1
+        if not isinstance(sample_weight, torch.Tensor) or tuple(sample_weight.shape) != (B,):
+            raise ValueError(f"sample_weight must be a tensor of shape ({B},), one weight per sample")
+    if isinstance(lse_square_scale, bool) or not isinstance(lse_square_scale, (int, float)) or not (
+        math.isfinite(lse_square_scale) and lse_square_scale >= 0
     ):
-        raise ValueError(f"sample_weight must be a tensor of shape ({logits.shape[0]},)")
+        raise ValueError(f"lse_square_scale must be a finite number >= 0, got {lse_square_scale!r}")
+    if softcap is not None and (
+        isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not (math.isfinite(softcap) and softcap > 0)
+    ):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
 
 
-def _check_target_range(target, num_classes, ignore_index, selector) -> torch.Tensor:
-    """Targets out of ``[0, C)`` (other than ``ignore_index``): raise on CPU; on CUDA
-    count them for the selector's next ``step()`` (or raise now without a selector)
-    and treat the rows as ignored, so no kernel reads out of bounds."""
-    target = target.long()
+def _check_like_torch(input, target, weight, ignore_index, label_smoothing):
+    """Raise what F.cross_entropy raises for these shapes/dtypes/options, without
+    touching data (it runs on meta tensors): the kernel path's argument checks."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if weight is not None:
+        C = input.shape[1] if input.dim() > 1 else input.shape[0]
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or weight.shape[0] != C:
+            raise RuntimeError(
+                f"weight tensor should be defined either for all {C} classes or no classes but got weight "
+                f"tensor of shape: {list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}"
+            )
+    meta = lambda t: None if t is None else torch.empty(t.shape, dtype=t.dtype, device="meta")  # noqa: E731
+    F.cross_entropy(
+        meta(input), meta(target), weight=meta(weight), ignore_index=ignore_index,
+        reduction="none", label_smoothing=label_smoothing,
+    )
+
+
+def _target_in_range(target, num_classes, ignore_index, selector) -> torch.Tensor:
+    """Kernel path only (a kernel must not read out of bounds): on CPU, or on CUDA
+    without a selector, raise F's IndexError; on CUDA with a selector count the bad
+    rows for the selector's next ``step()`` and treat them as ignored (no host sync)."""
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if target.device.type == "cpu" or selector is None:
         if bool(bad.any()):
-            raise ValueError(f"target out of range [0, {num_classes}): got {int(target[bad][0])}")
+            raise IndexError(f"Target {int(target[bad][0])} is out of bounds.")
         return target
     selector._deferred_errors[1] += bad.sum()
     return torch.where(bad, torch.full_like(target, ignore_index), target)
 
 
+def _kernel_takes(op, x, target, weight, lse_square_scale, softcap) -> bool:
+    return (
+        op == "triton"
+        and x.dtype != torch.float64
+        and not target.is_floating_point()
+        and weight is None
+        and not lse_square_scale
+        and softcap is None
+    )
+
+
+def _kernel_positions(x, target, ignore_index, eps, selector, recorded) -> tuple[PositionLosses, bool]:
+    """Position losses from the fused Triton kernel; the ring write happens in the same
+    pass when each sample has one position. Returns (losses, ring_written)."""
+    from .kernels.cross_entropy import row_losses
+
+    B, C = x.shape[0], x.shape[1]
+    rows = x if x.dim() == 2 else x.movedim(1, -1).reshape(-1, C)
+    t = target.reshape(-1).to(torch.int64)
+    t = _target_in_range(t, C, ignore_index, selector)
+    fused = selector is not None and x.dim() == 2 and hasattr(selector, "hist") and selector.device == x.device
+    ring = None
+    if fused:
+        ring = (selector.hist, selector.count, torch.where(t == ignore_index, torch.full_like(recorded, -1), recorded))
+    ce = row_losses(rows, t, ignore_index, eps, ring).reshape(B, -1)
+    ok = (t != ignore_index).reshape(B, -1)
+    valid = ok.to(ce.dtype)
+    return PositionLosses(ce, None, valid, valid), fused
+
+
 def cross_entropy(
-    logits: torch.Tensor,
+    input: torch.Tensor,
     target: torch.Tensor,
     index: Optional[torch.Tensor] = None,
     selector=None,
     *,
+    weight: Optional[torch.Tensor] = None,
     ignore_index: int = -100,
-    label_smoothing: float = 0.0,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
     sample_weight: Optional[torch.Tensor] = None,
+    lse_square_scale: float = 0.0,
+    softcap: Optional[float] = None,
     scoring: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Cross-entropy with ``F.cross_entropy``'s meaning (``ignore_index``,
-    ``label_smoothing``, ``reduction``), computed in fp32 for fp32/bf16/fp16 logits.
+    """``F.cross_entropy(input, target, weight=..., ignore_index=..., reduction=...,
+    label_smoothing=...)`` with the same values, gradients and errors, for every
+    input F accepts: ``[B, C]`` or ``[C]`` logits, K-dimensional ``[B, C, d1, ...]``
+    with targets ``[B, d1, ...]``, class indices or class probabilities (soft labels
+    shaped like ``input``); fp32/fp64 computed as given, bf16/fp16 in fp32 and
+    returned in the input's dtype.
 
-    With a ``selector`` and the samples' dataset ``index``, each row's loss (as
-    computed, smoothing included; ignored rows excepted) is recorded for the
-    epoch, in the same kernel pass on the Triton path. ``sample_weight`` multiplies
-    each row's loss before the reduction (InfoBatch's rescaling). ``scoring=True``
-    marks a forward-only scoring pass (counted in the selector's ``scored_total``).
-    No host sync on CUDA.
+    With a ``selector`` and the samples' dataset ``index`` ``[B]``, each sample's
+    loss is recorded for the epoch: the mean over its valid positions, weighted as
+    F's ``mean`` is (``docs/semantics.md``); samples with no valid position are not
+    recorded. Extras, all off by default: ``reduction="sample"`` returns those
+    per-sample losses ``[B]`` (differentiable); ``sample_weight`` ``[B]`` multiplies
+    each sample's terms before the reduction (InfoBatch's rescaling; the ``mean``
+    divisor is unchanged); ``lse_square_scale`` adds the z-loss
+    ``scale * logsumexp^2`` and ``softcap`` caps logits as ``softcap * tanh(x /
+    softcap)`` (Liger's meanings); ``scoring=True`` marks a forward-only scoring pass.
+    ``backend``: ``auto`` (Triton kernel on CUDA, torch on CPU), ``torch``, ``native``
+    (torch math; the ring write is the selector's own op), ``triton``.
     """
-    _check_inputs(logits, target, ignore_index, label_smoothing, reduction, sample_weight)
+    _check_own_args(input, reduction, sample_weight, lse_square_scale, softcap)
     if selector is not None and index is None:
         raise ValueError("index is required when a selector is given (the samples' dataset indices)")
     if selector is not None and getattr(selector, "num_exits", 1) > 1:
@@ -86,33 +142,74 @@ def cross_entropy(
             "selector has num_exits > 1: feed its [B, H] per-exit losses through selector.observe "
             "(see ies_fast.per_exit_cross_entropy), not cross_entropy"
         )
-    target = _check_target_range(target, logits.shape[1], ignore_index, selector)
-    recorded = None
+    unbatched = input.dim() == 1
+    if unbatched:  # F's [C] logits with a 0-D index target or [C] probabilities
+        input, target = input.unsqueeze(0), target.unsqueeze(0) if isinstance(target, torch.Tensor) else target
+    if isinstance(target, torch.Tensor) and target.dtype in (torch.int32, torch.int16):
+        target = target.long()
+
+    op = _backend.resolve(backend, input.device, "cross_entropy")
+    x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
+    if weight is not None and isinstance(weight, torch.Tensor) and weight.dtype == input.dtype:
+        weight = weight.to(x.dtype)
+    recorded = selector._index(index, input.shape[0]) if selector is not None else None
+    eps = float(label_smoothing)
+    ring_written = False
+    if _kernel_takes(op, input, target, weight, lse_square_scale, softcap):
+        _check_like_torch(input, target, weight, ignore_index, label_smoothing)
+        pos, ring_written = _kernel_positions(input, target, int(ignore_index), eps, selector, recorded)
+    else:
+        pos = position_losses_torch(x, target, weight, ignore_index, eps, float(lse_square_scale), softcap)
+
     if selector is not None:
-        recorded = selector._index(index, logits.shape[0])
-        recorded = torch.where(target.to(recorded.device) == ignore_index, torch.full_like(recorded, -1), recorded)
+        if not ring_written and input.shape[0]:
+            with torch.no_grad():
+                detached = PositionLosses(*(t.detach() if t is not None else None for t in pos))
+                loss, ok = sample_losses(detached)
+            selector._record(loss, torch.where(ok.to(recorded.device), recorded, -1))
         if scoring:
-            selector._pending_scored += logits.shape[0]
+            selector._pending_scored += input.shape[0]
 
-    op = _backend.resolve(backend, logits.device, "cross_entropy")
-    fused_ring = selector is None or (hasattr(selector, "hist") and selector.device == logits.device)
-    if op == "triton" and logits.dtype != torch.float64 and fused_ring:
-        from .kernels.cross_entropy import fused_cross_entropy
+    out_shape = target.shape if not target.is_floating_point() else (input.shape[0],) + tuple(input.shape[2:])
+    out = reduce_positions(pos, reduction, sample_weight, out_shape).to(input.dtype)
+    return out.squeeze(0) if unbatched and reduction in ("none", "sample") else out
 
-        ring = (selector.hist, selector.count, recorded) if selector is not None else None
-        return fused_cross_entropy(
-            logits,
-            target,
-            ignore_index=ignore_index,
-            label_smoothing=float(label_smoothing),
-            reduction=reduction,
-            sample_weight=sample_weight,
-            ring=ring,
+
+def causal_lm_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    index: Optional[torch.Tensor] = None,
+    selector=None,
+    *,
+    shift: bool = True,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    **kwargs,
+) -> torch.Tensor:
+    """Cross-entropy of language-model logits ``[B, T, V]`` against ``labels``
+    ``[B, T]``, as Hugging Face's causal-LM loss: with ``shift=True`` position ``t``
+    predicts ``labels[:, t + 1]``; ``ignore_index=-100`` marks padding/prompt tokens.
+
+    ``reduction="mean"`` is the mean over all valid tokens of the batch, ``"sum"``
+    their sum, ``"none"`` the token losses ``[B, T - 1]`` (``[B, T]`` unshifted),
+    ``"sample"`` each sequence's mean token loss ``[B]`` (what a selector records).
+    Other keywords (``selector`` / ``index``, ``label_smoothing``, ``sample_weight``,
+    ``lse_square_scale``, ``softcap``, ``weight``, ``scoring``, ``backend``) are
+    :func:`cross_entropy`'s."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError(
+            "logits must be a 3-D tensor [batch, tokens, vocab], got "
+            f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
         )
-
-    losses = per_sample_cross_entropy_torch(logits, target, ignore_index, float(label_smoothing))
-    if selector is not None and logits.shape[0]:
-        selector._record(losses.detach(), recorded)
-    valid = target != ignore_index
-    out_dtype = logits.dtype
-    return reduce_losses(losses, valid, reduction, sample_weight, out_dtype)
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != tuple(logits.shape[:2]):
+        raise ValueError(
+            f"labels must be a tensor of shape {tuple(logits.shape[:2])} (batch, tokens), got "
+            f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}"
+        )
+    if labels.is_floating_point():
+        raise TypeError(f"labels must hold token ids (int64), got {labels.dtype}")
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return cross_entropy(
+        logits.transpose(1, 2), labels, index, selector, ignore_index=ignore_index, reduction=reduction, **kwargs
+    )

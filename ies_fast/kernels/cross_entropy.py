@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.cross_entropy import reduce_losses
+from ..ops.cross_entropy import cross_entropy_grad_torch, reduce_losses
 
 #: most columns one program loads at a time (larger rows loop over blocks)
 MAX_BLOCK_C = 8192
@@ -199,6 +199,11 @@ class FusedCrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_losses):
         logits, target, row_max, row_logsum = ctx.saved_tensors
         ignore_index, eps, block_c, block_b = ctx.args
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty, a Hessian-vector product): the
+            # kernel builds no graph, so the gradient is formed from torch ops instead
+            grad = cross_entropy_grad_torch(logits, target, grad_losses, ignore_index, eps)
+            return grad, None, None, None, None, None, None
         B, C = logits.shape
         grad = torch.empty((B, C), dtype=logits.dtype, device=logits.device)
         if B:
@@ -225,6 +230,20 @@ def _check_ring(ring, B: int, device: torch.device):
         if t.device != device:
             raise ValueError(f"ring {name} is on {t.device} but logits on {device}")
     return hist, count.contiguous(), index.contiguous()
+
+
+def row_losses(logits, target, ignore_index: int, eps: float, ring=None, block_c=None, block_b=None) -> torch.Tensor:
+    """fp32 per-row losses ``[B]`` of ``logits`` [B, C] (unit column stride) against
+    int64 ``target`` [B], plus the optional ring write; differentiable w.r.t. the
+    logits when grad is enabled (nothing saved otherwise). Arguments are trusted:
+    :func:`fused_cross_entropy` and ``ies_fast.cross_entropy`` check them."""
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    if ring is not None:
+        ring = _check_ring(ring, logits.shape[0], logits.device)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return FusedCrossEntropyFunction.apply(logits, target.contiguous(), ignore_index, eps, ring, block_c, block_b)
+    return _forward(logits, target.contiguous(), ignore_index, eps, ring, False, block_c, block_b)[0]
 
 
 def fused_cross_entropy(
@@ -260,15 +279,7 @@ def fused_cross_entropy(
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
-    target = target.to(torch.int64).contiguous()
-    if ring is not None:
-        ring = _check_ring(ring, logits.shape[0], logits.device)
-
-    if torch.is_grad_enabled() and logits.requires_grad:
-        losses = FusedCrossEntropyFunction.apply(logits, target, int(ignore_index), eps, ring, block_c, block_b)
-    else:
-        losses = _forward(logits, target, int(ignore_index), eps, ring, False, block_c, block_b)[0]
+    target = target.to(torch.int64)
+    losses = row_losses(logits, target, int(ignore_index), eps, ring, block_c, block_b)
     valid = target != ignore_index
     return reduce_losses(losses, valid, reduction, sample_weight, logits.dtype)
