@@ -5,9 +5,7 @@
 >>> sel.step()                 # at the end of each epoch
 >>> sel.kept_indices()         # what to train on next epoch
 """
-from .backend import backend_info, warn_if_native_missing
-
-warn_if_native_missing()  # once: a build without ies_fast._C is otherwise silent
+from .backend import backend_info
 from .criterion import ReferenceCriterion, instability_score
 from .loss import causal_lm_cross_entropy, cross_entropy
 from .selection import Selector
@@ -24,6 +22,3 @@ __all__ += ["InfoBatch", "RandomRemoval", "PatienceStopper", "all_mastered", "Mu
 from .scoring import score
 
 __all__ += ["score"]
-from .data.selected_dataset import IESDataset
-
-__all__ += ["IESDataset"]
