@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import IES, cross_entropy
+from . import IES, cross_entropy, extras
 
 
 @dataclass
@@ -133,6 +133,11 @@ def plot(baseline: list, ies: list, path: str) -> None:
 
 
 def main(config: DemoConfig = DemoConfig(), plot_path: str = "ies_demo.png") -> tuple[list, list]:
+    """Run the demo and print its table. Checks the optional packages first: without
+    scikit-learn it raises ``ImportError`` (one line naming the extra) before any
+    training; without matplotlib it says up front that the plot is skipped."""
+    extras.require(["sklearn"], "ies-fast demo")
+    plot_path = plot_path if extras.can_plot(plot_path) else ""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_digits_split()
     baseline = [run(config, 0.0, s, data) for s in config.seeds]

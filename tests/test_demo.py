@@ -50,3 +50,33 @@ def test_cli_compare_digits_prints_every_selector(tmp_path, capsys):
     for name in ("baseline", "IES", "InfoBatch", "random removal"):
         assert name in out
     assert plot.stat().st_size > 1000
+
+
+def _hide(monkeypatch, *modules):
+    """Make ``modules`` look uninstalled (import fails, find_spec is None)."""
+    import sys
+
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_demo_without_matplotlib_prints_the_table_and_says_the_plot_was_skipped(tmp_path, monkeypatch, capsys):
+    _hide(monkeypatch, "matplotlib", "matplotlib.pyplot")
+    plot = tmp_path / "demo.png"
+    assert main(["demo", "--epochs", "2", "--seeds", "1", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    first, table = out.splitlines()[0], out.split("\n", 1)[1]
+    assert "skipped" in first and "matplotlib" in first and ".[demo]" in first, "said up front, before training"
+    assert "baseline" in table and "IES" in table
+    assert not plot.exists()
+
+
+def test_demo_without_scikit_learn_fails_in_one_line_before_any_training(monkeypatch, capsys):
+    import ies_fast.demo as demo
+
+    _hide(monkeypatch, "sklearn", "sklearn.datasets")
+    monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("trained without scikit-learn"))
+    with pytest.raises(ImportError) as exc:
+        demo.main(DemoConfig(epochs=2, seeds=(0,)), plot_path="")
+    message = str(exc.value)
+    assert len(message.splitlines()) == 1 and "scikit-learn" in message and ".[demo]" in message
