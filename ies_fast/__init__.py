@@ -5,7 +5,9 @@
 >>> sel.step()                 # at the end of each epoch
 >>> sel.kept_indices()         # what to train on next epoch
 """
-from .backend import backend_info
+from .backend import backend_info, warn_if_native_missing
+
+warn_if_native_missing()  # once: a build without ies_fast._C is otherwise silent
 from .criterion import ReferenceCriterion, instability_score
 from .loss import causal_lm_cross_entropy, cross_entropy
 from .selection import Selector

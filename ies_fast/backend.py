@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -29,6 +31,42 @@ def native_status() -> tuple[bool, bool, str]:
     except Exception as exc:  # not built, or built against another torch
         return False, False, f"ies_fast._C not importable: {exc}"
     return True, bool(getattr(module, "cuda_built", lambda: False)()), "ok"
+
+
+class NativeExtensionWarning(UserWarning):
+    """``ies_fast._C`` is missing: the CPU ops run on plain torch (several times slower)."""
+
+
+def native_fix_command() -> str:
+    """The command that builds ``ies_fast._C`` for this installation."""
+    root = Path(__file__).resolve().parents[1]
+    source = str(root) if (root / "setup.py").is_file() and (root / "csrc").is_dir() else "<ies_fast source folder>"
+    return f"pip install --no-build-isolation -e {source}"
+
+
+def native_missing_message() -> str | None:
+    """One line saying that ``ies_fast._C`` is missing, why, and how to build it; ``None`` when it is built."""
+    cpu, _, message = native_status()
+    if cpu:
+        return None
+    return (f"{message}; the native CPU ops are off (plain-torch fallback). Install torch first, then build with: "
+            f"{native_fix_command()} (docs/native.md; IES_FAST_NO_NATIVE=1 silences this)")
+
+
+_warned_native_missing = False
+
+
+def warn_if_native_missing() -> None:
+    """Warn once per process when ``ies_fast._C`` is missing (unless ``IES_FAST_NO_NATIVE=1``
+    says that was intended): a plain ``pip install .`` builds in isolation, without torch,
+    and so silently installs no extension."""
+    global _warned_native_missing
+    if _warned_native_missing or os.environ.get("IES_FAST_NO_NATIVE", "0") not in ("", "0"):
+        return
+    message = native_missing_message()
+    if message is not None:
+        _warned_native_missing = True
+        warnings.warn(message, NativeExtensionWarning, stacklevel=2)
 
 
 @lru_cache(maxsize=None)
@@ -88,6 +126,7 @@ def backend_info() -> dict:
         "native_cpu": cpu,
         "native_cuda": cuda,
         "native_message": native_msg,
+        "native_fix": None if cpu else native_fix_command(),
         "triton": tri,
         "triton_message": tri_msg,
         "triton_interpret": triton_interpret(),
