@@ -31,14 +31,20 @@ inline void check_record(const at::Tensor& hist, const at::Tensor& count, const 
                     "loss and index must be on hist's device ", hist.device());
 }
 
-inline void check_close(const at::Tensor& hist, const at::Tensor& count, const at::Tensor& mastered, int64_t order) {
+inline void check_close(const at::Tensor& hist, const at::Tensor& count, const at::Tensor& mastered, int64_t order,
+                        int64_t window, int64_t k, double threshold) {
   check_state(hist, count);
   TORCH_CHECK_VALUE(mastered.dim() == 1 && mastered.scalar_type() == at::kBool && mastered.is_contiguous() &&
                         mastered.size(0) == hist.size(0) && mastered.device() == hist.device(),
                     "mastered must be a contiguous bool [S] tensor on hist's device with S = ", hist.size(0),
                     ", got ", mastered.scalar_type(), " ", mastered.sizes());
-  TORCH_CHECK_VALUE(order >= 0 && order < hist.size(1), "order must be in [0, L) with L = ", hist.size(1), ", got ",
-                    order);
+  TORCH_CHECK_VALUE(order >= 0 && order <= 3, "order must be in 0..3, got ", order);
+  TORCH_CHECK_VALUE(window >= 1, "window must be >= 1, got ", window);
+  TORCH_CHECK_VALUE(k >= 1, "k must be >= 1, got ", k);
+  TORCH_CHECK_VALUE(order + window + k - 1 <= hist.size(1), "order + window + k - 1 must be at most L = ",
+                    hist.size(1), " (the ring length), got ", order + window + k - 1);
+  TORCH_CHECK_VALUE(threshold >= 0 && static_cast<double>(static_cast<float>(threshold)) == threshold,
+                    "threshold must be a non-negative fp32 value (fp32(delta * window)), got ", threshold);
 }
 
 inline void check_mask(const at::Tensor& mask) {

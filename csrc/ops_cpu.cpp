@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "checks.h"
@@ -35,20 +36,13 @@ void record_cpu(at::Tensor hist, const at::Tensor& count, const at::Tensor& loss
   }
 }
 
-at::Tensor close_epoch_cpu(at::Tensor hist, at::Tensor count, at::Tensor mastered, int64_t order, double delta) {
-  check_close(hist, count, mastered, order);
-  const int64_t S = hist.size(0);
-  const int L = static_cast<int>(hist.size(1));
-  const int ord = static_cast<int>(order);
-  const float d = static_cast<float>(delta);  // torch compares the fp32 score with delta cast to fp32
-  float* h = hist.data_ptr<float>();
-  uint8_t* c = count.data_ptr<uint8_t>();
-  bool* m = mastered.data_ptr<bool>();
+template <int ORDER>
+std::array<int64_t, kNumStats> close_all_cpu(float* h, uint8_t* c, bool* m, int64_t S, int L, const Rule& rule) {
   int64_t observed = 0, nonfinite = 0, now = 0, reincluded = 0, newly = 0, eligible = 0;
 #pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (S > 4096) \
     reduction(+ : observed, nonfinite, now, reincluded, newly, eligible)
   for (int64_t i = 0; i < S; ++i) {
-    const SampleOutcome o = close_sample(h + i * L, c + i, m + i, L, ord, d);
+    const SampleOutcome o = close_sample<ORDER>(h + i * L, c + i, m + i, L, rule);
     observed += o.observed;
     nonfinite += o.nonfinite;
     now += o.now_mastered;
@@ -56,14 +50,35 @@ at::Tensor close_epoch_cpu(at::Tensor hist, at::Tensor count, at::Tensor mastere
     newly += !o.was_mastered && o.now_mastered;
     eligible += o.eligible;
   }
-  at::Tensor stats = at::empty({kNumStats}, hist.options().dtype(at::kLong));
-  int64_t* s = stats.data_ptr<int64_t>();
+  std::array<int64_t, kNumStats> s{};
   s[kObserved] = observed;
   s[kNonfinite] = nonfinite;
   s[kMastered] = now;
   s[kReincluded] = reincluded;
   s[kNewlyMastered] = newly;
   s[kEligible] = eligible;
+  return s;
+}
+
+at::Tensor close_epoch_cpu(at::Tensor hist, at::Tensor count, at::Tensor mastered, int64_t order, int64_t window,
+                           int64_t k, double threshold) {
+  check_close(hist, count, mastered, order, window, k, threshold);
+  const int64_t S = hist.size(0);
+  const int L = static_cast<int>(hist.size(1));
+  const Rule rule{static_cast<int>(order), static_cast<int>(window), static_cast<int>(k),
+                  static_cast<float>(threshold)};  // exact: check_close requires an fp32 value
+  float* h = hist.data_ptr<float>();
+  uint8_t* c = count.data_ptr<uint8_t>();
+  bool* m = mastered.data_ptr<bool>();
+  std::array<int64_t, kNumStats> s{};
+  switch (order) {
+    case 0: s = close_all_cpu<0>(h, c, m, S, L, rule); break;
+    case 1: s = close_all_cpu<1>(h, c, m, S, L, rule); break;
+    case 2: s = close_all_cpu<2>(h, c, m, S, L, rule); break;
+    default: s = close_all_cpu<3>(h, c, m, S, L, rule); break;
+  }
+  at::Tensor stats = at::empty({kNumStats}, hist.options().dtype(at::kLong));
+  std::copy(s.begin(), s.end(), stats.data_ptr<int64_t>());
   return stats;
 }
 
@@ -104,7 +119,9 @@ std::tuple<at::Tensor, at::Tensor> compact_cpu(const at::Tensor& mask_in) {
 
 TORCH_LIBRARY(ies_fast, m) {
   m.def("record(Tensor(a!) hist, Tensor count, Tensor loss, Tensor index) -> ()");
-  m.def("close_epoch(Tensor(a!) hist, Tensor(b!) count, Tensor(c!) mastered, int order, float delta) -> Tensor");
+  m.def(
+      "close_epoch(Tensor(a!) hist, Tensor(b!) count, Tensor(c!) mastered, int order, int window, int k, "
+      "float threshold) -> Tensor");
   m.def("compact(Tensor mask) -> (Tensor, Tensor)");
 }
 

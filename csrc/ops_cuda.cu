@@ -39,14 +39,15 @@ __global__ void record_kernel(float* hist, const uint8_t* count, const float* lo
   atomic_max_float(hist + i * L + count[i] % L, isfinite(v) ? v : INFINITY);
 }
 
-__global__ void close_epoch_kernel(float* hist, uint8_t* count, bool* mastered, int64_t S, int L, int order,
-                                   float delta, unsigned long long* stats) {
+template <int ORDER>
+__global__ void close_epoch_kernel(float* hist, uint8_t* count, bool* mastered, int64_t S, int L, Rule rule,
+                                   unsigned long long* stats) {
   __shared__ unsigned long long block_stats[kNumStats];
   if (threadIdx.x < kNumStats) block_stats[threadIdx.x] = 0;
   __syncthreads();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < S) {
-    const SampleOutcome o = close_sample(hist + i * L, count + i, mastered + i, L, order, delta);
+    const SampleOutcome o = close_sample<ORDER>(hist + i * L, count + i, mastered + i, L, rule);
     if (o.observed) atomicAdd(&block_stats[kObserved], 1ull);
     if (o.nonfinite) atomicAdd(&block_stats[kNonfinite], 1ull);
     if (o.now_mastered) atomicAdd(&block_stats[kMastered], 1ull);
@@ -71,16 +72,27 @@ void record_cuda(at::Tensor hist, const at::Tensor& count, const at::Tensor& los
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor close_epoch_cuda(at::Tensor hist, at::Tensor count, at::Tensor mastered, int64_t order, double delta) {
-  check_close(hist, count, mastered, order);
+at::Tensor close_epoch_cuda(at::Tensor hist, at::Tensor count, at::Tensor mastered, int64_t order, int64_t window,
+                            int64_t k, double threshold) {
+  check_close(hist, count, mastered, order, window, k, threshold);
   const c10::cuda::CUDAGuard guard(hist.device());
   const int64_t S = hist.size(0);
   at::Tensor stats = at::zeros({kNumStats}, hist.options().dtype(at::kLong));
   if (S == 0) return stats;
-  close_epoch_kernel<<<blocks_for(S), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      hist.data_ptr<float>(), count.data_ptr<uint8_t>(), mastered.data_ptr<bool>(), S,
-      static_cast<int>(hist.size(1)), static_cast<int>(order), static_cast<float>(delta),
-      reinterpret_cast<unsigned long long*>(stats.data_ptr<int64_t>()));
+  const Rule rule{static_cast<int>(order), static_cast<int>(window), static_cast<int>(k),
+                  static_cast<float>(threshold)};
+  const int L = static_cast<int>(hist.size(1));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  float* h = hist.data_ptr<float>();
+  uint8_t* c = count.data_ptr<uint8_t>();
+  bool* m = mastered.data_ptr<bool>();
+  auto* st = reinterpret_cast<unsigned long long*>(stats.data_ptr<int64_t>());
+  switch (order) {
+    case 0: close_epoch_kernel<0><<<blocks_for(S), kThreads, 0, stream>>>(h, c, m, S, L, rule, st); break;
+    case 1: close_epoch_kernel<1><<<blocks_for(S), kThreads, 0, stream>>>(h, c, m, S, L, rule, st); break;
+    case 2: close_epoch_kernel<2><<<blocks_for(S), kThreads, 0, stream>>>(h, c, m, S, L, rule, st); break;
+    default: close_epoch_kernel<3><<<blocks_for(S), kThreads, 0, stream>>>(h, c, m, S, L, rule, st); break;
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return stats;
 }

@@ -169,6 +169,7 @@ class PerExitIES(IES):
         H = self.num_exits
         self.exits = IES(
             self.num_samples * H, self.delta, self.order, self.window, self.device,
+            k=self.k, eligibility=self.eligibility,
             score_every=self.score_every, backend=self.backend, distributed=self.distributed,
         )
         # the sample-level ring is unused here: record through observe() (cross_entropy(selector=...)

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from . import backend as _backend
-from .criterion import ORDERS
+from .criterion import check_rule, decision_threshold, history_length
 from .ops import dispatch
 from .ops.ring import EPOCH_STATS, NOT_SEEN
 from .selection import Selector, _check_positive_int
@@ -26,6 +26,13 @@ class IES(Selector):
     The set is recomputed at every :meth:`step`, so a sample whose loss moves again
     comes back. ``delta=0`` never masters anything (the baseline).
 
+    ``k`` and ``eligibility`` (``docs/semantics.md``): the score is the sum of the
+    last ``k`` window means (the official code's ``--k``; ``k=1`` is the paper's
+    formula); ``eligibility="paper"`` decides once the ``order + window + k - 1``
+    losses it uses exist, ``"official"`` waits one epoch more, as
+    tmllab/2025_ICLR_IES cifar_main.py does. Every backend decides with the one
+    fp32 arithmetic of :mod:`ies_fast.criterion`.
+
     Rules for unusual input (see ``docs/semantics.md``):
 
     * one loss per sample per epoch is recorded: the largest of that epoch's
@@ -36,7 +43,7 @@ class IES(Selector):
       ``score_every > 1`` skips re-scoring mastered samples);
     * an empty batch is a no-op.
 
-    Memory: ``4·(order+window) + 2`` bytes per sample on device.
+    Memory: ``4·history_length + 2`` bytes per sample on device.
     """
 
     VERSION = 1
@@ -58,6 +65,8 @@ class IES(Selector):
         window: int = 3,
         device=None,
         *,
+        k: int = 1,
+        eligibility: str = "paper",
         score_every: int = 1,
         backend: str = "auto",
         distributed: bool = True,
@@ -69,19 +78,12 @@ class IES(Selector):
         from .multi_exit import check_exit_config
 
         self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        _check_positive_int("window", window)
-        if order + window > 120:
-            raise ValueError(f"order + window must be at most 120, got {order + window}")
-        if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not math.isfinite(delta) or delta < 0:
-            raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+        L = check_rule(order, window, k, eligibility)  # the ring length
+        decision_threshold(delta, window)  # rejects a bad delta, or one that rounds to 0
         self.delta = float(delta)
-        self.order = order
-        self.window = window
+        self.order, self.window, self.k, self.eligibility = order, window, k, eligibility
         self.score_every = _check_positive_int("score_every", score_every)
         self.distributed = distributed
-        L = order + window
         self.hist = torch.full((num_samples, L), NOT_SEEN, dtype=torch.float32, device=self.device)
         self.count = torch.zeros(num_samples, dtype=torch.uint8, device=self.device)
         self.mastered = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
@@ -92,7 +94,7 @@ class IES(Selector):
 
     @property
     def history_length(self) -> int:
-        return self.order + self.window
+        return history_length(self.order, self.window, self.k, self.eligibility)
 
     def _op(self, name: str) -> str:
         return _backend.resolve(self.backend, self.device, name)
@@ -149,7 +151,10 @@ class IES(Selector):
         self.totals[TOTALS.index("sample_epochs")] += self.num_samples
         self.totals[TOTALS.index("scored")] += self._pending_scored[0]
         self._pending_scored.zero_()
-        stats = dispatch.close_epoch(self._op("close_epoch"), self.hist, self.count, self.mastered, self.order, self.delta)
+        stats = dispatch.close_epoch(
+            self._op("close_epoch"), self.hist, self.count, self.mastered,
+            self.order, self.window, self.k, decision_threshold(self.delta, self.window),
+        )
         self.last.copy_(stats)
         self.totals[TOTALS.index("nonfinite")] += stats[EPOCH_STATS.index("nonfinite")]
         self.totals[TOTALS.index("reincluded")] += stats[EPOCH_STATS.index("reincluded")]
@@ -214,6 +219,8 @@ class IES(Selector):
             "num_samples": self.num_samples,
             "order": self.order,
             "window": self.window,
+            "k": self.k,
+            "eligibility": self.eligibility,
             "delta": self.delta,
             "score_every": self.score_every,
             "epoch": self.epoch,
@@ -261,5 +268,6 @@ class IES(Selector):
     def __repr__(self) -> str:
         return (
             f"IES(num_samples={self.num_samples}, delta={self.delta}, order={self.order}, "
-            f"window={self.window}, device={self.device}, backend={self.backend!r})"
+            f"window={self.window}, k={self.k}, eligibility={self.eligibility!r}, device={self.device}, "
+            f"backend={self.backend!r})"
         )

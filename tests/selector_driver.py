@@ -19,7 +19,7 @@ def random_epoch_losses(num_samples: int, epoch: int, gen: torch.Generator, plat
 def run_both(selector, num_epochs: int, seed: int, *, batch: int = 7, observe_fraction: float = 1.0, extra=None):
     """Feed both with shuffled batches each epoch; return masks per epoch from each."""
     S = selector.num_samples
-    ref = ReferenceCriterion(S, selector.delta, selector.order, selector.window)
+    ref = ReferenceCriterion(S, selector.delta, selector.order, selector.window, selector.k, selector.eligibility)
     gen = torch.Generator().manual_seed(seed)
     plateau = torch.rand(S, generator=gen) < 0.5
     masks = []

@@ -8,6 +8,7 @@ import torch
 from triton_compile import compile_for_sm90
 
 
+from ies_fast.criterion import decision_threshold, history_length
 from ies_fast.kernels.ring import close_epoch_triton, record_triton
 from ies_fast.ops.ring import close_epoch_torch, record_torch
 
@@ -63,11 +64,16 @@ def test_record_empty_batch_is_noop():
     assert torch.equal(hist, before)
 
 
-def assert_same_close(hist, count, mastered, order, delta, block):
+def rule(order, window, k=1, delta=0.05):
+    """close_epoch's (order, window, k, threshold) arguments."""
+    return order, window, k, decision_threshold(delta, window)
+
+
+def assert_same_close(hist, count, mastered, args, block):
     got = (hist.clone(), count.clone(), mastered.clone())
     want = (hist.clone(), count.clone(), mastered.clone())
-    stats_got = close_epoch_triton(*got, order, delta, block=block)
-    stats_want = close_epoch_torch(*want, order, delta)
+    stats_got = close_epoch_triton(*got, *args, block=block)
+    stats_want = close_epoch_torch(*want, *args)
     assert stats_got.dtype == torch.int64
     assert torch.equal(stats_got, stats_want), (stats_got, stats_want)
     for name, a, b in zip(("hist", "count", "mastered"), got, want):
@@ -76,12 +82,13 @@ def assert_same_close(hist, count, mastered, order, delta, block):
 
 
 @pytest.mark.parametrize("order", [0, 1, 2, 3])
-@pytest.mark.parametrize("window", [1, 3, 5])
+@pytest.mark.parametrize("window,k,eligibility", [(1, 1, "paper"), (3, 1, "official"), (5, 1, "paper"), (2, 3, "official")])
 @pytest.mark.parametrize("S,block", [(301, 64), (5, 0)])
-def test_close_epoch_matches_torch(order, window, S, block):
+def test_close_epoch_matches_torch(order, window, k, eligibility, S, block):
     gen = torch.Generator().manual_seed(order * 10 + window + S)
-    hist, count, mastered = random_state(S, order + window, order, gen)
-    (_, _, now), stats = assert_same_close(hist, count, mastered, order, 0.05, block)
+    L = history_length(order, window, k, eligibility)
+    hist, count, mastered = random_state(S, L, order, gen)
+    (_, _, now), stats = assert_same_close(hist, count, mastered, rule(order, window, k, 0.05 / k), block)
     if S > 100:  # the random states exercise every branch
         assert 0 < int(now.sum()) < S
         assert stats[1] > 0 and stats[3] > 0 and stats[5] > 0
@@ -97,7 +104,8 @@ def test_close_epoch_several_epochs_with_records():
         loss = torch.where(torch.rand(200, generator=gen) < 0.5, loss * 1e-3, loss)
         record_triton(fast[0], fast[1], loss, index, block=64)
         record_torch(slow[0], slow[1], loss, index)
-        assert torch.equal(close_epoch_triton(*fast, order, 0.05, block=32), close_epoch_torch(*slow, order, 0.05))
+        args = rule(order, window)
+        assert torch.equal(close_epoch_triton(*fast, *args, block=32), close_epoch_torch(*slow, *args))
         for a, b in zip(fast, slow):
             assert torch.equal(a, b)
 
@@ -106,7 +114,7 @@ def test_close_epoch_delta_zero_masters_nothing():
     gen = torch.Generator().manual_seed(10)
     hist, count, mastered = random_state(50, 5, 2, gen)
     mastered.zero_()
-    close_epoch_triton(hist, count, mastered, 2, 0.0)
+    close_epoch_triton(hist, count, mastered, *rule(2, 3, 1, 0.0))
     assert not mastered.any()
 
 
@@ -120,9 +128,13 @@ def test_bad_state_is_rejected():
     with pytest.raises(ValueError, match="index"):
         record_triton(hist, count, torch.zeros(2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="mastered"):
-        close_epoch_triton(hist, count, torch.zeros(4, dtype=torch.uint8), 2, 0.1)
+        close_epoch_triton(hist, count, torch.zeros(4, dtype=torch.uint8), 2, 3, 1, 0.25)
     with pytest.raises(ValueError, match="order"):
-        close_epoch_triton(hist, count, torch.zeros(4, dtype=torch.bool), 5, 0.1)
+        close_epoch_triton(hist, count, torch.zeros(4, dtype=torch.bool), 5, 3, 1, 0.25)
+    with pytest.raises(ValueError, match="k"):
+        close_epoch_triton(hist, count, torch.zeros(4, dtype=torch.bool), 2, 3, 2, 0.25)  # needs L = 6
+    with pytest.raises(ValueError, match="threshold"):
+        close_epoch_triton(hist, count, torch.zeros(4, dtype=torch.bool), 2, 3, 1, 0.1)  # not an fp32 value
 
 
 # ---- the selector on the triton backend ------------------------------------------------
@@ -146,10 +158,10 @@ from ies_fast.kernels.ring import _record_kernel, _close_epoch_kernel
 build(_record_kernel, dict(hist_ptr="*fp32", count_ptr="*u8", loss_ptr="*fp32", index_ptr="*i64", B="i32"),
       dict(L=5, BLOCK=1024))
 for order in range(4):
-    for window in (1, 3, 5):
+    for window, k in ((1, 1), (3, 1), (5, 2)):
         build(_close_epoch_kernel,
-              dict(hist_ptr="*fp32", count_ptr="*u8", mastered_ptr="*u8", partial_ptr="*i32", S="i32", delta="fp32"),
-              dict(L=order + window, ORDER=order, NSTATS=6, BLOCK=1024))
+              dict(hist_ptr="*fp32", count_ptr="*u8", mastered_ptr="*u8", partial_ptr="*i32", S="i32", threshold="fp32"),
+              dict(L=order + window + k, ORDER=order, WINDOW=window, K=k, NSTATS=6, BLOCK=1024))
 """)
 
 
@@ -166,14 +178,13 @@ compiled = pytest.mark.skipif(
 @compiled
 @pytest.mark.parametrize("order", [0, 2, 3])
 def test_cuda_close_epoch_matches_torch(order):
-    """Against the torch op on CPU: with window 3 both sum left to right and divide
-    with IEEE rounding (torch's CUDA mean multiplies by 1/3 instead)."""
+    """Against the torch op on CPU: the same fp32 subtractions and left-to-right sums."""
     gen = torch.Generator().manual_seed(0)
     state = random_state(1_281_167, order + 3, order, gen)
     fast = tuple(t.cuda() for t in state)
     slow = tuple(t.clone() for t in state)
-    stats = close_epoch_triton(*fast, order, 0.05)
-    assert torch.equal(stats.cpu(), close_epoch_torch(*slow, order, 0.05))
+    stats = close_epoch_triton(*fast, *rule(order, 3))
+    assert torch.equal(stats.cpu(), close_epoch_torch(*slow, *rule(order, 3)))
     for a, b in zip(fast, slow):
         assert torch.equal(a.cpu(), b)
 

@@ -9,6 +9,7 @@ import torch
 from ies_fast import IES
 from ies_fast.backend import native_status
 from ies_fast.ops.compact import compact_torch
+from ies_fast.criterion import decision_threshold, history_length
 from ies_fast.ops.ring import close_epoch_torch, record_torch
 
 from selector_driver import assert_backend_handles_duplicates_and_nonfinite, assert_backend_matches_torch_and_reference, run_both
@@ -100,11 +101,16 @@ def test_record_rejects_bad_arguments():
 # ---- close_epoch -------------------------------------------------------------------------
 
 
-def assert_same_close(hist, count, mastered, order, delta):
+def rule(order, window, k=1, delta=0.05):
+    """close_epoch's (order, window, k, threshold) arguments."""
+    return order, window, k, decision_threshold(delta, window)
+
+
+def assert_same_close(hist, count, mastered, args):
     got = (hist.clone(), count.clone(), mastered.clone())
     want = (hist.clone(), count.clone(), mastered.clone())
-    stats_got = ops.close_epoch(*got, order, delta)
-    stats_want = close_epoch_torch(*want, order, delta)
+    stats_got = ops.close_epoch(*got, *args)
+    stats_want = close_epoch_torch(*want, *args)
     assert stats_got.dtype == torch.int64
     assert torch.equal(stats_got, stats_want), (stats_got, stats_want)
     for name, a, b in zip(("hist", "count", "mastered"), got, want):
@@ -113,12 +119,12 @@ def assert_same_close(hist, count, mastered, order, delta):
 
 
 @pytest.mark.parametrize("order", [0, 1, 2, 3])
-@pytest.mark.parametrize("window", [1, 3, 5])
+@pytest.mark.parametrize("window,k,eligibility", [(1, 1, "paper"), (3, 1, "official"), (5, 1, "paper"), (2, 3, "official")])
 @pytest.mark.parametrize("S", [301, 5, 0])
-def test_close_epoch_matches_torch(order, window, S):
+def test_close_epoch_matches_torch(order, window, k, eligibility, S):
     gen = torch.Generator().manual_seed(order * 10 + window + S)
-    hist, count, mastered = random_state(S, order + window, order, gen)
-    (_, _, now), stats = assert_same_close(hist, count, mastered, order, 0.05)
+    hist, count, mastered = random_state(S, history_length(order, window, k, eligibility), order, gen)
+    (_, _, now), stats = assert_same_close(hist, count, mastered, rule(order, window, k, 0.05 / k))
     if S > 100:  # the random states exercise every branch
         assert 0 < int(now.sum()) < S
         assert stats[1] > 0 and stats[3] > 0 and stats[5] > 0
@@ -128,14 +134,14 @@ def test_close_epoch_parallel_path_matches_torch():
     """Large enough for the OpenMP loop and its reductions."""
     gen = torch.Generator().manual_seed(11)
     hist, count, mastered = random_state(20_011, 5, 2, gen)
-    assert_same_close(hist, count, mastered, 2, 0.05)
+    assert_same_close(hist, count, mastered, rule(2, 3))
 
 
 def test_close_epoch_inf_in_window_never_masters():
     hist = torch.tensor([[0.5, math.inf, 0.5, 0.5, 0.5], [0.5, -math.inf, 0.5, 0.5, 0.5]])
     count = torch.tensor([6, 6], dtype=torch.uint8)  # current slot 1; after the fold 7 -> window slots 2..6
     mastered = torch.tensor([True, True])
-    assert_same_close(hist, count, mastered, 2, 0.05)
+    assert_same_close(hist, count, mastered, rule(2, 3))
 
 
 def test_close_epoch_several_epochs_with_records():
@@ -148,19 +154,30 @@ def test_close_epoch_several_epochs_with_records():
         loss = torch.where(torch.rand(200, generator=gen) < 0.5, loss * 1e-3, loss)
         ops.record(fast[0], fast[1], loss, index)
         record_torch(slow[0], slow[1], loss, index)
-        assert torch.equal(ops.close_epoch(*fast, order, 0.05), close_epoch_torch(*slow, order, 0.05))
+        assert torch.equal(ops.close_epoch(*fast, *rule(order, window)), close_epoch_torch(*slow, *rule(order, window)))
         for a, b in zip(fast, slow):
             assert torch.equal(a, b)
 
 
 def test_close_epoch_rejects_bad_arguments():
     hist, count = torch.zeros(4, 5), torch.zeros(4, dtype=torch.uint8)
+    flags = torch.zeros(4, dtype=torch.bool)
     with pytest.raises(ValueError, match="mastered"):
-        ops.close_epoch(hist, count, torch.zeros(4, dtype=torch.uint8), 2, 0.1)
+        ops.close_epoch(hist, count, torch.zeros(4, dtype=torch.uint8), 2, 3, 1, 0.25)
     with pytest.raises(ValueError, match="order"):
-        ops.close_epoch(hist, count, torch.zeros(4, dtype=torch.bool), 5, 0.1)
+        ops.close_epoch(hist, count, flags, 5, 3, 1, 0.25)
     with pytest.raises(ValueError, match="hist"):
-        ops.close_epoch(torch.zeros(4, 200), count, torch.zeros(4, dtype=torch.bool), 2, 0.1)
+        ops.close_epoch(torch.zeros(4, 200), count, flags, 2, 3, 1, 0.25)
+    with pytest.raises(ValueError, match="window"):
+        ops.close_epoch(hist, count, flags, 2, 0, 1, 0.25)
+    with pytest.raises(ValueError, match="k must"):
+        ops.close_epoch(hist, count, flags, 2, 3, 0, 0.25)
+    with pytest.raises(ValueError, match="order \\+ window \\+ k"):
+        ops.close_epoch(hist, count, flags, 2, 3, 2, 0.25)  # needs L = 6
+    with pytest.raises(ValueError, match="threshold"):
+        ops.close_epoch(hist, count, flags, 2, 3, 1, 0.1)  # not an fp32 value
+    with pytest.raises(ValueError, match="threshold"):
+        ops.close_epoch(hist, count, flags, 2, 3, 1, -0.25)
 
 
 # ---- compact -----------------------------------------------------------------------------
@@ -229,9 +246,9 @@ def test_cuda_close_epoch_matches_torch(order, S):
     state = random_state(S, order + 3, order, gen)
     fast = tuple(t.cuda() for t in state)
     slow = tuple(t.clone() for t in state)
-    stats = ops.close_epoch(*fast, order, 0.05)
+    stats = ops.close_epoch(*fast, *rule(order, 3))
     assert stats.is_cuda
-    assert torch.equal(stats.cpu(), close_epoch_torch(*slow, order, 0.05))
+    assert torch.equal(stats.cpu(), close_epoch_torch(*slow, *rule(order, 3)))
     for a, b in zip(fast, slow):
         assert torch.equal(a.cpu(), b)
 

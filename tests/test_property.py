@@ -31,11 +31,12 @@ def scenarios(draw):
     n = draw(st.integers(1, 12))
     order = draw(st.integers(0, 3))
     window = draw(st.integers(1, 4))
+    rule = {"k": draw(st.integers(1, 3)), "eligibility": draw(st.sampled_from(["paper", "official"]))}
     delta = draw(st.sampled_from([0.0, 1e-3, 0.01, 0.5, 3.0]))
     batch = st.lists(st.tuples(st.integers(0, n - 1), LOSS), min_size=0, max_size=2 * n)
     epoch = st.lists(batch, min_size=0, max_size=3)  # an epoch may have no batch at all
-    epochs = draw(st.lists(epoch, min_size=1, max_size=order + window + 4))
-    return n, order, window, delta, epochs
+    epochs = draw(st.lists(epoch, min_size=1, max_size=order + window + rule["k"] + 4))
+    return n, order, window, rule, delta, epochs
 
 
 def check_invariants(sel: IES, ref: ReferenceCriterion, ref_mask: list, prev: dict) -> dict:
@@ -64,9 +65,9 @@ def check_invariants(sel: IES, ref: ReferenceCriterion, ref_mask: list, prev: di
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios())
 def test_ies_matches_reference_on_arbitrary_input(backend, scenario):
-    n, order, window, delta, epochs = scenario
-    sel = IES(n, delta=delta, order=order, window=window, device="cpu", backend=backend)
-    ref = ReferenceCriterion(n, delta, order, window)
+    n, order, window, rule, delta, epochs = scenario
+    sel = IES(n, delta=delta, order=order, window=window, device="cpu", backend=backend, **rule)
+    ref = ReferenceCriterion(n, delta, order, window, **rule)
     prev: dict = {}
     nonfinite_seen = 0
     for epoch in epochs:
@@ -90,10 +91,10 @@ def test_ies_matches_reference_on_arbitrary_input(backend, scenario):
 @given(scenario=scenarios(), data=st.data())
 def test_state_dict_round_trip_mid_run(scenario, data):
     """Saving and loading at any epoch boundary changes nothing."""
-    n, order, window, delta, epochs = scenario
+    n, order, window, rule, delta, epochs = scenario
     cut = data.draw(st.integers(0, len(epochs)))
-    a = IES(n, delta=delta, order=order, window=window, device="cpu", backend="torch")
-    b = IES(n, delta=delta, order=order, window=window, device="cpu", backend="torch")
+    a = IES(n, delta=delta, order=order, window=window, device="cpu", backend="torch", **rule)
+    b = IES(n, delta=delta, order=order, window=window, device="cpu", backend="torch", **rule)
     for e, epoch in enumerate(epochs):
         if e == cut:
             b.load_state_dict(a.state_dict())

@@ -7,7 +7,8 @@ until observed, ``+inf`` after a non-finite loss).
 
 * :func:`record_triton`: atomic max of each loss into its sample's current slot.
 * :func:`close_epoch_triton`: one kernel over samples that folds in the epoch,
-  recomputes ``mastered`` and resets the next slot, reading each ring row once;
+  recomputes ``mastered`` (the decision arithmetic of :mod:`ies_fast.criterion`,
+  bit for bit) and resets the next slot, reading the used losses once per window;
   per-block partial statistics are summed by one small torch reduction.
 """
 from __future__ import annotations
@@ -38,9 +39,36 @@ def _record_kernel(hist_ptr, count_ptr, loss_ptr, index_ptr, B, L: tl.constexpr,
 
 
 @triton.jit
-def _chron(row, n, k, L: tl.constexpr, mask):
-    """The k-th oldest of the last L losses of a ring whose next write slot is n % L."""
-    return tl.load(row + (n + k) % L, mask=mask, other=0.0)
+def _window_sum(row, first, L: tl.constexpr, ORDER: tl.constexpr, WINDOW: tl.constexpr, mask):
+    """|Δ^ORDER| summed left to right over the ORDER + WINDOW losses from ring slot
+    ``first`` on. Δ^ORDER is a sliding combination (p0, p1, p2: the previous loss
+    and its first and second differences), so no per-sample array is kept, and the
+    position loop is a real loop (``range``), not unrolled: no spills at long rings."""
+    zero = tl.zeros(first.shape, tl.float32)
+    p0 = zero
+    p1 = zero
+    p2 = zero
+    s = zero
+    slot = first
+    for t in range(ORDER + WINDOW):
+        x = tl.load(row + slot, mask=mask, other=0.0)
+        slot = tl.where(slot == L - 1, 0, slot + 1)
+        d1 = x - p0
+        d2 = d1 - p1
+        d3 = d2 - p2
+        if ORDER == 0:
+            dn = x
+        elif ORDER == 1:
+            dn = d1
+        elif ORDER == 2:
+            dn = d2
+        else:
+            dn = d3
+        p0 = x
+        p1 = d1
+        p2 = d2
+        s = tl.where(t >= ORDER, s + tl.abs(dn), s)
+    return s
 
 
 @triton.jit
@@ -50,9 +78,11 @@ def _close_epoch_kernel(
     mastered_ptr,
     partial_ptr,
     S,
-    delta,
+    threshold,
     L: tl.constexpr,
     ORDER: tl.constexpr,
+    WINDOW: tl.constexpr,
+    K: tl.constexpr,
     NSTATS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -61,7 +91,7 @@ def _close_epoch_kernel(
     ok = offs < S
     c = tl.load(count_ptr + offs, mask=ok, other=0).to(tl.int32)
     row = hist_ptr + offs * L
-    current = tl.load(row + c % L, mask=ok, other=float("-inf"))
+    current = tl.load(row + tl.where(c < L, c, c - L), mask=ok, other=float("-inf"))
     observed = ok & (current > float("-inf"))
     nonfinite = ok & (current == float("inf"))
     finite = observed & (current < float("inf"))
@@ -70,35 +100,23 @@ def _close_epoch_kernel(
     n = tl.where(n >= 2 * L, n - L, n)
     n = tl.where(nonfinite, 0, n)
     eligible = ok & (n >= L)
+    next_slot = tl.where(n < L, n, n - L)  # the oldest loss, and the next write
 
-    # mean |Δ^ORDER| over the window, evaluated as iterated differences (the same
-    # fp32 operations, in the same order, as ies_fast.ops.ring.difference_score)
-    score = tl.zeros((BLOCK,), tl.float32)
-    for w in tl.static_range(L - ORDER):  # inline: a local would turn into a tensor
-        x0 = _chron(row, n, w, L, eligible)
-        if ORDER == 0:
-            dlt = x0
-        else:
-            x1 = _chron(row, n, w + 1, L, eligible)
-            if ORDER == 1:
-                dlt = x1 - x0
-            else:
-                x2 = _chron(row, n, w + 2, L, eligible)
-                if ORDER == 2:
-                    dlt = (x2 - x1) - (x1 - x0)
-                else:
-                    x3 = _chron(row, n, w + 3, L, eligible)
-                    dlt = ((x3 - x2) - (x2 - x1)) - ((x2 - x1) - (x1 - x0))
-        score += tl.abs(dlt)
-    score = tl.div_rn(score, tl.full((BLOCK,), L - ORDER, tl.float32))  # IEEE, as torch.mean on CPU
-    passed = eligible & (score < delta)
+    # the decision arithmetic of ies_fast.criterion: T = W_0 + ... + W_{K-1} < threshold
+    first = next_slot + (L - (ORDER + WINDOW + K - 1))  # skip 1 loss under eligibility="official"
+    first = tl.where(first >= L, first - L, first)
+    total = tl.zeros((BLOCK,), tl.float32)
+    for j in range(K):
+        total += _window_sum(row, first, L, ORDER, WINDOW, eligible)
+        first = tl.where(first == L - 1, 0, first + 1)
+    passed = eligible & (total < threshold)
 
     was = ok & (tl.load(mastered_ptr + offs, mask=ok, other=0) != 0)
     now = tl.where(finite, passed, was & ~nonfinite)
 
     tl.store(count_ptr + offs, n.to(tl.uint8), mask=ok)
     tl.store(mastered_ptr + offs, now.to(tl.uint8), mask=ok)
-    tl.store(row + n % L, tl.full((BLOCK,), float("-inf"), tl.float32), mask=ok)
+    tl.store(row + next_slot, tl.full((BLOCK,), float("-inf"), tl.float32), mask=ok)
 
     out = partial_ptr + pid * NSTATS
     tl.store(out + 0, tl.sum(observed.to(tl.int32), axis=0))
@@ -142,10 +160,19 @@ def record_triton(hist: torch.Tensor, count: torch.Tensor, loss: torch.Tensor, i
 
 
 def close_epoch_triton(
-    hist: torch.Tensor, count: torch.Tensor, mastered: torch.Tensor, order: int, delta: float, *, block: int = 0
+    hist: torch.Tensor,
+    count: torch.Tensor,
+    mastered: torch.Tensor,
+    order: int,
+    window: int,
+    k: int,
+    threshold: float,
+    *,
+    block: int = 0,
 ) -> torch.Tensor:
     """Fold the epoch's observations into the ring and recompute ``mastered`` in place,
-    exactly as :func:`ies_fast.ops.ring.close_epoch_torch`. Returns the int64
+    exactly as :func:`ies_fast.ops.ring.close_epoch_torch` (``threshold`` is an fp32
+    value, :func:`ies_fast.criterion.decision_threshold`). Returns the int64
     :data:`~ies_fast.ops.ring.EPOCH_STATS` vector on device (no host sync)."""
     _check_state(hist, count)
     S, L = hist.shape
@@ -153,14 +180,18 @@ def close_epoch_triton(
         raise ValueError(f"mastered must be a bool tensor of shape ({S},)")
     if not mastered.is_contiguous():
         raise ValueError("mastered must be contiguous (it is updated in place)")
-    if order not in (0, 1, 2, 3) or L <= order:
-        raise ValueError(f"order must be in 0..3 and below the ring length {L}, got {order!r}")
+    if order not in (0, 1, 2, 3) or isinstance(order, bool):
+        raise ValueError(f"order must be in 0..3, got {order!r}")
+    if window < 1 or k < 1 or order + window + k - 1 > L:
+        raise ValueError(f"window and k must be >= 1 with order + window + k - 1 <= L = {L}, got {window!r}, {k!r}")
+    if not threshold >= 0 or float(torch.tensor(threshold, dtype=torch.float32)) != threshold:
+        raise ValueError(f"threshold must be a non-negative fp32 value, got {threshold!r}")
     blk = block or BLOCK
     grid = triton.cdiv(S, blk)
     partial = torch.empty((grid, _NSTATS), dtype=torch.int32, device=hist.device)
     if S:
         _close_epoch_kernel[(grid,)](
-            hist, count, mastered.view(torch.uint8), partial, S, float(delta),
-            L=L, ORDER=order, NSTATS=_NSTATS, BLOCK=blk,
+            hist, count, mastered.view(torch.uint8), partial, S, float(threshold),
+            L=L, ORDER=order, WINDOW=window, K=k, NSTATS=_NSTATS, BLOCK=blk,
         )
     return partial.sum(0, dtype=torch.int64)

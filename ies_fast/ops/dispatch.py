@@ -17,14 +17,15 @@ def record(backend: str, hist, count, loss, index) -> None:
     return record_torch(hist, count, loss, index)
 
 
-def close_epoch(backend: str, hist, count, mastered, order: int, delta: float) -> torch.Tensor:
+def close_epoch(backend: str, hist, count, mastered, order: int, window: int, k: int, threshold: float) -> torch.Tensor:
+    """``threshold`` is :func:`ies_fast.criterion.decision_threshold` (an fp32 value)."""
     if backend == "triton":
         from ..kernels.ring import close_epoch_triton
 
-        return close_epoch_triton(hist, count, mastered, order, delta)
+        return close_epoch_triton(hist, count, mastered, order, window, k, threshold)
     if backend == "native":
-        return torch.ops.ies_fast.close_epoch(hist, count, mastered, order, delta)
-    return close_epoch_torch(hist, count, mastered, order, delta)
+        return torch.ops.ies_fast.close_epoch(hist, count, mastered, order, window, k, threshold)
+    return close_epoch_torch(hist, count, mastered, order, window, k, threshold)
 
 
 def compact(backend: str, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

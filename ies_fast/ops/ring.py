@@ -2,7 +2,8 @@
 
 State layout (shared by every backend):
 
-* ``hist``  float32 ``[S, L]``, ``L = order + window``: the last ``L`` epoch losses
+* ``hist``  float32 ``[S, L]``, ``L`` = :func:`ies_fast.criterion.history_length`
+  (``order + window + k - 1``, +1 for ``eligibility="official"``): the last ``L`` epoch losses
   of each sample; slot ``count % L`` holds the current epoch's value, which is
   ``-inf`` until the sample is observed (``NOT_SEEN``) and ``+inf`` once a
   non-finite loss was observed (``NONFINITE``).
@@ -46,22 +47,49 @@ def chronological(hist: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return hist.gather(1, order)
 
 
-def difference_score(window_losses: torch.Tensor, order: int) -> torch.Tensor:
-    """Mean |Δ^order| along the last dimension of chronologically ordered losses."""
+def window_total(window_losses: torch.Tensor, order: int, window: int, k: int) -> torch.Tensor:
+    """``T`` of the decision arithmetic (:mod:`ies_fast.criterion`) for each row of
+    chronologically ordered fp32 losses ``[S, order + window + k - 1]``: iterated
+    fp32 differences, each window's ``|Δ^order|`` added left to right, the ``k``
+    window sums added oldest first. Column loops, so the order of additions is fixed."""
     d = window_losses
     for _ in range(order):
         d = d[:, 1:] - d[:, :-1]
-    return d.abs().mean(dim=1)
+    a = d.abs()
+    total = None
+    for j in range(k):
+        s = a[:, j]
+        for i in range(1, window):
+            s = s + a[:, j + i]
+        total = s if total is None else total + s
+    return total
+
+
+def difference_score(window_losses: torch.Tensor, order: int) -> torch.Tensor:
+    """Mean ``|Δ^order|`` of each row (one window, k = 1): :func:`window_total` over
+    the window length. For benchmarks and inspection; decisions compare the total."""
+    window = window_losses.shape[1] - order
+    return window_total(window_losses, order, window, 1) / window
 
 
 def close_epoch_torch(
-    hist: torch.Tensor, count: torch.Tensor, mastered: torch.Tensor, order: int, delta: float
+    hist: torch.Tensor,
+    count: torch.Tensor,
+    mastered: torch.Tensor,
+    order: int,
+    window: int,
+    k: int,
+    threshold: float,
 ) -> torch.Tensor:
-    """Fold the epoch's observations into the ring and recompute ``mastered`` in place.
+    """Fold the epoch's observations into the ring and recompute ``mastered`` in place:
+    an eligible sample (``count >= L``) is mastered iff :func:`window_total` of its
+    last ``order + window + k - 1`` losses is below the fp32 ``threshold``
+    (:func:`ies_fast.criterion.decision_threshold`).
 
     Returns an int64 tensor of :data:`EPOCH_STATS` on the state's device.
     """
     L = hist.shape[1]
+    span = order + window + k - 1
     current = hist.gather(1, (count.long() % L).unsqueeze(1)).squeeze(1)
     observed = current > NOT_SEEN
     nonfinite = current == NONFINITE
@@ -72,9 +100,9 @@ def close_epoch_torch(
     new_count = torch.where(nonfinite, torch.zeros_like(new_count), new_count)
 
     eligible = new_count >= L
-    window = chronological(hist, new_count)
-    safe = torch.where(eligible.unsqueeze(1), window, torch.zeros_like(window))
-    passed = eligible & (difference_score(safe, order) < delta)
+    losses = chronological(hist, new_count)[:, L - span:]
+    safe = torch.where(eligible.unsqueeze(1), losses, torch.zeros_like(losses))
+    passed = eligible & (window_total(safe, order, window, k) < threshold)  # threshold is an fp32 value
 
     was_mastered = mastered.clone()
     now = torch.where(finite, passed, torch.where(nonfinite, torch.zeros_like(passed), mastered))
