@@ -1,29 +1,127 @@
-"""Atomic, verified checkpoint files.
+"""Atomic, verified checkpoint files that never run code.
 
-``save_checkpoint(obj, path)`` writes ``{"format", "sha256", "payload"}`` (payload =
-the ``torch.save`` bytes of ``obj``) to a temporary file in the same directory,
-fsyncs it, moves any existing good file to ``path + ".prev"`` and renames the new
-one into place (``os.replace``; atomic on POSIX). A crash at any moment leaves
-either the old or the new file whole. ``load_checkpoint(path)`` checks the
-digest, so a truncated or corrupted file raises :class:`CheckpointError` naming
-the file; ``fallback=True`` then loads ``path + ".prev"`` with a warning.
+File layout (format 2)::
+
+    MAGIC (16 bytes) | header length (8 bytes, little-endian) | header (UTF-8 JSON) | payload
+
+The JSON header is ``{"format", "payload_bytes", "sha256"}``; the payload is the
+``torch.save`` bytes of the object. :func:`load_checkpoint` checks the magic, the
+header, the file's length and the payload's SHA-256 before unpickling anything,
+and then unpickles the payload with ``torch.load(weights_only=True)`` only: plain
+types (dict, list, tuple, str, bytes, int, float, bool, None) and tensors. So a
+planted or tampered file can at worst fail to load; it cannot execute code. (The
+SHA-256 detects damage, not tampering: anyone can recompute it.)
+
+:func:`save_checkpoint` refuses objects that ``weights_only`` could not load back
+(``TypeError`` naming where in the object), writes a temporary file in the same
+directory under an ``flock``, fsyncs it, moves the existing file to
+``path + ".prev"`` if its header and digest verify (nothing is unpickled on save)
+and renames the new one into place (``os.replace``; atomic on POSIX). A crash at
+any moment leaves either the old or the new file whole. A temporary file left by a
+killed save (``path``'s name + ``.<random>.tmp``, its lock released by the kernel)
+is removed by the next save or load of that checkpoint.
 """
 from __future__ import annotations
 
+import collections
+import glob
 import hashlib
 import io
+import json
 import os
+import struct
 import tempfile
 import warnings
 
 import torch
 
-FORMAT = "ies_fast.checkpoint/1"
+try:
+    import fcntl
+except ImportError:  # not POSIX: temp files are then removed without the liveness check
+    fcntl = None
+
+FORMAT = "ies_fast.checkpoint/2"
+MAGIC = b"IES_FAST_CKPT\x00\x02\n"
+assert len(MAGIC) == 16
+_LEN = struct.Struct("<Q")
+#: a header longer than this is not ours (it holds three short fields)
+MAX_HEADER_BYTES = 4096
 PREV_SUFFIX = ".prev"
+TMP_SUFFIX = ".tmp"
+#: what a checkpoint may hold: what torch.load(weights_only=True) gives back
+PLAIN_TYPES = (str, bytes, int, float, bool, type(None), torch.device, torch.dtype)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupted or not ours."""
+
+
+# ---- what may go into a checkpoint ------------------------------------------------------
+def check_plain(obj, where: str = "checkpoint") -> None:
+    """Raise ``TypeError`` naming the first value in ``obj`` that is not plain data or a
+    tensor (those are all ``torch.load(weights_only=True)`` reads back)."""
+    stack = [(obj, where)]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, (torch.Tensor, torch.Size) + PLAIN_TYPES):
+            continue
+        if type(value) in (dict, collections.OrderedDict):
+            for k, v in value.items():
+                if not isinstance(k, PLAIN_TYPES):
+                    raise TypeError(f"{at} has a key of type {type(k).__name__}: checkpoints hold plain data and tensors only")
+                stack.append((v, f"{at}[{k!r}]"))
+            continue
+        if type(value) in (list, tuple):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(value))
+            continue
+        raise TypeError(f"{at} is a {type(value).__module__}.{type(value).__qualname__}: checkpoints hold plain data "
+                        f"(dict, list, tuple, str, int, float, bool, None) and tensors only")
+
+
+# ---- temporary files ------------------------------------------------------------------
+def _tmp_pattern(path: str) -> str:
+    return glob.escape(path) + ".*" + TMP_SUFFIX
+
+
+def _try_lock(fd: int) -> bool:
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def remove_stale_temp_files(path) -> list:
+    """Delete the temporary files of ``path``'s checkpoint that no live save holds
+    (left by a killed process). Returns the removed paths."""
+    removed = []
+    for tmp in glob.glob(_tmp_pattern(os.fspath(path))):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd):  # nobody writes it: a live save holds its lock until the rename
+                os.unlink(tmp)
+                removed.append(tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _open_locked_tmp(path: str, directory: str) -> tuple:
+    """A new temporary file next to ``path``, created and locked (a concurrent cleaner
+    may unlink it between the two: then it is made again)."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=directory)
+        _try_lock(fd)
+        if os.fstat(fd).st_nlink > 0:
+            return fd, tmp
+        os.close(fd)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -39,30 +137,83 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+# ---- the file format --------------------------------------------------------------------
+def _encode(payload: bytes) -> bytes:
+    header = json.dumps({"format": FORMAT, "payload_bytes": len(payload),
+                         "sha256": hashlib.sha256(payload).hexdigest()}).encode()
+    return MAGIC + _LEN.pack(len(header)) + header
+
+
+def _read_verified(path: str) -> memoryview:
+    """The payload of ``path`` after checking magic, header, length and digest; nothing
+    is unpickled here."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path!r} cannot be read: {exc}") from exc
+    if not raw.startswith(MAGIC):
+        old = " (an older ies_fast checkpoint or a plain torch.save file; it is not unpickled)" if raw[:2] == b"PK" else ""
+        raise CheckpointError(f"checkpoint {path!r} is not an ies_fast checkpoint ({FORMAT}){old}")
+    start = len(MAGIC) + _LEN.size
+    if len(raw) < start:
+        raise CheckpointError(f"checkpoint {path!r} is truncated (no header)")
+    (header_len,) = _LEN.unpack_from(raw, len(MAGIC))
+    if header_len > MAX_HEADER_BYTES or len(raw) < start + header_len:
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupted (bad header length {header_len})")
+    try:
+        header = json.loads(raw[start:start + header_len].decode())
+        size, digest = int(header["payload_bytes"]), str(header["sha256"])
+        if header["format"] != FORMAT:
+            raise ValueError(f"format {header['format']!r}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path!r} has a corrupted header: {exc}") from None
+    payload = memoryview(raw)[start + header_len:]
+    if len(payload) != size:
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupted: payload has {len(payload)} bytes, "
+                              f"header says {size}")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {path!r} is corrupted: SHA-256 of its payload does not match")
+    return payload
+
+
+def _unpickle(payload, path: str, map_location):
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as exc:  # a payload asking for anything but plain data and tensors
+        raise CheckpointError(f"checkpoint {path!r} holds objects other than plain data and tensors; refused "
+                              f"(weights_only): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+# ---- the API ----------------------------------------------------------------------------
 def save_checkpoint(obj, path) -> None:
-    """Write ``obj`` (anything ``torch.save`` accepts) to ``path`` atomically,
-    keeping the previous file as ``path + ".prev"``."""
+    """Write ``obj`` (plain data and tensors, see :func:`check_plain`) to ``path``
+    atomically, keeping the previous good file as ``path + ".prev"``."""
     path = os.fspath(path)
+    check_plain(obj)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    remove_stale_temp_files(path)
     buf = io.BytesIO()
     torch.save(obj, buf)
-    payload = buf.getvalue()
-    record = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    payload = buf.getbuffer()
+    fd, tmp = _open_locked_tmp(path, directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
+            f.write(_encode(payload))
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(path):
-            # keep the last good file only: a corrupted current file is not promoted
-            try:
-                _read(path)
-                os.replace(path, path + PREV_SUFFIX)
-            except CheckpointError:
-                pass
-        os.replace(tmp, path)
+            if os.path.exists(path):
+                # keep the last good file only: a damaged current file is not promoted
+                try:
+                    _read_verified(path)
+                    os.replace(path, path + PREV_SUFFIX)
+                except CheckpointError:
+                    pass
+            os.replace(tmp, path)  # still under the temp file's lock
         _fsync_dir(directory)
     except BaseException:
         if os.path.exists(tmp):
@@ -70,38 +221,27 @@ def save_checkpoint(obj, path) -> None:
         raise
 
 
-def _read(path: str):
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, garbage bytes, ...
-        raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or corrupted): {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("payload"), bytes):
-        raise CheckpointError(f"checkpoint {path!r} is not an ies_fast checkpoint ({FORMAT})")
-    payload = record["payload"]
-    if hashlib.sha256(payload).hexdigest() != record.get("sha256"):
-        raise CheckpointError(f"checkpoint {path!r} is corrupted: SHA-256 of its payload does not match")
-    return payload
-
-
 def load_checkpoint(path, *, fallback: bool = False, map_location="cpu"):
-    """Load and verify a file written by :func:`save_checkpoint`.
+    """Load and verify a file written by :func:`save_checkpoint` (never executes code
+    from it: header and digest first, then ``torch.load(weights_only=True)``).
 
-    Raises :class:`CheckpointError` naming the file if it is missing, truncated or
-    corrupted. With ``fallback=True`` a bad ``path`` falls back to ``path + ".prev"``
-    (with a ``RuntimeWarning``); the error is raised only if both are bad.
+    Raises :class:`CheckpointError` naming the file if it is missing, truncated,
+    corrupted, of another format, or holds anything but plain data and tensors.
+    With ``fallback=True`` a bad ``path`` falls back to ``path + ".prev"`` (with a
+    ``RuntimeWarning``); the error is raised only if both are bad. Stale temporary
+    files of ``path`` are removed first.
     """
     path = os.fspath(path)
+    remove_stale_temp_files(path)
     try:
-        payload = _read(path)
+        return _unpickle(_read_verified(path), path, map_location)
     except CheckpointError as exc:
         if not fallback:
             raise
         prev = path + PREV_SUFFIX
         try:
-            payload = _read(prev)
+            state = _unpickle(_read_verified(prev), prev, map_location)
         except CheckpointError as exc_prev:
             raise CheckpointError(f"{exc}; the previous checkpoint is bad too: {exc_prev}") from exc
         warnings.warn(f"{exc}; loaded the previous good checkpoint {prev!r}", RuntimeWarning, stacklevel=2)
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+        return state
