@@ -24,3 +24,6 @@ __all__ += ["InfoBatch", "RandomRemoval", "PatienceStopper", "all_mastered", "Mu
 from .scoring import score
 
 __all__ += ["score"]
+from .data.selected_dataset import IESDataset
+
+__all__ += ["IESDataset"]
