@@ -8,9 +8,12 @@ import torch
 import torch.distributed as dist
 
 from . import backend as _backend
+from . import state_checks as check
 from .criterion import check_rule, decision_threshold, history_length
+from .kept_floor import KeptFloor
 from .ops import dispatch
 from .ops.ring import EPOCH_STATS, NOT_SEEN
+from .scoring_schedule import ScoringSchedule
 from .selection import Selector, _check_positive_int
 
 #: running totals kept on device (no host sync while training)
@@ -40,8 +43,13 @@ class IES(Selector):
     * a non-finite loss discards the sample's history (it is kept and must collect
       ``order + window`` fresh losses) and is counted in ``stats()["nonfinite_total"]``;
     * a sample not observed in an epoch keeps its previous decision (this is how
-      ``score_every > 1`` skips re-scoring mastered samples);
+      ``score_every > 1`` and ``score_policy="backoff"`` skip re-scoring mastered
+      samples: :mod:`ies_fast.scoring_schedule`);
     * an empty batch is a no-op.
+
+    ``min_kept`` (the collapse guard, :mod:`ies_fast.kept_floor`): at least that many
+    samples are trained each epoch; random mastered samples (seeded by ``seed`` and
+    the epoch) are replayed to fill up. Decisions are unchanged.
 
     Memory: ``4·history_length + 2`` bytes per sample on device.
     """
@@ -73,6 +81,10 @@ class IES(Selector):
         num_exits: int = 1,
         exit_reduction: str = "mean",
         exit_weights=None,
+        score_policy: str = "every",
+        score_max_interval: int = 8,
+        min_kept: int = 0,
+        seed: int = 0,
     ):
         super().__init__(num_samples, device, backend)
         from .multi_exit import check_exit_config
@@ -82,15 +94,30 @@ class IES(Selector):
         decision_threshold(delta, window)  # rejects a bad delta, or one that rounds to 0
         self.delta = float(delta)
         self.order, self.window, self.k, self.eligibility = order, window, k, eligibility
-        self.score_every = _check_positive_int("score_every", score_every)
+        self.scoring_schedule = ScoringSchedule(num_samples, score_policy,
+                                                score_every=_check_positive_int("score_every", score_every),
+                                                max_interval=score_max_interval, device=self.device)
         self.distributed = distributed
         self.hist = torch.full((num_samples, L), NOT_SEEN, dtype=torch.float32, device=self.device)
         self.count = torch.zeros(num_samples, dtype=torch.uint8, device=self.device)
         self.mastered = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
         self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
+        self.kept_floor = KeptFloor(num_samples, min_kept, seed=seed)
+        self.replay = torch.zeros(num_samples, dtype=torch.bool, device=self.device)  # mastered, trained anyway
         if self.exit_reduction == "per_exit":
+            if score_policy != "every" or min_kept:
+                raise ValueError("exit_reduction='per_exit' supports score_policy='every' and min_kept=0 only")
             self._init_per_exit()  # PerExitIES, chosen by __new__
+
+    @property
+    def score_every(self) -> int:
+        """Scoring period s (``"backoff"``: the first interval) of :attr:`scoring_schedule`."""
+        return self.scoring_schedule.score_every
+
+    @score_every.setter
+    def score_every(self, value: int) -> None:
+        self.scoring_schedule.score_every = _check_positive_int("score_every", value)
 
     @property
     def history_length(self) -> int:
@@ -151,15 +178,26 @@ class IES(Selector):
         self.totals[TOTALS.index("sample_epochs")] += self.num_samples
         self.totals[TOTALS.index("scored")] += self._pending_scored[0]
         self._pending_scored.zero_()
+        tracked = self.scoring_schedule.policy != "every"
+        if tracked:
+            observed, was_mastered = self._observed_this_epoch(), self.mastered.clone()
         stats = dispatch.close_epoch(
             self._op("close_epoch"), self.hist, self.count, self.mastered,
             self.order, self.window, self.k, decision_threshold(self.delta, self.window),
         )
+        if tracked:
+            self.scoring_schedule.update(self.epoch, observed, was_mastered, self.mastered)
+        self.replay.copy_(self.kept_floor.replay_mask(self.mastered, self.epoch + 1))
         self.last.copy_(stats)
         self.totals[TOTALS.index("nonfinite")] += stats[EPOCH_STATS.index("nonfinite")]
         self.totals[TOTALS.index("reincluded")] += stats[EPOCH_STATS.index("reincluded")]
         self.epoch += 1
         self._invalidate()
+
+    def _observed_this_epoch(self) -> torch.Tensor:
+        """bool ``[S]``: samples with a loss recorded in the epoch being closed."""
+        slot = (self.count.long() % self.history_length).unsqueeze(1)
+        return self.hist.gather(1, slot).squeeze(1) > NOT_SEEN
 
     def _merge_ranks(self) -> None:
         if not (self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -182,12 +220,17 @@ class IES(Selector):
     def removed_mask(self) -> torch.Tensor:
         if not self.removal_enabled:
             return torch.zeros_like(self.mastered)
-        return self.mastered
+        return self.mastered & ~self.replay
 
     def needs_scoring(self) -> bool:
         """Whether this epoch's scoring pass over mastered samples should run
-        (every ``score_every`` epochs)."""
-        return self.removal_enabled and self.epoch % self.score_every == 0
+        (``"every"``: every ``score_every`` epochs; ``"backoff"``: every epoch, over
+        the samples due)."""
+        return self.removal_enabled and self.scoring_schedule.needs_scoring(self.epoch)
+
+    def scoring_mask(self) -> torch.Tensor:
+        """bool ``[S]``: removed samples the scoring schedule forwards this epoch."""
+        return self.scoring_schedule.due_mask(self.epoch, self.removed_mask())
 
     # ---- reporting -------------------------------------------------------------------
     def stats(self) -> dict:
@@ -202,6 +245,7 @@ class IES(Selector):
             "mastered": last["mastered"],
             "removed": removed,
             "reincluded": last["reincluded"],
+            "replayed": int(self.replay.sum()) if self.removal_enabled else 0,
             "newly_mastered": last["newly_mastered"],
             "observed": last["observed"],
             "eligible": last["eligible"],
@@ -230,38 +274,65 @@ class IES(Selector):
             "mastered": self.mastered.clone(),
             "totals": self.totals.clone(),
             "last": self.last.clone(),
+            "replay": self.replay.clone(),
+            "scoring_schedule": self.scoring_schedule.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._check_state(
-            state, "IES", self.VERSION, {"num_samples": self.num_samples, "order": self.order, "window": self.window}
-        )
-        L = self.history_length
-        expected = {
-            "hist": ((self.num_samples, L), torch.float32),
-            "count": ((self.num_samples,), torch.uint8),
-            "mastered": ((self.num_samples,), torch.bool),
-            "totals": ((len(TOTALS),), torch.int64),
-            "last": ((len(EPOCH_STATS),), torch.int64),
+        """Restore a :meth:`state_dict`. ``num_samples``, ``order``, ``window``, ``k`` and
+        ``eligibility`` must match this selector's; ``delta`` and ``score_every`` come
+        from the state (they override the constructor's), as do ``epoch`` and
+        ``removal_enabled``. The whole state is checked first: a bad one raises
+        ``ValueError`` naming the key and changes nothing."""
+        self._apply_state(self._checked_state(state))
+
+    def _checked_state(self, state, where: str = "state_dict") -> dict:
+        """Validate ``state`` whole (nothing is changed); returns what :meth:`_apply_state` applies."""
+        check.header(state, "IES", self.VERSION, where)
+        for name in ("num_samples", "order", "window"):
+            check.matches(state, name, getattr(self, name), where)
+        check.matches(state, "k", self.k, where, default=1)  # states from before k and eligibility
+        check.matches(state, "eligibility", self.eligibility, where, default="paper")
+        S, L = self.num_samples, self.history_length
+        delta = check.number(state, "delta", where=where)
+        try:
+            decision_threshold(delta, self.window)
+        except ValueError as exc:
+            raise ValueError(f"{where}['delta']: {exc}") from None
+        values = {
+            "delta": delta,
+            "score_every": check.integer(state, "score_every", low=1, where=where),
+            "epoch": check.integer(state, "epoch", where=where),
+            "removal_enabled": check.boolean(state, "removal_enabled", where),
+            # +inf / -inf are the ring's sentinels (NONFINITE / NOT_SEEN); NaN is never stored
+            "hist": check.tensor(state, "hist", (S, L), torch.float32, where, no_nan=True),
+            "count": check.tensor(state, "count", (S,), torch.uint8, where, high=2 * L - 1),
+            "mastered": check.tensor(state, "mastered", (S,), torch.bool, where),
+            "totals": check.tensor(state, "totals", (len(TOTALS),), torch.int64, where, low=0),
+            "last": check.tensor(state, "last", (len(EPOCH_STATS),), torch.int64, where, low=0),
+            # states from before the collapse guard have no replay mask
+            "replay": (check.tensor(state, "replay", (S,), torch.bool, where) if "replay" in state
+                       else torch.zeros_like(self.replay)),
+            "scoring_schedule": state.get("scoring_schedule", {"policy": "every"}),
         }
-        for name, (shape, dtype) in expected.items():
-            t = state.get(name)
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-                raise ValueError(f"state_dict[{name!r}] must be a {dtype} tensor of shape {shape}")
-        for name in expected:
-            getattr(self, name).copy_(state[name].to(self.device))
-        self.delta = float(state["delta"])
-        self.score_every = int(state["score_every"])
-        self.epoch = int(state["epoch"])
-        self.removal_enabled = bool(state["removal_enabled"])
+        self.scoring_schedule.check_state(values["scoring_schedule"])
+        return values
+
+    def _apply_state(self, values: dict) -> None:
+        for name in ("hist", "count", "mastered", "totals", "last", "replay"):
+            getattr(self, name).copy_(values[name].to(self.device))
+        self.scoring_schedule.load_state_dict(values["scoring_schedule"])
+        self.delta, self.score_every = values["delta"], values["score_every"]
+        self.epoch, self.removal_enabled = values["epoch"], values["removal_enabled"]
         self._pending_scored.zero_()
         self._invalidate()
 
     def to(self, device) -> "IES":
         """Move the state to ``device`` (returns ``self``)."""
         self.device = torch.device(device)
-        for name in ("hist", "count", "mastered", "totals", "last", "_pending_scored", "_deferred_errors"):
+        for name in ("hist", "count", "mastered", "totals", "last", "replay", "_pending_scored", "_deferred_errors"):
             setattr(self, name, getattr(self, name).to(self.device))
+        self.scoring_schedule.to(self.device)
         self._invalidate()
         return self
 
