@@ -23,6 +23,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from . import state_checks as check
 from .selection import Selector, _check_positive_int
 
 #: the original's initial score (``torch.ones(N) * 3``): every sample ties, so epoch 0 prunes nothing
@@ -248,34 +249,32 @@ class InfoBatch(Selector):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._check_state(
-            state,
-            "InfoBatch",
-            self.VERSION,
-            {"num_samples": self.num_samples, "num_epochs": self.num_epochs, "prune_ratio": self.prune_ratio, "delta": self.delta},
-        )
+        """Restore a :meth:`state_dict`. ``num_samples``, ``num_epochs``, ``prune_ratio``
+        and ``delta`` must match this object's; ``seed`` (and the generator) come from
+        the state. The whole state is checked first: a bad one raises ``ValueError``
+        naming the key and changes nothing."""
+        check.header(state, "InfoBatch", self.VERSION)
+        for name in ("num_samples", "num_epochs", "prune_ratio", "delta"):
+            check.matches(state, name, getattr(self, name))
         N = self.num_samples
-        expected = {
-            "scores": ((N + 1,), torch.float32),
-            "fresh": ((N + 1,), torch.float32),
-            "pruned": ((N,), torch.bool),
-            "weights": ((N + 1,), torch.float32),
-            "totals": ((len(TOTALS),), torch.int64),
-            "last": ((len(LAST),), torch.int64),
+        tensors = {
+            # scores: the initial 3.0 or observed (finite) losses; fresh: -inf until observed
+            "scores": check.tensor(state, "scores", (N + 1,), torch.float32, finite=True),
+            "_fresh": check.tensor(state, "fresh", (N + 1,), torch.float32, no_nan=True),
+            "pruned": check.tensor(state, "pruned", (N,), torch.bool),
+            "weights": check.tensor(state, "weights", (N + 1,), torch.float32, finite=True, low=0.0),
+            "totals": check.tensor(state, "totals", (len(TOTALS),), torch.int64, low=0),
+            "last": check.tensor(state, "last", (len(LAST),), torch.int64, low=0),
         }
-        for name, (shape, dtype) in expected.items():
-            t = state.get(name)
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-                raise ValueError(f"state_dict[{name!r}] must be a {dtype} tensor of shape {shape}")
-        if not isinstance(state.get("rng"), torch.Tensor):
-            raise ValueError("state_dict['rng'] must be the generator state (a uint8 tensor)")
-        for name in ("scores", "pruned", "weights", "totals", "last"):
-            getattr(self, name).copy_(state[name].to(self.device))
-        self._fresh.copy_(state["fresh"].to(self.device))
-        self.generator.set_state(state["rng"].cpu())
-        self.seed = int(state["seed"])
-        self.epoch = int(state["epoch"])
-        self.removal_enabled = bool(state["removal_enabled"])
+        if bool((tensors["_fresh"] == math.inf).any()):
+            raise ValueError("state_dict['fresh'] holds +inf (non-finite losses are never recorded)")
+        rng = check.generator_state(state, "rng", self.device)
+        seed, epoch = check.integer(state, "seed"), check.integer(state, "epoch")
+        removal_enabled = check.boolean(state, "removal_enabled")
+        for name, t in tensors.items():
+            getattr(self, name).copy_(t.to(self.device))
+        self.generator.set_state(rng)
+        self.seed, self.epoch, self.removal_enabled = seed, epoch, removal_enabled
         self._pending_scored.zero_()
         self._invalidate()
 

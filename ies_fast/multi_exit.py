@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import state_checks as check
 from .ops import dispatch
 from .selector import IES, TOTALS
 from .train.models import BasicBlock as _BasicBlock
@@ -267,18 +268,29 @@ class PerExitIES(IES):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._check_state(state, "IES-per-exit", self.VERSION, {"num_samples": self.num_samples, "num_exits": self.num_exits})
-        for name, shape, dtype in (("mastered", (self.num_samples,), torch.bool), ("totals", (len(TOTALS),), torch.int64)):
-            t = state.get(name)
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-                raise ValueError(f"state_dict[{name!r}] must be a {dtype} tensor of shape {shape}")
-        self.exits.load_state_dict(state["exits"])
-        self.mastered.copy_(state["mastered"].to(self.device))
-        self.totals.copy_(state["totals"].to(self.device))
-        self.delta = self.exits.delta
-        self.score_every = self.exits.score_every
-        self.epoch = int(state["epoch"])
-        self.removal_enabled = bool(state["removal_enabled"])
+        """Restore a :meth:`state_dict`. ``num_samples``, ``num_exits`` and
+        ``exit_weights`` must match, and the inner per-(sample, exit) state follows
+        :meth:`IES.load_state_dict`'s rules (``delta`` and ``score_every`` come from
+        it). The whole state, inner one included, is checked first: a bad one raises
+        ``ValueError`` naming the key and changes nothing."""
+        check.header(state, "IES-per-exit", self.VERSION)
+        check.matches(state, "num_samples", self.num_samples)
+        check.matches(state, "num_exits", self.num_exits)
+        weights = state.get("exit_weights")
+        if (None if weights is None else tuple(weights) if isinstance(weights, (list, tuple)) else weights) != self.exit_weights:
+            raise ValueError(f"state_dict['exit_weights']={weights!r} does not match this object's "
+                             f"exit_weights={self.exit_weights!r}")
+        mastered = check.tensor(state, "mastered", (self.num_samples,), torch.bool)
+        totals = check.tensor(state, "totals", (len(TOTALS),), torch.int64, low=0)
+        epoch, removal_enabled = check.integer(state, "epoch"), check.boolean(state, "removal_enabled")
+        if "exits" not in state:
+            raise ValueError("state_dict['exits'] is missing")
+        inner = self.exits._checked_state(state["exits"], where="state_dict['exits']")
+        self.exits._apply_state(inner)
+        self.mastered.copy_(mastered.to(self.device))
+        self.totals.copy_(totals.to(self.device))
+        self.delta, self.score_every = self.exits.delta, self.exits.score_every
+        self.epoch, self.removal_enabled = epoch, removal_enabled
         self._pending_scored.zero_()
         self._invalidate()
 

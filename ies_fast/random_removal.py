@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from . import state_checks as check
 from .infobatch import _check_fraction, _check_seed
 from .selection import Selector
 
@@ -91,19 +92,23 @@ class RandomRemoval(Selector):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._check_state(state, "RandomRemoval", self.VERSION, {"num_samples": self.num_samples, "ratio": self.ratio})
-        for name, shape, dtype in (("removed", (self.num_samples,), torch.bool), ("totals", (len(TOTALS),), torch.int64)):
-            t = state.get(name)
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-                raise ValueError(f"state_dict[{name!r}] must be a {dtype} tensor of shape {shape}")
-        if not isinstance(state.get("rng"), torch.Tensor):
-            raise ValueError("state_dict['rng'] must be the generator state (a uint8 tensor)")
-        self.removed.copy_(state["removed"].to(self.device))
-        self.totals.copy_(state["totals"].to(self.device))
-        self.generator.set_state(state["rng"].cpu())
-        self.seed = int(state["seed"])
-        self.epoch = int(state["epoch"])
-        self.removal_enabled = bool(state["removal_enabled"])
+        """Restore a :meth:`state_dict`. ``num_samples`` and ``ratio`` must match this
+        object's; ``seed`` (and the generator) come from the state. The whole state is
+        checked first: a bad one raises ``ValueError`` naming the key and changes nothing."""
+        check.header(state, "RandomRemoval", self.VERSION)
+        check.matches(state, "num_samples", self.num_samples)
+        check.matches(state, "ratio", self.ratio)
+        removed = check.tensor(state, "removed", (self.num_samples,), torch.bool)
+        if int(removed.sum()) != self.num_removed:
+            raise ValueError(f"state_dict['removed'] must mark exactly {self.num_removed} samples")
+        totals = check.tensor(state, "totals", (len(TOTALS),), torch.int64, low=0)
+        rng = check.generator_state(state, "rng", self.device)
+        seed, epoch = check.integer(state, "seed"), check.integer(state, "epoch")
+        removal_enabled = check.boolean(state, "removal_enabled")
+        self.removed.copy_(removed.to(self.device))
+        self.totals.copy_(totals.to(self.device))
+        self.generator.set_state(rng)
+        self.seed, self.epoch, self.removal_enabled = seed, epoch, removal_enabled
         self._pending_scored.zero_()
         self._invalidate()
 

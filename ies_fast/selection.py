@@ -1,5 +1,6 @@
 """What every sample selector shares: the keep mask, the kept index list built on
-device, input checks on ``index``, and versioned ``state_dict`` helpers.
+device, input checks on ``index``, and the ``state_dict`` contract (the checks
+are in :mod:`ies_fast.state_checks`).
 
 Concrete selectors (:class:`ies_fast.IES`, :class:`ies_fast.InfoBatch`,
 :class:`ies_fast.RandomRemoval`) implement ``observe``, ``step``, ``removed_mask``
@@ -104,6 +105,8 @@ class Selector:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`: validate all of it first, then apply (a bad state
+        raises ``ValueError`` naming the key and changes nothing)."""
         raise NotImplementedError
 
     # ---- the mask and the index list -------------------------------------------------
@@ -169,13 +172,3 @@ class Selector:
             raise ValueError(
                 "observations since the last step() were dropped: " + "; ".join(parts) + " (index / target)"
             )
-
-    # ---- state_dict helpers ----------------------------------------------------------
-    def _check_state(self, state: dict, kind: str, version: int, fields: dict) -> None:
-        if not isinstance(state, dict) or state.get("kind") != kind:
-            raise ValueError(f"state_dict is not a {kind} state (kind={state.get('kind') if isinstance(state, dict) else None!r})")
-        if state.get("version") != version:
-            raise ValueError(f"state_dict version {state.get('version')!r} is not supported (expected {version})")
-        for name, value in fields.items():
-            if state.get(name) != value:
-                raise ValueError(f"state_dict {name}={state.get(name)!r} does not match this selector's {name}={value!r}")

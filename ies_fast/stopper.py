@@ -8,6 +8,8 @@ from typing import Optional, Union
 
 import torch
 
+from . import state_checks as check
+
 MODES = ("min", "max")
 AGGREGATES = ("all", "any")
 
@@ -140,19 +142,34 @@ class PatienceStopper:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("kind") != "PatienceStopper":
-            raise ValueError("state_dict is not a PatienceStopper state")
-        if state.get("version") != self.VERSION:
-            raise ValueError(f"state_dict version {state.get('version')!r} is not supported (expected {self.VERSION})")
-        for name, value in (("monitor", list(self.monitor)), ("mode", self.mode)):
-            if state.get(name) != value:
-                raise ValueError(f"state_dict {name}={state.get(name)!r} does not match this stopper's {name}={value!r}")
-        self.checks = int(state["checks"])
-        self.best = dict(state["best"])
-        self.wait = dict(state["wait"])
-        self.best_check = state["best_check"]
-        self.stopped = bool(state["stopped"])
-        self._best_state = state.get("best_state")
+        """Restore a :meth:`state_dict`. ``monitor`` and ``mode`` must match this
+        stopper's; ``patience``, ``min_delta``, ``aggregate``, ``start_from`` and
+        ``restore_best`` stay as constructed. The whole state is checked first: a bad
+        one raises ``ValueError`` naming the key and changes nothing."""
+        check.header(state, "PatienceStopper", self.VERSION)
+        check.matches(state, "monitor", list(self.monitor))
+        check.matches(state, "mode", self.mode)
+        checks = check.integer(state, "checks")
+        best_check = check.integer(state, "best_check", low=1, optional=True)
+        if best_check is not None and best_check > checks:
+            raise ValueError(f"state_dict['best_check']={best_check} is beyond state_dict['checks']={checks}")
+        stopped = check.boolean(state, "stopped")
+        best, wait = state.get("best"), state.get("wait")
+        for key, value in (("best", best), ("wait", wait)):
+            if not isinstance(value, dict) or sorted(value) != sorted(self.monitor):
+                raise ValueError(f"state_dict[{key!r}] must be a dict with one entry per monitored metric {self.monitor}")
+        for name in self.monitor:
+            if best[name] is not None:
+                check.number(best, name, low=-math.inf, where="state_dict['best']")
+            check.integer(wait, name, where="state_dict['wait']")
+        best_state = state.get("best_state")
+        if best_state is not None and not (isinstance(best_state, dict) and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in best_state.items())):
+            raise ValueError("state_dict['best_state'] must be None or a model state_dict (names -> tensors)")
+        self.checks, self.best_check, self.stopped = checks, best_check, stopped
+        self.best = {n: None if best[n] is None else float(best[n]) for n in self.monitor}
+        self.wait = {n: int(wait[n]) for n in self.monitor}
+        self._best_state = best_state
 
     def __repr__(self) -> str:
         return (

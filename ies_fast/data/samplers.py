@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from .. import state_checks as check
+
 __all__ = ["KeptSampler", "KeptBatchSampler", "ScoringSampler", "shard"]
 
 
@@ -142,11 +144,15 @@ class KeptSampler(Sampler[int]):
         return {"seed": self.seed, "epoch": self._epoch, "shuffle": self.shuffle}
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or "seed" not in state or "epoch" not in state:
-            raise ValueError("state must be a dict from KeptSampler.state_dict() (keys 'seed', 'epoch')")
-        self.seed = int(state["seed"])
-        self._epoch = None if state["epoch"] is None else int(state["epoch"])
-        self.shuffle = bool(state.get("shuffle", self.shuffle))
+        """Restore ``seed``, ``epoch`` and ``shuffle`` (these override the constructor's;
+        ``shuffle`` may be absent). The whole state is checked first: a bad one raises
+        ``ValueError`` naming the key and changes nothing."""
+        if not isinstance(state, dict):
+            raise ValueError(f"state_dict must be a dict from KeptSampler.state_dict(), got {type(state).__name__}")
+        seed = check.integer(state, "seed", low=-(2**63))
+        epoch = check.integer(state, "epoch", optional=True)
+        shuffle = check.boolean(state, "shuffle") if "shuffle" in state else self.shuffle
+        self.seed, self._epoch, self.shuffle = seed, epoch, shuffle
 
 
 class KeptBatchSampler(Sampler[List[int]]):

@@ -1,0 +1,105 @@
+"""Checks for ``load_state_dict``: every stateful class validates a whole state with
+these first and only then applies it, so a bad state raises ``ValueError`` naming
+the key and changes nothing.
+
+Each check takes the state dict and a key and returns the value, normalised
+(``int``, ``float``, ``bool``, a tensor); ``where`` prefixes the key in messages
+(``"state_dict"``, ``"state_dict['exits']"``, ...).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+_MISSING = object()
+
+
+def _get(state: dict, key: str, where: str):
+    value = state.get(key, _MISSING)
+    if value is _MISSING:
+        raise ValueError(f"{where}[{key!r}] is missing")
+    return value
+
+
+def header(state, kind: str, version: int, where: str = "state_dict") -> dict:
+    """``state`` is a dict of ``kind`` at ``version``; returns it."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{where} must be a dict from {kind}.state_dict(), got {type(state).__name__}")
+    if state.get("kind") != kind:
+        raise ValueError(f"{where}['kind'] is {state.get('kind')!r}: not a {kind} state")
+    if state.get("version") != version:
+        raise ValueError(f"{where}['version'] {state.get('version')!r} is not supported (expected {version})")
+    return state
+
+
+def matches(state: dict, key: str, mine, where: str = "state_dict", default=_MISSING) -> None:
+    """``state[key]`` equals this object's constructor value ``mine`` (``default``
+    stands for a missing key, for keys added after a state version)."""
+    value = state.get(key, default)
+    if value is _MISSING:
+        raise ValueError(f"{where}[{key!r}] is missing")
+    if type(value) is bool and type(mine) is not bool or value != mine:
+        raise ValueError(f"{where}[{key!r}]={value!r} does not match this object's {key}={mine!r}")
+
+
+def integer(state: dict, key: str, low: int = 0, where: str = "state_dict", optional: bool = False) -> Optional[int]:
+    """An int ``>= low`` (``None`` allowed with ``optional``)."""
+    value = _get(state, key, where)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{where}[{key!r}] must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def number(state: dict, key: str, low: float = 0.0, where: str = "state_dict") -> float:
+    """A finite float ``>= low``."""
+    value = _get(state, key, where)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+        raise ValueError(f"{where}[{key!r}] must be a finite number >= {low}, got {value!r}")
+    return float(value)
+
+
+def boolean(state: dict, key: str, where: str = "state_dict") -> bool:
+    value = _get(state, key, where)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}[{key!r}] must be a bool, got {value!r}")
+    return value
+
+
+def tensor(state: dict, key: str, shape: tuple, dtype: torch.dtype, where: str = "state_dict", *,
+           low=None, high=None, no_nan: bool = False, finite: bool = False) -> torch.Tensor:
+    """A tensor of ``shape`` and ``dtype`` whose values lie in ``[low, high]`` (where
+    given), with no NaN (``no_nan``) or only finite values (``finite``). Reads the
+    tensor once to check its values (``load_state_dict`` is not a training step)."""
+    t = _get(state, key, where)
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+        got = f"a {t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{where}[{key!r}] must be a {dtype} tensor of shape {tuple(shape)}, got {got}")
+    bad = None
+    if finite and t.is_floating_point():
+        bad = ~torch.isfinite(t)
+    elif no_nan and t.is_floating_point():
+        bad = torch.isnan(t)
+    if bad is not None and bool(bad.any()):
+        raise ValueError(f"{where}[{key!r}] holds {'NaN' if no_nan and not finite else 'non-finite values'}")
+    if low is not None and t.numel() and bool((t < low).any()):
+        raise ValueError(f"{where}[{key!r}] holds values below {low}")
+    if high is not None and t.numel() and bool((t > high).any()):
+        raise ValueError(f"{where}[{key!r}] holds values above {high}")
+    return t
+
+
+def generator_state(state: dict, key: str, device: torch.device, where: str = "state_dict") -> torch.Tensor:
+    """A ``torch.Generator`` state for ``device`` (tried on a scratch generator)."""
+    t = _get(state, key, where)
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8:
+        raise ValueError(f"{where}[{key!r}] must be a generator state (a uint8 tensor)")
+    try:
+        torch.Generator(device=device).set_state(t.cpu())
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{where}[{key!r}] is not a valid generator state for {device}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return t.cpu()
