@@ -57,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     sel.add_argument("--anneal", type=float, default=None,
          help="fraction of the last epochs trained on the full data (recipe: 0.1 for imagenet, else 0)")
     sel.add_argument("--score-every", type=int, default=1, help="re-score removed samples every s epochs")
+    sel.add_argument("--score-policy", choices=cfg.SCORE_POLICIES, default="every",
+         help="every: re-score every removed sample every --score-every epochs (the paper's); backoff: a sample's "
+              "interval starts at --score-every and doubles while it stays mastered, up to --score-max-interval, "
+              "and starts over when it comes back (docs/semantics.md)")
+    sel.add_argument("--score-max-interval", type=int, default=8, help="backoff: the longest re-scoring interval, in epochs")
+    sel.add_argument("--min-kept", type=float, default=None,
+         help="collapse guard: train at least this fraction of the samples every epoch, filling up with random "
+              "mastered samples (docs/semantics.md) (default: the dataset's recipe)")
     sel.add_argument("--prune-ratio", type=float, default=0.5, help="infobatch: prune ratio")
     sel.add_argument("--random-ratio", type=float, default=0.3, help="random: fraction removed per epoch")
     sel.add_argument("--early-stop", choices=cfg.EARLY_STOP, default="none",

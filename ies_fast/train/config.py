@@ -18,21 +18,22 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("exp", "multistep", "linear", "cosine", "constant")
 LOADERS = ("torch", "dali")
 EARLY_STOP = ("none", "patience", "mastered")
+SCORE_POLICIES = ("every", "backoff")
 
 #: the paper's settings (Appendix B; official cifar_main.py) and small-data defaults
 RECIPES = {
     "cifar10": dict(model="resnet18", epochs=200, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                    lr_schedule="exp", delta=1e-3, anneal=0.0),
+                    lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0),
     "cifar100": dict(model="resnet34", epochs=200, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                     lr_schedule="exp", delta=2e-3, anneal=0.0),
+                     lr_schedule="exp", delta=2e-3, anneal=0.0, min_kept=0.0),
     "imagenet": dict(model="resnet101", epochs=150, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                     lr_schedule="exp", delta=1.0, anneal=0.1, loader="dali", image_size=224),
+                     lr_schedule="exp", delta=1.0, anneal=0.1, loader="dali", image_size=224, min_kept=0.0),
     "synthetic": dict(model="resnet18", epochs=10, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
-                      lr_schedule="exp", delta=1e-3, anneal=0.0),
+                      lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0),
     "digits": dict(model="mlp", epochs=60, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=0.0,
-                   lr_schedule="constant", delta=2e-4, anneal=0.0),
+                   lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.0),
     "mnist1d": dict(model="cnn1d", epochs=60, batch_size=100, optimizer="sgd", lr=0.05, weight_decay=0.0,
-                    lr_schedule="constant", delta=1e-3, anneal=0.0),
+                    lr_schedule="constant", delta=1e-3, anneal=0.0, min_kept=0.0),
 }
 
 
@@ -59,6 +60,9 @@ class TrainConfig:
     window: int = 3
     anneal: Optional[float] = None
     score_every: int = 1
+    score_policy: str = "every"
+    score_max_interval: int = 8
+    min_kept: Optional[float] = None
     prune_ratio: float = 0.5
     random_ratio: float = 0.3
     early_stop: str = "none"
@@ -140,6 +144,9 @@ def validate(c: TrainConfig) -> None:
     _number("lr_gamma", c.lr_gamma, 0.0, 1.0, open_low=True)
     _number("delta", c.delta, 0.0)
     _number("anneal", c.anneal, 0.0, 1.0)
+    _choice("score_policy", c.score_policy, SCORE_POLICIES)
+    _positive_int("score_max_interval", c.score_max_interval)
+    _number("min_kept", c.min_kept, 0.0, 1.0)
     _number("prune_ratio", c.prune_ratio, 0.0, 0.9)
     _number("random_ratio", c.random_ratio, 0.0, 1.0, open_high=True)
     if not all(isinstance(m, (int, float)) and 0 < m < 1 for m in c.lr_milestones):

@@ -11,6 +11,7 @@ same loop runs DDP: sharded kept batches, rank-0 logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import sys
@@ -43,8 +44,10 @@ def make_selector(config: TrainConfig, num_samples: int, device: torch.device):
     costs, nothing removed), so the baseline's timing is comparable."""
     if config.selector in ("ies", "none"):
         delta = config.delta if config.selector == "ies" else 0.0
+        min_kept = math.ceil(config.min_kept * num_samples) if config.selector == "ies" else 0
         return IES(num_samples, delta=delta, order=config.order, window=config.window, device=device,
-                   score_every=config.score_every, backend=config.backend)
+                   score_every=config.score_every, backend=config.backend, score_policy=config.score_policy,
+                   score_max_interval=config.score_max_interval, min_kept=min_kept, seed=config.seed)
     if config.selector == "infobatch":
         return InfoBatch(num_samples, config.epochs, prune_ratio=config.prune_ratio, device=device, seed=config.seed,
                          backend=config.backend)
@@ -198,6 +201,15 @@ class Trainer:
     def _anneal_epochs(self) -> int:
         return int(round(self.config.anneal * self.config.epochs))
 
+    def _warn_if_kept_below_batch(self, epoch: int, kept: int) -> None:
+        """Say in the log when fewer samples are kept than one (global) batch: the
+        late collapse of docs/semantics.md ("collapse guard") starts there."""
+        batch = self.config.batch_size * self.world
+        if self.main and kept < batch and kept < self.num_samples:
+            print(f"ies-fast: warning: epoch {epoch + 1}: {kept} of {self.num_samples} samples kept, fewer than one "
+                  f"batch ({batch}); training on so few can make the model forget the removed ones "
+                  f"(raise --min-kept, see docs/semantics.md, collapse guard)", file=sys.stderr)
+
     def _train_steps(self, epoch: int, batches, steps: int, bar) -> tuple:
         """The optimizer steps of one epoch over ``batches`` (``steps`` of them).
         Returns device accumulators ``(loss_sum, correct, seen)``: nothing here
@@ -255,6 +267,7 @@ class Trainer:
             sel.set_removal(False)  # annealing: the last epochs on the full data
         self.batches.set_epoch(epoch)
         kept = int(sel.kept_mask().sum())  # one read per epoch
+        self._warn_if_kept_below_batch(epoch, kept)
         lr = self.schedule.get_last_lr()[0]
         bar = _bar(len(self.batches), progress, desc=f"epoch {epoch + 1}", leave=False, position=1)
         bar.set_postfix(kept=f"{kept / self.num_samples:.1%}")
