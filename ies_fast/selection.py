@@ -148,13 +148,16 @@ class Selector:
             raise TypeError(f"index must hold integers (int64 preferred), got dtype {index.dtype}")
         if index.dim() != 1 or index.numel() != length:
             raise ValueError(f"index must be 1-D with one entry per sample ({length}), got shape {tuple(index.shape)}")
-        index = index.to(device=self.device, dtype=torch.int64, non_blocking=True)
-        bad = (index < 0) | (index >= self.num_samples)
+        if index.dtype != torch.int64 or index.device != self.device:
+            index = index.to(device=self.device, dtype=torch.int64, non_blocking=True)
         if index.device.type == "cpu":
-            if bool(bad.any()):
-                first = int(index[bad][0])
+            # one reduction and two reads of 0-d results (cheaper than a mask and .any())
+            lo, hi = torch.aminmax(index) if index.numel() else (0, 0)
+            if int(lo) < 0 or int(hi) >= self.num_samples:
+                first = int(index[(index < 0) | (index >= self.num_samples)][0])
                 raise ValueError(f"index out of range [0, {self.num_samples}): got {first}")
             return index
+        bad = (index < 0) | (index >= self.num_samples)
         self._deferred_errors[0] += bad.sum()
         return torch.where(bad, torch.full_like(index, -1), index)
 
