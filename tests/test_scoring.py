@@ -105,3 +105,26 @@ def test_dict_batches_and_bad_input():
     with pytest.raises(ValueError):
         score(sel, model, [(x[:2], y[:2], torch.tensor([0, N]))], force=True)
     assert model.training  # restored after an error
+
+
+
+def test_backoff_scores_only_the_due_samples_through_the_sampler():
+    """ScoringSampler + score() forward exactly ``scoring_mask()``: under the backoff
+    policy the removed samples whose interval has not elapsed are left out."""
+    x, y, _, model = setup(6)
+    sel = ies_fast.IES(N, delta=0.05, order=1, window=1, backend="torch", score_policy="backoff")
+    flat = lambda out, target: torch.full((out.shape[0],), 0.5)  # noqa: E731 - a loss that never moves
+    for _ in range(2):  # two equal losses: mastered (order 1, window 1)
+        sel.observe(torch.full((N,), 0.5), torch.arange(N))
+        sel.step()
+    moves = torch.rand(N, generator=torch.Generator().manual_seed(6)) < 0.5
+    assert score(sel, model, loader(x, y, sel), score_fn=flat) == N  # epoch 2: every one due (interval 1)
+    sel.hist[moves, sel.count[moves].long() % sel.history_length] = 9.0  # their scored loss moved
+    sel.step()
+    assert torch.equal(sel.removed_mask(), ~moves)
+    assert not sel.scoring_mask().any()  # the others' interval is 2 now: nobody due in epoch 3
+    calls = len(model.calls)
+    assert score(sel, model, loader(x, y, sel), score_fn=flat) == 0 and len(model.calls) == calls
+    sel.step()
+    assert torch.equal(sel.scoring_mask(), ~moves)  # epoch 4: due again
+    assert score(sel, model, loader(x, y, sel), score_fn=flat) == int((~moves).sum())
