@@ -80,12 +80,61 @@ class TrainConfig:
     stop_after: Optional[int] = None
     progress: bool = True
     plot: bool = True
+    dist_timeout: float = 600.0
     synthetic_size: int = 10000
     synthetic_classes: int = 10
     image_size: Optional[int] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: options that may differ from the checkpoint on ``--resume``: where and how the run
+#: executes, not what it computes. Every other option defines the run and must match.
+CHANGEABLE_ON_RESUME = ("out", "resume", "stop_after", "progress", "plot", "workers", "data_dir", "device", "backend",
+                        "compile", "deterministic", "eval_batch_size", "dist_timeout")
+
+#: changeable options that belong to one invocation: a resumed run takes them from its own
+#: command line (their defaults when left out), never from the checkpoint
+PER_INVOCATION = ("out", "resume", "stop_after", "progress", "plot")
+
+#: the largest ``--seed`` (the seed feeds numpy's 32-bit generator and per-epoch torch generators)
+MAX_SEED = 2**32 - 1
+
+
+#: options whose flag is a switch that turns them off
+_OFF_SWITCHES = {"progress": "--no-progress", "plot": "--no-plot"}
+
+
+def flag(option: str) -> str:
+    """The command-line flag of an option: ``batch_size`` -> ``--batch-size``."""
+    return _OFF_SWITCHES.get(option, "--" + option.replace("_", "-"))
+
+
+def resumed_config(saved: dict, config: TrainConfig, given=None) -> TrainConfig:
+    """The config a resumed run uses: the checkpoint's ``saved`` options, with the
+    changeable ones (:data:`CHANGEABLE_ON_RESUME`) taken from ``config`` where given
+    (:data:`PER_INVOCATION` ones always).
+
+    ``given`` names the options the user set (the command line's flags); ``None``
+    means all of them (the Python API). A given run-defining option that differs
+    from the checkpoint raises ``ValueError`` naming every such flag, so nothing is
+    silently ignored and nothing changes mid-run."""
+    fields = TrainConfig.__dataclass_fields__
+    unknown = sorted(set(saved) - set(fields))
+    if unknown:
+        raise ValueError(f"its checkpoint's config has unknown options {', '.join(unknown)}")
+    before = _with_recipe(config)
+    after = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    given = set(fields) if given is None else set(given)
+    diff = [k for k in fields if k in given and k not in CHANGEABLE_ON_RESUME
+            and getattr(before, k) != getattr(after, k)]
+    if diff:
+        got = ", ".join(f"{flag(k)} {getattr(after, k)!r} (now {getattr(before, k)!r})" for k in diff)
+        raise ValueError(f"options that define the run differ from its checkpoint: {got} "
+                         f"(leave them out to keep the run's values)")
+    return dataclasses.replace(after, **{k: getattr(config, k) for k in CHANGEABLE_ON_RESUME
+                                         if k in given or k in PER_INVOCATION})
 
 
 def _fail(option: str, message: str) -> None:
@@ -111,12 +160,15 @@ def _number(option: str, value, low: float, high: float = math.inf, *, open_low:
         _fail(option, f"must be a number in {lo}{low}, {high}{hi}; got {value!r}")
 
 
-def resolve(config: TrainConfig) -> TrainConfig:
-    """A copy of ``config`` with every ``None`` filled from the dataset's recipe."""
+def _with_recipe(config: TrainConfig) -> TrainConfig:
     _choice("dataset", config.dataset, DATASETS)
     recipe = {"loader": "torch", "image_size": 32, **RECIPES[config.dataset]}
-    changes = {k: v for k, v in recipe.items() if getattr(config, k) is None}
-    resolved = dataclasses.replace(config, **changes)
+    return dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """A copy of ``config`` with every ``None`` filled from the dataset's recipe."""
+    resolved = _with_recipe(config)
     validate(resolved)
     return resolved
 
@@ -157,5 +209,8 @@ def validate(c: TrainConfig) -> None:
         _fail("loader", f"dali needs an image data set (cifar10, cifar100, imagenet, synthetic); {c.dataset} is vectors")
     if c.stop_after is not None:
         _positive_int("stop_after", c.stop_after)
+    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed <= MAX_SEED:
+        _fail("seed", f"must be an integer in [0, 2**32 - 1]; got {c.seed!r}")
+    _number("dist_timeout", c.dist_timeout, 0.0, open_low=True)
     if not c.out:
         _fail("out", "must name a folder for logs and checkpoints")
