@@ -34,6 +34,7 @@ class RunResult:
     wall_time: float
     acc_curve: list = field(default_factory=list)
     removed_curve: list = field(default_factory=list)
+    num_train: int = 0
 
 
 def load_digits_split(seed: int = 0):
@@ -60,7 +61,7 @@ def run(config: DemoConfig, delta: float, seed: int, data, selector=None) -> Run
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     sel = selector if selector is not None else IES(len(y_train), delta=delta)
     gen = torch.Generator().manual_seed(seed)
-    result = RunResult(0.0, 0, 0, 0.0)
+    result = RunResult(0.0, 0, 0, 0.0, num_train=len(y_train))
     start = time.perf_counter()
     for _ in range(config.epochs):
         kept = sel.kept_indices()
@@ -111,22 +112,27 @@ def format_table(baseline: list, ies: list, epochs: int, num_train: int) -> str:
 
 
 def plot(baseline: list, ies: list, path: str) -> None:
+    """Test accuracy per epoch of both arms and the samples IES excluded per epoch
+    (count of the training set and fraction), each the mean over seeds with its
+    min–max band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import excluded_panel, seed_band
+
+    epochs = list(range(1, len(ies[0].acc_curve) + 1))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
-    for name, runs in (("No removal", baseline), ("IES", ies)):
-        curve = torch.tensor([r.acc_curve for r in runs]).mean(0) * 100
-        top.plot(range(1, len(curve) + 1), curve, label=name)
-    removed = torch.tensor([r.removed_curve for r in ies], dtype=torch.float32).mean(0)
-    bottom.plot(range(1, len(removed) + 1), removed, color="C1")
+    for name, runs, color in (("No removal", baseline, "C0"), ("IES", ies, "C1")):
+        seed_band(top, epochs, [[100 * a for a in r.acc_curve] for r in runs], color=color, label=name)
     top.set_ylabel("test accuracy (%)")
-    top.legend()
-    bottom.set_ylabel("samples excluded")
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    excluded_panel(bottom, epochs, [r.removed_curve for r in ies], ies[0].num_train)
     bottom.set_xlabel("epoch")
-    fig.suptitle("IES on sklearn digits (mean of seeds)")
+    bottom.grid(alpha=0.3)
+    fig.suptitle(f"IES on sklearn digits ({len(ies)} seed{'s' if len(ies) != 1 else ''})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

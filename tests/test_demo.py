@@ -80,3 +80,56 @@ def test_demo_without_scikit_learn_fails_in_one_line_before_any_training(monkeyp
         demo.main(DemoConfig(epochs=2, seeds=(0,)), plot_path="")
     message = str(exc.value)
     assert len(message.splitlines()) == 1 and "scikit-learn" in message and ".[demo]" in message
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots()
+
+
+def test_excluded_panel_names_the_total_has_a_fraction_axis_and_the_spread_over_seeds():
+    from ies_fast.plots import excluded_panel
+
+    plt, (fig, ax) = _figure()
+    excluded_panel(ax, [1, 2, 3], [[0, 10, 20], [0, 30, 40], [0, 20, 60]], 200)
+    fig.canvas.draw()
+    assert "of 200" in ax.get_ylabel() and ax.get_ylim() == (0, 200)
+    (line,) = ax.get_lines()
+    assert list(line.get_ydata()) == [0, 20, 40], "the mean over seeds"
+    (band,) = ax.collections  # min-max over seeds
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == 0 and ys.max() == 60
+    (frac,) = ax.child_axes
+    assert "%" in frac.get_ylabel()
+    assert all(float(t).is_integer() for t in ax.get_xticks()), "whole-number epoch ticks"
+    plt.close(fig)
+
+
+def test_one_run_draws_no_band_and_whole_epoch_ticks():
+    from ies_fast.plots import seed_band
+
+    plt, (fig, ax) = _figure()
+    seed_band(ax, [1, 2, 3, 4], [[90.0, 91.0, 92.5, 93.0]], color="C0")
+    fig.canvas.draw()
+    assert not ax.collections and all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(fig)
+
+
+def test_demo_plot_shows_the_excluded_fraction_and_seed_spread(tmp_path, monkeypatch):
+    import ies_fast.demo as demo
+    import ies_fast.plots as plots
+
+    drawn = {}
+    real = plots.excluded_panel
+    monkeypatch.setattr(plots, "excluded_panel", lambda ax, e, runs, n, **k: (drawn.update(runs=runs, n=n),
+                                                                             real(ax, e, runs, n, **k)))
+    data = load_digits_split()
+    config = DemoConfig(epochs=7)
+    runs = [run(config, config.delta, s, data) for s in (0, 1)]
+    demo.plot([run(config, 0.0, 0, data)], runs, str(tmp_path / "d.png"))
+    assert drawn["n"] == len(data[1]) and drawn["runs"] == [r.removed_curve for r in runs]
+    assert (tmp_path / "d.png").stat().st_size > 1000
