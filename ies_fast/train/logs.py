@@ -64,13 +64,14 @@ def plot_history(rows: list, path: str, title: str = "") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..plots import excluded_panel, seed_band
+
     epochs = [r["epoch"] + 1 for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
-    top.plot(epochs, [100 * r["test_acc"] for r in rows], color="C0")
+    seed_band(top, epochs, [[100 * r["test_acc"] for r in rows]], color="C0")
     top.set_ylabel("test accuracy (%)")
     top.grid(alpha=0.3)
-    bottom.plot(epochs, [r["num_samples"] - r["kept"] for r in rows], color="C1")
-    bottom.set_ylabel("samples excluded")
+    excluded_panel(bottom, epochs, [[r["num_samples"] - r["kept"] for r in rows]], rows[0]["num_samples"])
     bottom.set_xlabel("epoch")
     bottom.grid(alpha=0.3)
     fig.suptitle(title)
