@@ -30,25 +30,36 @@ struct Rule {
   float threshold;  // fp32(delta * window), computed once on the host
 };
 
-// W = |Δ^order| summed left to right over one window of order + window losses
-// that starts at ring slot `slot`. Δ^order is built as a sliding combination: p0,
-// p1, p2 hold the previous loss and its first and second differences, so each
-// new loss x gives Δ^1 = x - p0, Δ^2 = Δ^1 - p1, Δ^3 = Δ^2 - p2, exactly the
-// iterated differences. Values before position `order` are not used.
+// One step of the sliding Δ: p0, p1, p2 hold the previous loss and its first and
+// second differences, so a new loss x gives Δ^1 = x - p0, Δ^2 = Δ^1 - p1,
+// Δ^3 = Δ^2 - p2: exactly the iterated differences, in three registers.
 template <int ORDER>
-IES_HD float window_sum(const float* h, int L, int slot, int window) {
-  float p0 = 0.0f, p1 = 0.0f, p2 = 0.0f, s = 0.0f;
-  for (int t = 0; t < ORDER + window; ++t) {
-    const float x = h[slot];
-    if (++slot == L) slot = 0;
+struct SlidingDifference {
+  float p0 = 0.0f, p1 = 0.0f, p2 = 0.0f;
+  IES_HD float push(float x) {
     const float d1 = x - p0;
     const float d2 = d1 - p1;
     const float d3 = d2 - p2;
-    const float dn = ORDER == 0 ? x : ORDER == 1 ? d1 : ORDER == 2 ? d2 : d3;
     p0 = x;
     p1 = d1;
     p2 = d2;
-    if (t >= ORDER) s += fabsf(dn);
+    return ORDER == 0 ? x : ORDER == 1 ? d1 : ORDER == 2 ? d2 : d3;
+  }
+};
+
+// W = |Δ^order| summed left to right over one window of order + window losses
+// starting at ring slot `slot`: the first ORDER losses only prime the differences.
+template <int ORDER>
+IES_HD float window_sum(const float* h, int L, int slot, int window) {
+  SlidingDifference<ORDER> diff;
+  for (int t = 0; t < ORDER; ++t) {
+    diff.push(h[slot]);
+    slot = slot + 1 == L ? 0 : slot + 1;
+  }
+  float s = 0.0f;
+  for (int t = 0; t < window; ++t) {
+    s += fabsf(diff.push(h[slot]));
+    slot = slot + 1 == L ? 0 : slot + 1;
   }
   return s;
 }
@@ -60,7 +71,7 @@ IES_HD float window_total(const float* h, int L, int first, const Rule& rule) {
   float total = 0.0f;
   for (int j = 0, slot = first; j < rule.k; ++j) {
     total += window_sum<ORDER>(h, L, slot, rule.window);
-    if (++slot == L) slot = 0;
+    slot = slot + 1 == L ? 0 : slot + 1;
   }
   return total;
 }

@@ -158,7 +158,7 @@ from ies_fast.kernels.ring import _record_kernel, _close_epoch_kernel
 build(_record_kernel, dict(hist_ptr="*fp32", count_ptr="*u8", loss_ptr="*fp32", index_ptr="*i64", B="i32"),
       dict(L=5, BLOCK=1024))
 for order in range(4):
-    for window, k in ((1, 1), (3, 1), (5, 2)):
+    for window, k in ((1, 1), (3, 1), (5, 2), (116 - order, 1), (60, 57 - order)):  # up to L = 119: loops, not unrolled
         build(_close_epoch_kernel,
               dict(hist_ptr="*fp32", count_ptr="*u8", mastered_ptr="*u8", partial_ptr="*i32", S="i32", threshold="fp32"),
               dict(L=order + window + k, ORDER=order, WINDOW=window, K=k, NSTATS=6, BLOCK=1024))

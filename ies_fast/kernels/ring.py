@@ -39,35 +39,43 @@ def _record_kernel(hist_ptr, count_ptr, loss_ptr, index_ptr, B, L: tl.constexpr,
 
 
 @triton.jit
+def _sliding_difference(x, p0, p1, p2, ORDER: tl.constexpr):
+    """One step of the sliding Δ: (p0, p1, p2) are the previous loss and its first and
+    second differences; returns Δ^ORDER ending at ``x`` and the new (p0, p1, p2)."""
+    d1 = x - p0
+    d2 = d1 - p1
+    d3 = d2 - p2
+    if ORDER == 0:
+        dn = x
+    elif ORDER == 1:
+        dn = d1
+    elif ORDER == 2:
+        dn = d2
+    else:
+        dn = d3
+    return dn, x, d1, d2
+
+
+@triton.jit
 def _window_sum(row, first, L: tl.constexpr, ORDER: tl.constexpr, WINDOW: tl.constexpr, mask):
     """|Δ^ORDER| summed left to right over the ORDER + WINDOW losses from ring slot
-    ``first`` on. Δ^ORDER is a sliding combination (p0, p1, p2: the previous loss
-    and its first and second differences), so no per-sample array is kept, and the
-    position loop is a real loop (``range``), not unrolled: no spills at long rings."""
-    zero = tl.zeros(first.shape, tl.float32)
-    p0 = zero
-    p1 = zero
-    p2 = zero
-    s = zero
+    ``first`` on (the first ORDER only prime the differences). Δ^ORDER is a sliding
+    combination, so no per-sample array is kept, and the window loop is a real loop
+    (``range``), not unrolled: registers do not grow with the ring length."""
+    p0 = tl.zeros(first.shape, tl.float32)
+    p1 = p0
+    p2 = p0
     slot = first
-    for t in range(ORDER + WINDOW):
+    for t in tl.static_range(ORDER):
         x = tl.load(row + slot, mask=mask, other=0.0)
+        _, p0, p1, p2 = _sliding_difference(x, p0, p1, p2, ORDER)
         slot = tl.where(slot == L - 1, 0, slot + 1)
-        d1 = x - p0
-        d2 = d1 - p1
-        d3 = d2 - p2
-        if ORDER == 0:
-            dn = x
-        elif ORDER == 1:
-            dn = d1
-        elif ORDER == 2:
-            dn = d2
-        else:
-            dn = d3
-        p0 = x
-        p1 = d1
-        p2 = d2
-        s = tl.where(t >= ORDER, s + tl.abs(dn), s)
+    s = tl.zeros(first.shape, tl.float32)
+    for t in range(WINDOW):
+        x = tl.load(row + slot, mask=mask, other=0.0)
+        dn, p0, p1, p2 = _sliding_difference(x, p0, p1, p2, ORDER)
+        s += tl.abs(dn)
+        slot = tl.where(slot == L - 1, 0, slot + 1)
     return s
 
 
