@@ -87,5 +87,64 @@ def test_compare_with_the_real_loop_runs_each_pair_in_its_own_folder(tmp_path):
     assert [r["selector"] for r in rows] == list(cmp.SELECTORS)
     for s in cmp.SELECTORS:
         assert (tmp_path / f"{s}-seed0" / "checkpoint.pt").exists()
-    again = cmp.compare(base, seeds=(0,))  # finished runs are read back, not repeated
+    for s in ("none", "infobatch"):  # finished runs are read back from JSON: no checkpoint is loaded
+        (tmp_path / f"{s}-seed0" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "ies-seed0" / "summary.json").write_text('{"test_acc": 7}')  # untrusted: rebuilt from the checkpoint
+    again = cmp.compare(base, seeds=(0,))
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+    assert json.loads((tmp_path / "ies-seed0" / "summary.json").read_text())["test_acc"] == rows[1]["accuracy"]
+
+
+def test_run_without_matplotlib_says_so_before_the_first_run_and_still_prints_the_table(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    parser = argparse.ArgumentParser()
+    cmp.add_arguments(parser)
+    args = parser.parse_args(["--selectors", "none", "ies", "--seeds", "0", "--plot", str(tmp_path / "p.png")])
+    out = []
+    cmp.run(args, FakeConfig(), train_fn=fake_train([]), print_fn=out.append)
+    assert "skipped" in out[0] and "matplotlib" in out[0]
+    assert any("backward saved" in o for o in out) and not (tmp_path / "p.png").exists()
+
+
+def _finished_run(tmp_path, **summary_changes):
+    """A run folder as ies-fast train leaves it (JSON files only), and its config."""
+    from ies_fast.train.config import TrainConfig, resolve
+
+    config = TrainConfig(dataset="digits", epochs=3, out=str(tmp_path), progress=False, plot=False)
+    out = tmp_path / "ies-seed0"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(resolve(config).to_dict()))
+    summary = {"epochs_run": 3, "stopped_early": False, "test_acc": 0.93, "backward_saved_fraction": 0.4,
+               "wall_time_s": 1.5, **summary_changes}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return config, str(out)
+
+
+@pytest.mark.parametrize("changes,trusted", [
+    ({}, True),
+    ({"epochs_run": 2}, False),                       # interrupted (--stop-after)
+    ({"epochs_run": 2, "stopped_early": True}, True),  # early stop: finished
+    ({"test_acc": 93.0}, False),                      # out of range
+    ({"test_acc": float("nan")}, False),
+    ({"wall_time_s": -1.0}, False),
+    ({"backward_saved_fraction": "0.4"}, False),
+    ({"epochs_run": True}, False),
+])
+def test_read_finished_run_trusts_only_a_finished_valid_summary(tmp_path, changes, trusted):
+    config, out = _finished_run(tmp_path, **changes)
+    got = cmp.read_finished_run(out, config)
+    assert (got is not None) == trusted
+    if trusted:
+        assert got["test_acc"] == 0.93
+
+
+def test_read_finished_run_rejects_another_runs_config_and_broken_files(tmp_path):
+    config, out = _finished_run(tmp_path)
+    assert cmp.read_finished_run(out, dataclasses.replace(config, delta=0.5)) is None, "another δ: not this run"
+    assert cmp.read_finished_run(out, dataclasses.replace(config, epochs=4)) is None
+    assert cmp.read_finished_run(out, dataclasses.replace(config, progress=True)) is not None, "how it runs: same run"
+    (tmp_path / "ies-seed0" / "config.json").write_text("[1, 2")
+    assert cmp.read_finished_run(out, config) is None
+    assert cmp.read_finished_run(str(tmp_path / "missing"), config) is None

@@ -11,12 +11,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import statistics
 import time
 from typing import Callable, Iterable, Optional, Sequence
 
+from .. import extras
+
 SELECTORS = ("none", "ies", "infobatch", "random")
 LABELS = {"none": "baseline", "ies": "IES", "infobatch": "InfoBatch", "random": "random removal"}
+#: the parameter a sweep varies per selector, as labels show it
+PARAM_NAMES = {"none": "", "ies": "δ", "infobatch": "prune", "random": "ratio"}
 
 #: where each column is looked up in the training summary (first key present wins)
 ACCURACY_KEYS = ("test_acc", "test_accuracy", "accuracy", "acc", "val_acc", "final_test_acc")
@@ -32,7 +38,7 @@ def _pick(summary: dict, keys: Sequence[str]):
     return None
 
 
-def _with(config, **changes):
+def with_changes(config, **changes):
     """A copy of ``config`` with ``changes`` (a dataclass, or any object with attributes)."""
     if dataclasses.is_dataclass(config):
         return dataclasses.replace(config, **changes)
@@ -44,16 +50,84 @@ def _with(config, **changes):
     return new
 
 
-def run_in_subfolder(config) -> dict:
-    """The default ``train_fn``: :func:`ies_fast.train.loop.train` with each run in its
-    own folder ``OUT/<selector>-seed<seed>``; a run already finished there is read
-    back from its checkpoint, not repeated (``resume=True``)."""
-    import os
+def _finite(value, low: float, high: float = math.inf) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
 
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_finished_run(out: str, config) -> Optional[dict]:
+    """The summary of the run finished in ``out`` with ``config``'s options, read
+    from its JSON files only (a run folder is untrusted: nothing is unpickled), or
+    ``None`` when there is none, it is unfinished, or its files do not validate:
+    ``config.json`` must hold the same run-defining options as ``config``,
+    ``summary.json`` an accuracy, a saved fraction and a wall time in range."""
+    from .config import CHANGEABLE_ON_RESUME, resolve
+
+    summary, saved = _read_json(os.path.join(out, "summary.json")), _read_json(os.path.join(out, "config.json"))
+    if not isinstance(summary, dict) or not isinstance(saved, dict):
+        return None
+    wanted = resolve(config).to_dict()
+    if any(k not in saved or _jsonable(saved[k]) != _jsonable(v) for k, v in wanted.items()
+           if k not in CHANGEABLE_ON_RESUME):
+        return None
+    epochs_run = summary.get("epochs_run")
+    finished = isinstance(epochs_run, int) and (epochs_run == wanted["epochs"] or summary.get("stopped_early") is True)
+    valid = (_finite(summary.get("test_acc"), 0.0, 1.0) and _finite(summary.get("backward_saved_fraction"), 0.0, 1.0)
+             and _finite(summary.get("wall_time_s"), 0.0))
+    return summary if finished and valid else None
+
+
+def _jsonable(value):
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def run_in_subfolder(config, folder: Optional[str] = None) -> dict:
+    """The default ``train_fn``: :func:`ies_fast.train.loop.train` with each run in its
+    own folder ``OUT/<folder>`` (default ``<selector>-seed<seed>``). A run finished
+    there is read back from its JSON files (:func:`read_finished_run`), an
+    interrupted one is resumed from its checkpoint, otherwise a new one starts."""
     from .loop import train
 
-    out = os.path.join(config.out, f"{config.selector}-seed{config.seed}")
-    return train(_with(config, out=out, resume=True))
+    out = os.path.join(config.out, folder or f"{config.selector}-seed{config.seed}")
+    finished = read_finished_run(out, config)
+    if finished is not None:
+        return finished
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    resume = os.path.exists(checkpoint) or os.path.exists(checkpoint + ".prev")
+    return train(with_changes(config, out=out, resume=resume))
+
+
+def run_one(config, train_fn: Callable) -> dict:
+    """Run one configuration with ``train_fn`` and read its summary into a row:
+    ``selector, seed, accuracy, backward_saved, wall_time_s, random_ratio, summary``
+    (``accuracy`` and ``backward_saved`` are fractions in [0, 1]; ``wall_time_s`` the
+    summary's training time when it has one, else the measured duration of the call)."""
+    start = time.perf_counter()
+    summary = train_fn(config)
+    elapsed = time.perf_counter() - start
+    if not isinstance(summary, dict):
+        raise TypeError(f"train() must return a summary dict, got {type(summary).__name__}")
+    accuracy = _pick(summary, ACCURACY_KEYS)
+    if accuracy is None:
+        raise KeyError(f"the training summary has no accuracy (looked for {ACCURACY_KEYS}); keys: {sorted(summary)}")
+    wall = _pick(summary, TIME_KEYS)
+    return {
+        "selector": config.selector,
+        "seed": config.seed,
+        "accuracy": accuracy / 100 if accuracy > 1.0 else accuracy,
+        "backward_saved": _pick(summary, SAVED_KEYS) or 0.0,
+        "wall_time_s": wall if wall is not None else elapsed,
+        "random_ratio": getattr(config, "random_ratio", None) if config.selector == "random" else None,
+        "summary": summary,
+    }
 
 
 def compare(
@@ -89,32 +163,13 @@ def compare(
             changes = {"selector": selector, "seed": seed}
             if selector == "random" and match_random and seed in ies_saved:
                 changes["random_ratio"] = ies_saved[seed]
-            config = _with(base_config, **changes)
+            config = with_changes(base_config, **changes)
             if log:
                 log(f"compare: {LABELS[selector]} seed {seed} ...")
-            start = time.perf_counter()
-            summary = train_fn(config)
-            elapsed = time.perf_counter() - start
-            if not isinstance(summary, dict):
-                raise TypeError(f"train() must return a summary dict, got {type(summary).__name__}")
-            accuracy = _pick(summary, ACCURACY_KEYS)
-            if accuracy is None:
-                raise KeyError(f"the training summary has no accuracy (looked for {ACCURACY_KEYS}); keys: {sorted(summary)}")
-            saved = _pick(summary, SAVED_KEYS) or 0.0
+            row = run_one(config, train_fn)
             if selector == "ies":
-                ies_saved[seed] = round(saved, 4)
-            wall = _pick(summary, TIME_KEYS)
-            rows.append(
-                {
-                    "selector": selector,
-                    "seed": seed,
-                    "accuracy": accuracy / 100 if accuracy > 1.0 else accuracy,
-                    "backward_saved": saved,
-                    "wall_time_s": wall if wall is not None else elapsed,
-                    "random_ratio": getattr(config, "random_ratio", None) if selector == "random" else None,
-                    "summary": summary,
-                }
-            )
+                ies_saved[seed] = round(row["backward_saved"], 4)
+            rows.append(row)
     rank = {s: i for i, s in enumerate(selectors)}
     rows.sort(key=lambda r: (rank[r["selector"]], seeds.index(r["seed"])))
     return rows
@@ -126,24 +181,30 @@ def _mean_sd(values: list) -> tuple:
     return mean, sd
 
 
+def point_label(selector: str, param=None) -> str:
+    """``IES``, or with a sweep's parameter ``IES δ=0.001``, ``InfoBatch prune=0.5``."""
+    return LABELS[selector] if param is None else f"{LABELS[selector]} {PARAM_NAMES[selector]}={param:g}"
+
+
 def aggregate(rows: list) -> list:
-    """One dict per selector (in first-seen order): mean and sd over seeds of each
-    column, and the speed-up in wall time over the baseline when it ran."""
+    """One dict per selector, or per (selector, ``param``) for a sweep's rows, in
+    first-seen order: mean and sd over seeds of each column, and the speed-up in
+    wall time over the baseline when it ran."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault(r["selector"], []).append(r)
-    base_time = None
-    if "none" in groups:
-        base_time = statistics.fmean(r["wall_time_s"] for r in groups["none"])
+        groups.setdefault((r["selector"], r.get("param")), []).append(r)
+    base = [r["wall_time_s"] for (selector, _), rs in groups.items() if selector == "none" for r in rs]
+    base_time = statistics.fmean(base) if base else None
     out = []
-    for selector, rs in groups.items():
+    for (selector, param), rs in groups.items():
         acc, acc_sd = _mean_sd([r["accuracy"] for r in rs])
         saved, saved_sd = _mean_sd([r["backward_saved"] for r in rs])
         wall, wall_sd = _mean_sd([r["wall_time_s"] for r in rs])
         out.append(
             {
                 "selector": selector,
-                "label": LABELS[selector],
+                "param": param,
+                "label": point_label(selector, param),
                 "seeds": len(rs),
                 "accuracy": acc,
                 "accuracy_sd": acc_sd,
@@ -233,13 +294,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] = None, print_fn=print) -> list:
     """What ``ies-fast compare`` does once its training config is built: run,
     print the table, write the plot (and JSON). Returns the rows."""
+    plot_path = args.plot if extras.can_plot(args.plot, print_fn) else ""  # before any run
     rows = compare(base_config, args.selectors, args.seeds, match_random=args.match_random, train_fn=train_fn,
                    log=lambda m: print_fn(m))
     print_fn(format_table(rows))
-    if args.plot:
-        print_fn(f"plot: {plot(rows, args.plot)}")
+    if plot_path:
+        print_fn(f"plot: {plot(rows, plot_path)}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2, default=lambda o: o if isinstance(o, (int, float, str)) else repr(o))
-        print_fn(f"rows: {args.json}")
+        print_fn(f"rows: {write_json(rows, args.json)}")
     return rows
+
+
+def write_json(rows: list, path: str) -> str:
+    """Write ``rows`` (each with its run's summary) as JSON to ``path``; returns ``path``."""
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=2, default=lambda o: o if isinstance(o, (int, float, str)) else repr(o))
+    return path
