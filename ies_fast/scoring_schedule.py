@@ -84,10 +84,13 @@ class ScoringSchedule:
         """Raise ``ValueError`` naming the field unless ``state`` fits this schedule."""
         if not isinstance(state, dict):
             raise ValueError("state_dict['scoring_schedule'] must be a dict from ScoringSchedule.state_dict()")
-        checked = (("policy", self.policy),) + ((("max_interval", self.max_interval),) if self.policy == "backoff" else ())
+        checked = [("policy", self.policy)]
+        if self.policy == "backoff":
+            checked.append(("max_interval", self.max_interval))
         for key, mine in checked:
             if state.get(key) != mine:
-                raise ValueError(f"state_dict['scoring_schedule'][{key!r}] is {state.get(key)!r}, this selector has {mine!r}")
+                raise ValueError(f"state_dict['scoring_schedule'][{key!r}] is {state.get(key)!r}, "
+                                 f"this selector has {mine!r}")
         if self.policy == "backoff":
             for key, dtype in (("interval", torch.int16), ("next_due", torch.int32)):
                 t = state.get(key)

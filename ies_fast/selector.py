@@ -104,7 +104,8 @@ class IES(Selector):
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
         self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
         self.kept_floor = KeptFloor(num_samples, min_kept, seed=seed)
-        self.replay = torch.zeros(num_samples, dtype=torch.bool, device=self.device)  # mastered, trained anyway
+        # mastered samples trained anyway (the floor); empty while the floor is off (no memory, no work)
+        self.replay = torch.zeros(num_samples if min_kept else 0, dtype=torch.bool, device=self.device)
         if self.exit_reduction == "per_exit":
             if score_policy != "every" or min_kept:
                 raise ValueError("exit_reduction='per_exit' supports score_policy='every' and min_kept=0 only")
@@ -189,7 +190,8 @@ class IES(Selector):
         )
         if tracked:
             self.scoring_schedule.update(self.epoch, observed, was_mastered, self.mastered)
-        self.replay.copy_(self.kept_floor.replay_mask(self.mastered, self.epoch + 1))
+        if self.replay.numel():
+            self.replay.copy_(self.kept_floor.replay_mask(self.mastered, self.epoch + 1))
         self.last.copy_(stats)
         self.totals[TOTALS.index("nonfinite")] += stats[EPOCH_STATS.index("nonfinite")]
         self.totals[TOTALS.index("reincluded")] += stats[EPOCH_STATS.index("reincluded")]
@@ -222,7 +224,7 @@ class IES(Selector):
     def removed_mask(self) -> torch.Tensor:
         if not self.removal_enabled:
             return torch.zeros_like(self.mastered)
-        return self.mastered & ~self.replay
+        return self.mastered & ~self.replay if self.replay.numel() else self.mastered
 
     def needs_scoring(self) -> bool:
         """Whether this epoch's scoring pass over mastered samples should run
@@ -313,7 +315,7 @@ class IES(Selector):
             "totals": check.tensor(state, "totals", (len(TOTALS),), torch.int64, where, low=0),
             "last": check.tensor(state, "last", (len(EPOCH_STATS),), torch.int64, where, low=0),
             # states from before the collapse guard have no replay mask
-            "replay": (check.tensor(state, "replay", (S,), torch.bool, where) if "replay" in state
+            "replay": (check.tensor(state, "replay", tuple(self.replay.shape), torch.bool, where) if "replay" in state
                        else torch.zeros_like(self.replay)),
             "scoring_schedule": state.get("scoring_schedule", {"policy": "every"}),
         }
