@@ -194,9 +194,11 @@ class KeptBatchSampler(Sampler[List[int]]):
 
 
 class ScoringSampler(Sampler[int]):
-    """The samples of ``selector.scoring_mask()`` (the removed ones) in ascending
-    order — or every sample with ``all_samples=True`` — for the forward-only
-    scoring pass. Read when the epoch starts and copied to the host once.
+    """The samples of ``selector.scoring_mask()`` (the removed ones due this epoch
+    under the selector's scoring policy: all of them by default, see
+    :mod:`ies_fast.scoring_schedule`) in ascending order — or every sample with
+    ``all_samples=True`` — for the forward-only scoring pass. Read when the epoch
+    starts and copied to the host once.
 
     DDP: rank ``r`` of ``R`` gets every ``R``-th index; shards differ in length by
     at most one and nothing is repeated (scoring is forward-only, so ranks need not
