@@ -35,3 +35,13 @@ def excluded_panel(ax, epochs: Sequence[int], excluded_runs: Sequence[Sequence[f
     ax.set_ylabel(f"samples excluded (of {num_samples:,})")
     frac = ax.secondary_yaxis("right", functions=(lambda v: 100 * v / num_samples, lambda p: p * num_samples / 100))
     frac.set_ylabel("excluded (%)")
+
+
+def save(fig, path: str, dpi: int = 100) -> str:
+    """Lay out ``fig``, write it to ``path`` (format from the extension), close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -250,6 +250,8 @@ def plot(rows: list, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..plots import save
+
     agg = aggregate(rows)
     colors = {"none": "tab:gray", "ies": "tab:blue", "infobatch": "tab:orange", "random": "tab:green"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -272,10 +274,7 @@ def plot(rows: list, path: str) -> str:
     ax2.grid(alpha=0.3, axis="y")
     seeds = max((a["seeds"] for a in agg), default=0)
     fig.suptitle(f"selectors compared (mean ± sd over {seeds} seed{'s' if seeds != 1 else ''})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 # ---- command line ---------------------------------------------------------------------

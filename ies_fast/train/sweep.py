@@ -152,6 +152,8 @@ def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..plots import save
+
     agg = cmp.aggregate(rows)
     base = next(a for a in agg if a["selector"] == "none")
     best = best_within(rows, tolerance)
@@ -186,10 +188,7 @@ def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE) -> str:
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"sweep: mean ± sd over {base['seeds']} seed{'s' if base['seeds'] != 1 else ''}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=90)
 
 
 # ---- command line ---------------------------------------------------------------------
