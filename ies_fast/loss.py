@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from . import backend as _backend
-from .ops.cross_entropy import PositionLosses, position_losses_torch, reduce_positions, sample_losses
+from .ops.cross_entropy import (
+    PositionLosses,
+    divisors,
+    position_losses_torch,
+    reduce_positions,
+    sample_losses,
+    sample_losses_from_sums,
+)
 
 #: F.cross_entropy's reductions, plus "sample": one loss per sample ``[B]`` (docs/semantics.md)
 REDUCTIONS = ("mean", "sum", "none", "sample")
@@ -69,34 +76,38 @@ def _target_in_range(target, num_classes, ignore_index, selector) -> torch.Tenso
     return torch.where(bad, torch.full_like(target, ignore_index), target)
 
 
-def _kernel_takes(op, x, target, weight, lse_square_scale, softcap) -> bool:
-    return (
-        op == "triton"
-        and x.dtype != torch.float64
-        and not target.is_floating_point()
-        and weight is None
-        and not lse_square_scale
-        and softcap is None
-    )
+def _kernel_takes(op, x, target) -> bool:
+    """The Triton kernel takes class-index targets in fp32/bf16/fp16 (every option);
+    fp64 logits and probability targets go to the torch path."""
+    return op == "triton" and x.dtype != torch.float64 and not target.is_floating_point()
 
 
-def _kernel_positions(x, target, ignore_index, eps, selector, recorded) -> tuple[PositionLosses, bool]:
-    """Position losses from the fused Triton kernel; the ring write happens in the same
-    pass when each sample has one position. Returns (losses, ring_written)."""
-    from .kernels.cross_entropy import row_losses
+def _kernel_positions(x, target, weight, ignore_index, eps, z_scale, softcap, selector, recorded):
+    """Position losses from the fused Triton kernel, reading the logits in place
+    (any layout); the selector's per-sample loss is formed in the same pass: a direct
+    ring write when each sample has one position, else the per-sample sums.
+    Returns (losses, ring_written)."""
+    from .kernels.cross_entropy import KernelOptions, position_losses
 
     B, C = x.shape[0], x.shape[1]
-    rows = x if x.dim() == 2 else x.movedim(1, -1).reshape(-1, C)
-    t = target.reshape(-1).to(torch.int64)
-    t = _target_in_range(t, C, ignore_index, selector)
-    fused = selector is not None and x.dim() == 2 and hasattr(selector, "hist") and selector.device == x.device
-    ring = None
-    if fused:
-        ring = (selector.hist, selector.count, torch.where(t == ignore_index, torch.full_like(recorded, -1), recorded))
-    ce = row_losses(rows, t, ignore_index, eps, ring).reshape(B, -1)
-    ok = (t != ignore_index).reshape(B, -1)
-    valid = ok.to(ce.dtype)
-    return PositionLosses(ce, None, valid, valid), fused
+    x = x if x.dim() <= 3 else x.flatten(2)
+    t = _target_in_range(target.reshape(-1).to(torch.int64), C, ignore_index, selector)
+    if weight is not None:
+        weight = weight.float().contiguous()
+    opt = KernelOptions(ignore_index, eps, weight, z_scale, softcap)
+    ring = segments = None
+    if selector is not None and B:
+        if x.dim() == 2 and hasattr(selector, "hist") and selector.device == x.device:
+            ring = (selector.hist, selector.count, recorded)
+        else:
+            segments = torch.zeros(4, B, dtype=torch.float32, device=x.device)
+    ce, z = position_losses(x, t, opt, ring, segments)
+    if segments is not None:
+        loss, ok = sample_losses_from_sums(segments[0], segments[1], segments[2] if z_scale else None, segments[3])
+        selector._record(loss, torch.where(ok.to(recorded.device), recorded, -1))
+    den, valid = divisors(t.view(B, -1), weight, ignore_index, ce.dtype)
+    pos = PositionLosses(ce.view(B, -1), z.view(B, -1) if z is not None else None, den, valid)
+    return pos, selector is not None
 
 
 def _plain_cpu_case(op, x, target, weight, reduction, eps, sample_weight, lse_square_scale, softcap) -> bool:
@@ -182,8 +193,6 @@ def cross_entropy(
 
     op = _backend.resolve(backend, input.device, "cross_entropy")
     x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
-    if weight is not None and isinstance(weight, torch.Tensor) and weight.dtype == input.dtype:
-        weight = weight.to(x.dtype)
     recorded = selector._index(index, input.shape[0]) if selector is not None else None
     eps = float(label_smoothing)
     if _plain_cpu_case(op, x, target, weight, reduction, eps, sample_weight, lse_square_scale, softcap):
@@ -203,10 +212,14 @@ def _general(op, input, x, target, weight, ignore_index, reduction, eps, sample_
     """Every other case: position losses from the Triton kernel or torch, the
     per-sample rule for the selector, then the reduction."""
     ring_written = False
-    if _kernel_takes(op, input, target, weight, z_scale, softcap):
+    if _kernel_takes(op, input, target):
         _check_like_torch(input, target, weight, ignore_index, eps)
-        pos, ring_written = _kernel_positions(input, target, int(ignore_index), eps, selector, recorded)
+        pos, ring_written = _kernel_positions(
+            input, target, weight, int(ignore_index), eps, z_scale, softcap, selector, recorded
+        )
     else:
+        if isinstance(weight, torch.Tensor) and weight.dtype == input.dtype:  # F's dtype rule, then fp32 math
+            weight = weight.to(x.dtype)
         pos = position_losses_torch(x, target, weight, ignore_index, eps, z_scale, softcap)
     if selector is not None and not ring_written and input.shape[0]:
         with torch.no_grad():

@@ -70,34 +70,32 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_matches_torch_and_records_the_rule(backend, case, weighted, label_smoothing, reduction):
+def test_matches_torch_and_records_the_rule(backend, case, weighted, label_smoothing):
     shape, kind = CASES[case]
-    seed = hash((case, weighted, label_smoothing, reduction)) % 10_000
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(hash((case, weighted, label_smoothing)) % 10_000)
     B, C = shape[0], shape[1]
     x = logits_like(shape, torch.float32, gen)
     target = index_target((B,) + shape[2:], C, gen) if kind == "index" else prob_target(shape, gen)
     if kind == "index":
         target.view(B, -1)[1] = -100  # one sample with nothing valid: not recorded
     weight = torch.rand(C, generator=gen) + 0.2 if weighted else None
-    kw = dict(target=target, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
-    want_shape = F.cross_entropy(x, **kw).shape
-    upstream = torch.randn(want_shape, generator=gen, dtype=torch.float64)
-    sel = IES(B + 3, backend="torch")
-    index = torch.randperm(B + 3, generator=gen)[:B]
-    got, got_grad = run(ies_fast.cross_entropy, x, upstream, index=index, selector=sel, backend=backend, **kw)
-    want, want_grad = run(F.cross_entropy, x, upstream, **kw)
-    assert got.shape == want.shape and got.dtype == want.dtype
-    torch.testing.assert_close(got, want, **TOL[torch.float32])
-    torch.testing.assert_close(got_grad, want_grad, **TOL[torch.float32])
+    for reduction in ("none", "mean", "sum"):
+        kw = dict(target=target, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
+        upstream = torch.randn(F.cross_entropy(x, **kw).shape, generator=gen, dtype=torch.float64)
+        sel = IES(B + 3, backend="torch")
+        index = torch.randperm(B + 3, generator=gen)[:B]
+        got, got_grad = run(ies_fast.cross_entropy, x, upstream, index=index, selector=sel, backend=backend, **kw)
+        want, want_grad = run(F.cross_entropy, x, upstream, **kw)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        torch.testing.assert_close(got, want, **TOL[torch.float32])
+        torch.testing.assert_close(got_grad, want_grad, **TOL[torch.float32])
 
-    recorded = sel.hist[index, 0]
-    expect = rule(x, target, weight, label_smoothing=label_smoothing).float()
-    seen = torch.isfinite(expect)
-    assert torch.equal(recorded > float("-inf"), seen)
-    assert not seen.all() or kind == "probs"
-    torch.testing.assert_close(recorded[seen], expect[seen], **TOL[torch.float32])
+        recorded = sel.hist[index, 0]
+        expect = rule(x, target, weight, label_smoothing=label_smoothing).float()
+        seen = torch.isfinite(expect)
+        assert torch.equal(recorded > float("-inf"), seen)
+        assert not seen.all() or kind == "probs"
+        torch.testing.assert_close(recorded[seen], expect[seen], **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -162,10 +160,10 @@ def test_second_order_gradients_match_torch(backend, label_smoothing):
 def test_gradgradcheck_fp64(backend):
     """Every option at once, fp64: first and second derivatives by finite differences."""
     gen = torch.Generator().manual_seed(23)
-    x = torch.randn(3, 5, 2, dtype=torch.float64, generator=gen, requires_grad=True)
-    t = index_target((3, 2), 5, gen)
+    x = torch.randn(2, 4, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = index_target((2, 2), 4, gen)
     t[0, 0] = 1
-    w = torch.rand(5, dtype=torch.float64, generator=gen) + 0.5
+    w = torch.rand(4, dtype=torch.float64, generator=gen) + 0.5
     fn = lambda x: ies_fast.cross_entropy(  # noqa: E731
         x, t, weight=w, label_smoothing=0.1, lse_square_scale=1e-2, softcap=3.0, backend=backend
     )

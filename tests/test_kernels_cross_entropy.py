@@ -280,18 +280,21 @@ def test_selector_through_cross_entropy_matches_torch_and_reference():
 def test_kernels_compile_for_sm90(tmp_path):
     compile_for_sm90(tmp_path, """
 from ies_fast.kernels.cross_entropy import _ce_forward_kernel, _ce_backward_kernel
+LAYOUT = dict(stride_b="i64", stride_p="i64", stride_c="i64", P="i32")
+SCALARS = dict(B="i32", C="i32", ignore_index="i32", eps="fp32", z_scale="fp32", softcap="fp32")
 for dt in ("fp32", "bf16", "fp16"):
-    for ring in (True, False):
-        for smooth in (True, False):
-            build(_ce_forward_kernel,
-                  dict(logits_ptr="*" + dt, stride_row="i32", target_ptr="*i64", loss_ptr="*fp32", max_ptr="*fp32",
-                       logsum_ptr="*fp32", hist_ptr="*fp32", count_ptr="*u8", index_ptr="*i64", B="i32", C="i32",
-                       ignore_index="i32", eps="fp32"),
-                  dict(L=5, HAS_RING=ring, HAS_SMOOTHING=smooth, SAVE_STATS=ring, BLOCK_B=4, BLOCK_C=512))
-    build(_ce_backward_kernel,
-          dict(logits_ptr="*" + dt, stride_row="i32", grad_ptr="*" + dt, target_ptr="*i64", max_ptr="*fp32",
-               logsum_ptr="*fp32", gout_ptr="*fp32", gout_stride="i32", B="i32", C="i32", ignore_index="i32", eps="fp32"),
-          dict(BLOCK_B=1, BLOCK_C=8192), warps=8)
+    for ring, smooth, extras in ((True, True, False), (False, False, False), (False, True, True), (True, False, True)):
+        build(_ce_forward_kernel,
+              dict(logits_ptr="*" + dt, **LAYOUT, target_ptr="*i64", weight_ptr="*fp32", wsum_ptr="*fp32",
+                   loss_ptr="*fp32", z_ptr="*fp32", max_ptr="*fp32", logsum_ptr="*fp32", seg_ptr="*fp32",
+                   hist_ptr="*fp32", count_ptr="*u8", index_ptr="*i64", **SCALARS),
+              dict(L=5, HAS_RING=ring, HAS_SMOOTHING=smooth, SAVE_STATS=ring, HAS_WEIGHT=extras, HAS_Z=extras,
+                   HAS_SOFTCAP=extras, HAS_SEGMENT=not ring, BLOCK_B=4, BLOCK_C=512))
+    for extras in (False, True):
+        build(_ce_backward_kernel,
+              dict(logits_ptr="*" + dt, **LAYOUT, grad_ptr="*" + dt, target_ptr="*i64", weight_ptr="*fp32",
+                   wsum_ptr="*fp32", max_ptr="*fp32", logsum_ptr="*fp32", gout_ptr="*fp32", gz_ptr="*fp32", **SCALARS),
+              dict(HAS_WEIGHT=extras, HAS_Z=extras, HAS_SOFTCAP=extras, BLOCK_B=1, BLOCK_C=8192), warps=8)
 """)
 
 
@@ -337,3 +340,45 @@ def test_cuda_ring_write():
     record_torch(hist, count, F.cross_entropy(logits.float(), target, reduction="none"), index)
     assert torch.equal(torch.isinf(got), torch.isinf(hist))
     torch.testing.assert_close(got, hist, atol=1e-5, rtol=1e-5)
+
+
+# ---- strided [B, C, P] rows, class weights, z-loss, soft-cap, per-sample sums -------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("extras", [False, True])
+def test_strided_positions_with_options_match_torch(dtype, extras):
+    """Logits [B, C, P] read in place through a transposed slice (as causal-LM logits
+    [B, T, V] are), several column blocks per row; the per-sample sums of the same
+    pass against torch."""
+    from ies_fast.kernels.cross_entropy import KernelOptions, position_losses
+    from ies_fast.ops.cross_entropy import position_losses_torch
+
+    gen = torch.Generator().manual_seed(41 + extras)
+    B, T, C = 3, 6, 19
+    big = (torch.randn(B, T, C, generator=gen) * 3).to(dtype)
+    x = big[:, :-1].transpose(1, 2)  # [B, C, P=T-1], class stride 1, position stride C
+    target = torch.randint(0, C, (B, T - 1), generator=gen)
+    target[torch.rand(B, T - 1, generator=gen) < 0.3] = -100
+    weight = torch.rand(C, generator=gen) + 0.3 if extras else None
+    opt = KernelOptions(-100, 0.1, weight, 2e-3 if extras else 0.0, 4.0 if extras else None, block_c=8, block_b=2)
+    segments = torch.zeros(4, B)
+    xa = x.detach().clone().requires_grad_()
+    ce, z = position_losses(xa, target.reshape(-1), opt, segments=segments)
+    xb = x.detach().clone().requires_grad_()
+    want = position_losses_torch(xb.float(), target, weight, -100, 0.1, opt.z_scale, opt.softcap)
+    tol = TOL[dtype] if dtype != torch.bfloat16 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(ce, want.ce.reshape(-1), **TOL[torch.float32])
+    up = torch.randn(ce.shape, generator=gen)
+    total = (ce * up).sum() + ((z * up.flip(0)).sum() if extras else 0)
+    want_total = (want.ce.reshape(-1) * up).sum() + ((want.z.reshape(-1) * up.flip(0)).sum() if extras else 0)
+    (ga,) = torch.autograd.grad(total, xa)
+    (gb,) = torch.autograd.grad(want_total, xb)
+    assert ga.shape == x.shape
+    torch.testing.assert_close(ga, gb, **tol)
+    torch.testing.assert_close(segments[0], want.ce.sum(1), **TOL[torch.float32])
+    torch.testing.assert_close(segments[1], want.den.sum(1), **TOL[torch.float32])
+    if extras:
+        torch.testing.assert_close(z, want.z.reshape(-1), **TOL[torch.float32])
+        torch.testing.assert_close(segments[2], want.z.sum(1), **TOL[torch.float32])
+        torch.testing.assert_close(segments[3], want.valid.sum(1))

@@ -14,13 +14,13 @@ ignore_index=..., label_smoothing=...)`` followed by
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ..ops.cross_entropy import cross_entropy_grad_torch, reduce_losses
+from ..ops.cross_entropy import position_losses_torch, reduce_losses
 
 #: most columns one program loads at a time (larger rows loop over blocks)
 MAX_BLOCK_C = 8192
@@ -33,13 +33,28 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
+def _capped(x, softcap, HAS_SOFTCAP: tl.constexpr):
+    """``softcap * tanh(x / softcap)`` (tanh from exp: stable at both ends)."""
+    if HAS_SOFTCAP:
+        x = softcap * (2.0 / (1.0 + tl.exp(-2.0 * (x / softcap))) - 1.0)
+    return x
+
+
+@triton.jit
 def _ce_forward_kernel(
     logits_ptr,
-    stride_row,
+    stride_b,
+    stride_p,
+    stride_c,
+    P,
     target_ptr,
+    weight_ptr,
+    wsum_ptr,
     loss_ptr,
+    z_ptr,
     max_ptr,
     logsum_ptr,
+    seg_ptr,
     hist_ptr,
     count_ptr,
     index_ptr,
@@ -47,20 +62,31 @@ def _ce_forward_kernel(
     C,
     ignore_index,
     eps,
+    z_scale,
+    softcap,
     L: tl.constexpr,
     HAS_RING: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr,
     SAVE_STATS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_SEGMENT: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """Loss of BLOCK_B rows (fp32); optionally their (max, log-sum) and a ring write."""
+    """Losses of BLOCK_B rows (fp32). Row ``r`` is position ``r % P`` of sample
+    ``r // P``, its class ``c`` at ``b*stride_b + p*stride_p + c*stride_c`` (no copy
+    of K-dim or [B, T, V] logits). Optionally: the rows' (max, log-sum), the
+    per-sample sums (ce, divisor, z, valid) for the selector's segmented mean, and
+    a direct ring write when each sample has one row."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     t = tl.load(target_ptr + rows, mask=row_ok, other=ignore_index)
     active = row_ok & (t != ignore_index)
-    base = logits_ptr + rows[:, None] * stride_row
+    sample = rows // P
+    base = logits_ptr + sample * stride_b + (rows - sample * P) * stride_p
 
     m = tl.full((BLOCK_B,), float("-inf"), tl.float32)
     d = tl.zeros((BLOCK_B,), tl.float32)
@@ -68,73 +94,137 @@ def _ce_forward_kernel(
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         msk = active[:, None] & (cols[None, :] < C)
-        x = tl.load(base + cols[None, :], mask=msk, other=float("-inf")).to(tl.float32)
+        x = tl.load(base[:, None] + cols[None, :] * stride_c, mask=msk, other=0.0).to(tl.float32)
+        x = tl.where(msk, _capped(x, softcap, HAS_SOFTCAP), float("-inf"))
         m_new = tl.maximum(m, tl.max(x, axis=1))
         # rows with nothing loaded (ignored) keep m = -inf: shift by 0 to avoid inf - inf
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         d = d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift[:, None]), axis=1)
         if HAS_SMOOTHING:
-            sx += tl.sum(tl.where(msk, x, 0.0), axis=1)
+            if HAS_WEIGHT:
+                wc = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+                sx += tl.sum(tl.where(msk, x * wc[None, :], 0.0), axis=1)
+            else:
+                sx += tl.sum(tl.where(msk, x, 0.0), axis=1)
         m = m_new
 
     t_safe = tl.where(active, t, 0)
-    xt = tl.load(logits_ptr + rows * stride_row + t_safe, mask=active, other=0.0).to(tl.float32)
+    xt = tl.load(base + t_safe * stride_c, mask=active, other=0.0).to(tl.float32)
+    xt = _capped(xt, softcap, HAS_SOFTCAP)
     log_d = tl.log(tl.where(active, d, 1.0))
-    if HAS_SMOOTHING:
-        # (1 - eps) * (lse - x_t) + eps * (lse - mean_j x_j), with lse = m + log d
-        loss = log_d + (1.0 - eps) * (m - xt) + eps * (m - sx / C)
+    lse = m + log_d
+    if HAS_WEIGHT:
+        wt = tl.load(weight_ptr + t_safe, mask=active, other=0.0).to(tl.float32)
     else:
-        loss = log_d + (m - xt)
+        wt = tl.where(active, 1.0, 0.0)
+    # F.cross_entropy: (1 - eps) * w_t * (lse - x_t) + eps / C * sum_c w_c * (lse - x_c)
+    if HAS_SMOOTHING:
+        if HAS_WEIGHT:
+            wsum = tl.load(wsum_ptr).to(tl.float32)
+            loss = (1.0 - eps) * wt * (lse - xt) + eps / C * (lse * wsum - sx)
+        else:
+            loss = log_d + (1.0 - eps) * (m - xt) + eps * (m - sx / C)
+    else:
+        loss = wt * (log_d + (m - xt))
     loss = tl.where(active, loss, 0.0)
     tl.store(loss_ptr + rows, loss, mask=row_ok)
+    z = tl.zeros((BLOCK_B,), tl.float32)
+    if HAS_Z:
+        z = tl.where(active, z_scale * lse * lse, 0.0)
+        tl.store(z_ptr + rows, z, mask=row_ok)
     if SAVE_STATS:
         tl.store(max_ptr + rows, m, mask=row_ok)
         tl.store(logsum_ptr + rows, log_d, mask=row_ok)
+    if HAS_SEGMENT:
+        n_samples = (B + P - 1) // P
+        tl.atomic_add(seg_ptr + sample, loss, mask=active)
+        tl.atomic_add(seg_ptr + n_samples + sample, wt, mask=active)
+        if HAS_Z:
+            tl.atomic_add(seg_ptr + 2 * n_samples + sample, z, mask=active)
+            tl.atomic_add(seg_ptr + 3 * n_samples + sample, tl.where(active, 1.0, 0.0), mask=active)
     if HAS_RING:
+        # one row per sample: the documented per-sample loss is ce / w_t + z
         idx = tl.load(index_ptr + rows, mask=row_ok, other=-1)
-        rec = row_ok & (idx >= 0)
+        rec = active & (idx >= 0) & (wt > 0)
         idx = tl.where(rec, idx, 0)
         slot = tl.load(count_ptr + idx, mask=rec, other=0).to(tl.int32) % L
-        finite = (loss == loss) & (tl.abs(loss) < float("inf"))
-        value = tl.where(finite, loss, float("inf"))
+        value = loss / tl.where(rec, wt, 1.0) + z
+        finite = (value == value) & (tl.abs(value) < float("inf"))
+        value = tl.where(finite, value, float("inf"))
         tl.atomic_max(hist_ptr + idx * L + slot, value, mask=rec)
 
 
 @triton.jit
 def _ce_backward_kernel(
     logits_ptr,
-    stride_row,
+    stride_b,
+    stride_p,
+    stride_c,
+    P,
     grad_ptr,
     target_ptr,
+    weight_ptr,
+    wsum_ptr,
     max_ptr,
     logsum_ptr,
     gout_ptr,
-    gout_stride,
+    gz_ptr,
     B,
     C,
     ignore_index,
     eps,
+    z_scale,
+    softcap,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """grad = (softmax - (1 - eps) * onehot(t) - eps / C) * dloss, zero on ignored rows."""
+    """grad[r, c] = g_r * ((1 - eps) w_t (p_c - [c = t]) + eps / C (W p_c - w_c))
+    + gz_r * 2 z_scale lse p_c, times the soft-cap's derivative; zero on ignored rows.
+    ``grad`` is a contiguous [rows, C] buffer."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     t = tl.load(target_ptr + rows, mask=row_ok, other=ignore_index)
     active = row_ok & (t != ignore_index)
-    g = tl.load(gout_ptr + rows * gout_stride, mask=active, other=0.0).to(tl.float32)
+    g = tl.load(gout_ptr + rows, mask=active, other=0.0).to(tl.float32)
     m = tl.load(max_ptr + rows, mask=active, other=0.0)
-    log_d = tl.load(logsum_ptr + rows, mask=active, other=0.0)
-    base = logits_ptr + rows[:, None] * stride_row
+    lse = m + tl.load(logsum_ptr + rows, mask=active, other=0.0)
+    t_safe = tl.where(active, t, 0)
+    if HAS_WEIGHT:
+        wt = tl.load(weight_ptr + t_safe, mask=active, other=0.0).to(tl.float32)
+        wsum = tl.load(wsum_ptr).to(tl.float32)
+    else:
+        wt = tl.full((BLOCK_B,), 1.0, tl.float32)
+        wsum = C * 1.0
+    gz = tl.zeros((BLOCK_B,), tl.float32)
+    if HAS_Z:
+        gz = tl.load(gz_ptr + rows, mask=active, other=0.0).to(tl.float32)
+    sample = rows // P
+    base = logits_ptr + sample * stride_b + (rows - sample * P) * stride_p
     out = grad_ptr + rows[:, None] * C
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         in_c = cols[None, :] < C
-        x = tl.load(base + cols[None, :], mask=active[:, None] & in_c, other=float("-inf")).to(tl.float32)
-        p = tl.exp((x - m[:, None]) - log_d[:, None])
-        grad = p - eps / C - tl.where(cols[None, :] == t[:, None], 1.0 - eps, 0.0)
-        grad = tl.where(active[:, None], grad * g[:, None], 0.0)
+        ld = active[:, None] & in_c
+        x = tl.load(base[:, None] + cols[None, :] * stride_c, mask=ld, other=0.0).to(tl.float32)
+        xc = _capped(x, softcap, HAS_SOFTCAP)
+        p = tl.where(ld, tl.exp(xc - lse[:, None]), 0.0)
+        onehot = tl.where(cols[None, :] == t[:, None], 1.0, 0.0)
+        if HAS_WEIGHT:
+            wc = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+        else:
+            wc = 1.0
+        grad = (1.0 - eps) * wt[:, None] * (p - onehot) + (eps / C) * (wsum * p - wc)
+        grad = grad * g[:, None]
+        if HAS_Z:
+            grad += (2.0 * z_scale) * (gz * lse)[:, None] * p
+        if HAS_SOFTCAP:
+            th = xc / softcap
+            grad = grad * (1.0 - th * th)
+        grad = tl.where(active[:, None], grad, 0.0)
         tl.store(out + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=row_ok[:, None] & in_c)
 
 
@@ -156,64 +246,115 @@ def _blocks(B: int, C: int, block_c: Optional[int], block_b: Optional[int]) -> t
     return bb, bc, num_warps
 
 
-def _forward(logits, target, ignore_index, eps, ring, save_stats, block_c, block_b):
-    B, C = logits.shape
-    dev = logits.device
-    losses = torch.empty(B, dtype=torch.float32, device=dev)
+class KernelOptions(NamedTuple):
+    """What a launch computes besides plain cross-entropy (all validated by the caller)."""
+
+    ignore_index: int = -100
+    eps: float = 0.0
+    weight: Optional[torch.Tensor] = None  # fp32 [C], contiguous
+    z_scale: float = 0.0
+    softcap: Optional[float] = None
+    block_c: Optional[int] = None
+    block_b: Optional[int] = None
+
+
+def _layout(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """(stride_b, stride_p, stride_c, P) of logits [B, C] or [B, C, P]: row ``b*P + p``."""
+    if x.dim() == 2:
+        return x.stride(0), 0, x.stride(1), 1
+    return x.stride(0), x.stride(2), x.stride(1), x.shape[2]
+
+
+def _forward(x, target, opt: KernelOptions, ring, segments, save_stats):
+    """Launch the forward kernel: (ce [N], z [N] or None, row max, row log-sum)."""
+    C = x.shape[1]
+    N = target.numel()
+    dev = x.device
+    losses = torch.empty(N, dtype=torch.float32, device=dev)
+    z = torch.empty(N, dtype=torch.float32, device=dev) if opt.z_scale else None
     if save_stats:
-        row_max = torch.empty(B, dtype=torch.float32, device=dev)
-        row_logsum = torch.empty(B, dtype=torch.float32, device=dev)
+        row_max = torch.empty(N, dtype=torch.float32, device=dev)
+        row_logsum = torch.empty(N, dtype=torch.float32, device=dev)
     else:  # never written (SAVE_STATS=False); any valid pointer will do
         row_max = row_logsum = losses
-    if B == 0:
-        return losses, row_max, row_logsum
+    if N == 0:
+        return losses, z, row_max, row_logsum
     if ring is None:
         hist, count, index, L = losses, target, target, 1  # unused pointers
     else:
         hist, count, index = ring
         L = hist.shape[1]
-    bb, bc, warps = _blocks(B, C, block_c, block_b)
-    _ce_forward_kernel[(triton.cdiv(B, bb),)](
-        logits, logits.stride(0), target, losses, row_max, row_logsum, hist, count, index,
-        B, C, ignore_index, eps,
-        L=L, HAS_RING=ring is not None, HAS_SMOOTHING=eps > 0.0, SAVE_STATS=save_stats,
-        BLOCK_B=bb, BLOCK_C=bc, num_warps=warps,
+    weight = opt.weight if opt.weight is not None else losses
+    wsum = opt.weight.sum() if opt.weight is not None and opt.eps else losses
+    sb, sp, sc, P = _layout(x)
+    bb, bc, warps = _blocks(N, C, opt.block_c, opt.block_b)
+    _ce_forward_kernel[(triton.cdiv(N, bb),)](
+        x, sb, sp, sc, P, target, weight, wsum, losses, z if z is not None else losses, row_max, row_logsum,
+        segments if segments is not None else losses, hist, count, index,
+        N, C, opt.ignore_index, opt.eps, float(opt.z_scale), float(opt.softcap or 1.0),
+        L=L, HAS_RING=ring is not None, HAS_SMOOTHING=opt.eps > 0.0, SAVE_STATS=save_stats,
+        HAS_WEIGHT=opt.weight is not None, HAS_Z=bool(opt.z_scale), HAS_SOFTCAP=opt.softcap is not None,
+        HAS_SEGMENT=segments is not None, BLOCK_B=bb, BLOCK_C=bc, num_warps=warps,
     )
-    return losses, row_max, row_logsum
+    return losses, z, row_max, row_logsum
+
+
+def _torch_rows(x, target, opt: KernelOptions):
+    """The same per-row (ce, z) from torch ops: the backward used when autograd must
+    build a graph of the gradient (create_graph=True: gradient penalties, Hessian-vector
+    products), so second-order results are F.cross_entropy's."""
+    t = target.view(x.shape[0], *x.shape[2:])
+    pos = position_losses_torch(x.float(), t, opt.weight, opt.ignore_index, opt.eps, opt.z_scale, opt.softcap)
+    return pos.ce.reshape(-1), (pos.z.reshape(-1) if pos.z is not None else None)
 
 
 class FusedCrossEntropyFunction(torch.autograd.Function):
-    """Per-row fp32 losses ``[B]``; backward recomputes the softmax from the saved
-    logits and per-row statistics (no ``[B, C]`` buffer is written in forward)."""
+    """Per-row fp32 ``(ce, z)``; backward recomputes the softmax from the saved logits
+    and per-row statistics (no ``[rows, C]`` buffer is written in forward)."""
 
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, eps, ring, block_c, block_b):
-        # ``ring`` is passed as one plain tuple so autograd does not treat the ring
-        # state (written in place by the kernel, never differentiated) as an input
-        losses, row_max, row_logsum = _forward(logits, target, ignore_index, eps, ring, True, block_c, block_b)
-        ctx.save_for_backward(logits, target, row_max, row_logsum)
-        ctx.args = (ignore_index, eps, block_c, block_b)
-        return losses
+    def forward(ctx, x, target, opt, ring, segments):
+        # ``ring`` is one plain tuple so autograd does not treat the ring state
+        # (written in place by the kernel, never differentiated) as an input
+        ce, z, row_max, row_logsum = _forward(x, target, opt, ring, segments, True)
+        ctx.save_for_backward(x, target, row_max, row_logsum)
+        ctx.opt = opt
+        if z is None:
+            z = ce.new_zeros(0)
+            ctx.mark_non_differentiable(z)
+        return ce, z
 
     @staticmethod
-    def backward(ctx, grad_losses):
-        logits, target, row_max, row_logsum = ctx.saved_tensors
-        ignore_index, eps, block_c, block_b = ctx.args
+    def backward(ctx, grad_ce, grad_z):
+        x, target, row_max, row_logsum = ctx.saved_tensors
+        opt = ctx.opt
+        none = (None,) * 4
+        if grad_ce is None:
+            grad_ce = torch.zeros_like(row_max)
+        has_z = bool(opt.z_scale) and grad_z is not None
         if torch.is_grad_enabled():
-            # create_graph=True (a gradient penalty, a Hessian-vector product): the
-            # kernel builds no graph, so the gradient is formed from torch ops instead
-            grad = cross_entropy_grad_torch(logits, target, grad_losses, ignore_index, eps)
-            return grad, None, None, None, None, None, None
-        B, C = logits.shape
-        grad = torch.empty((B, C), dtype=logits.dtype, device=logits.device)
-        if B:
-            g = grad_losses.float()
-            bb, bc, warps = _blocks(B, C, block_c, block_b)
-            _ce_backward_kernel[(triton.cdiv(B, bb),)](
-                logits, logits.stride(0), grad, target, row_max, row_logsum, g, g.stride(0),
-                B, C, ignore_index, eps, BLOCK_B=bb, BLOCK_C=bc, num_warps=warps,
+            ce, z = _torch_rows(x, target, opt)
+            outs, grads = ([ce, z], [grad_ce, grad_z]) if has_z else ([ce], [grad_ce])
+            return (torch.autograd.grad(outs, x, grads, create_graph=True)[0],) + none
+        B, C = x.shape[0], x.shape[1]
+        N = target.numel()
+        grad = torch.empty((N, C), dtype=x.dtype, device=x.device)
+        if N:
+            g = grad_ce.float().contiguous()
+            gz = grad_z.float().contiguous() if has_z else g
+            weight = opt.weight if opt.weight is not None else g
+            wsum = opt.weight.sum() if opt.weight is not None else g
+            sb, sp, sc, P = _layout(x)
+            bb, bc, warps = _blocks(N, C, opt.block_c, opt.block_b)
+            _ce_backward_kernel[(triton.cdiv(N, bb),)](
+                x, sb, sp, sc, P, grad, target, weight, wsum, row_max, row_logsum, g, gz,
+                N, C, opt.ignore_index, opt.eps, float(opt.z_scale), float(opt.softcap or 1.0),
+                HAS_WEIGHT=opt.weight is not None, HAS_Z=has_z, HAS_SOFTCAP=opt.softcap is not None,
+                BLOCK_B=bb, BLOCK_C=bc, num_warps=warps,
             )
-        return grad, None, None, None, None, None, None
+        if x.dim() > 2:
+            grad = grad.view(B, -1, C).permute(0, 2, 1)
+        return (grad,) + none
 
 
 def _check_ring(ring, B: int, device: torch.device):
@@ -232,18 +373,24 @@ def _check_ring(ring, B: int, device: torch.device):
     return hist, count.contiguous(), index.contiguous()
 
 
-def row_losses(logits, target, ignore_index: int, eps: float, ring=None, block_c=None, block_b=None) -> torch.Tensor:
-    """fp32 per-row losses ``[B]`` of ``logits`` [B, C] (unit column stride) against
-    int64 ``target`` [B], plus the optional ring write; differentiable w.r.t. the
-    logits when grad is enabled (nothing saved otherwise). Arguments are trusted:
-    :func:`fused_cross_entropy` and ``ies_fast.cross_entropy`` check them."""
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
+def position_losses(x, target, opt: KernelOptions, ring=None, segments=None):
+    """Per-row fp32 ``(ce [N], z [N] or None)`` of logits ``x`` [B, C] or [B, C, P]
+    (any strides; row ``b*P + p``) against int64 ``target`` [N]; differentiable
+    w.r.t. ``x`` when grad is enabled (nothing saved otherwise).
+
+    ``ring=(hist, count, index)`` (one row per sample) max-reduces each sample's loss
+    into ``hist[index, count[index] % L]`` in the same pass; ``segments`` (fp32
+    zeros [4, B]) receives each sample's sums of ce, divisor (w_t or 1), z and valid
+    rows: the selector's segmented mean, also in the same pass. Arguments are
+    trusted: :func:`fused_cross_entropy` and ``ies_fast.cross_entropy`` check them."""
     if ring is not None:
-        ring = _check_ring(ring, logits.shape[0], logits.device)
-    if torch.is_grad_enabled() and logits.requires_grad:
-        return FusedCrossEntropyFunction.apply(logits, target.contiguous(), ignore_index, eps, ring, block_c, block_b)
-    return _forward(logits, target.contiguous(), ignore_index, eps, ring, False, block_c, block_b)[0]
+        ring = _check_ring(ring, x.shape[0], x.device)
+    target = target.contiguous()
+    if torch.is_grad_enabled() and x.requires_grad:
+        ce, z = FusedCrossEntropyFunction.apply(x, target, opt, ring, segments)
+        return ce, (z if opt.z_scale else None)
+    ce, z, _, _ = _forward(x, target, opt, ring, segments, False)
+    return ce, z
 
 
 def fused_cross_entropy(
@@ -280,6 +427,7 @@ def fused_cross_entropy(
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     target = target.to(torch.int64)
-    losses = row_losses(logits, target, int(ignore_index), eps, ring, block_c, block_b)
+    opt = KernelOptions(int(ignore_index), eps, block_c=block_c, block_b=block_b)
+    losses = position_losses(logits, target, opt, ring)[0]
     valid = target != ignore_index
     return reduce_losses(losses, valid, reduction, sample_weight, logits.dtype)

@@ -42,21 +42,24 @@ def position_losses_torch(
     ce = F.cross_entropy(
         x, target, weight=weight, ignore_index=ignore_index, reduction="none", label_smoothing=label_smoothing
     ).reshape(B, -1)
-    probs = target.is_floating_point()
-    if probs:
-        valid = None
-        den = None
-    else:
-        t = target.reshape(B, -1)
-        ok = t != ignore_index
-        valid = ok.to(ce.dtype)
-        den = valid if weight is None else torch.where(ok, weight[torch.where(ok, t, 0)], 0.0)
+    den, valid = divisors(target, weight, ignore_index, ce.dtype) if not target.is_floating_point() else (None, None)
     z = None
     if lse_square_scale:
         z = lse_square_scale * torch.logsumexp(x, dim=1).reshape(B, -1).square()
         if valid is not None:
             z = z * valid
     return PositionLosses(ce, z, den, valid)
+
+
+def divisors(target: torch.Tensor, weight: Optional[torch.Tensor], ignore_index: int, dtype) -> tuple:
+    """``(den, valid)`` ``[B, P]`` for class-index targets: each position's share of
+    F's ``mean`` divisor (``weight[t]`` or 1; 0 when ignored) and the valid mask."""
+    t = target.reshape(target.shape[0], -1)
+    ok = t != ignore_index
+    valid = ok.to(dtype)
+    if weight is None:
+        return valid, valid
+    return torch.where(ok, weight.to(dtype)[torch.where(ok, t, 0)], 0.0), valid
 
 
 def _mean_over(values: torch.Tensor, count: Optional[torch.Tensor], dim=None) -> torch.Tensor:
@@ -74,16 +77,23 @@ def sample_losses(pos: PositionLosses) -> tuple[torch.Tensor, torch.Tensor]:
     the divisor; the z-loss term averaged over non-ignored positions). Samples with
     nothing valid (every position ignored, or zero weight) get 0 and are not recorded."""
     ce, z, den, valid = pos
-    if den is None:
-        loss = ce.mean(1)
-        recorded = torch.ones_like(loss, dtype=torch.bool)
-    else:
-        d = den.sum(1)
-        recorded = d > 0
-        loss = torch.where(recorded, ce.sum(1) / torch.where(recorded, d, 1.0), 0.0)
-    if z is not None:
-        n = valid.sum(1) if valid is not None else torch.full_like(loss, z.shape[1])
-        loss = loss + torch.where(n > 0, z.sum(1) / n.clamp(min=1), 0.0)
+    P = ce.shape[1]
+    n = valid.sum(1) if valid is not None else None
+    return sample_losses_from_sums(
+        ce.sum(1),
+        den.sum(1) if den is not None else torch.full_like(ce[:, 0], P),
+        z.sum(1) if z is not None else None,
+        n if n is not None or z is None else torch.full_like(ce[:, 0], P),
+    )
+
+
+def sample_losses_from_sums(ce_sum, den_sum, z_sum=None, n_valid=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule of :func:`sample_losses` from each sample's sums (the Triton kernel
+    accumulates them in its pass): ``ce_sum / den_sum (+ z_sum / n_valid)``."""
+    recorded = den_sum > 0
+    loss = torch.where(recorded, ce_sum / torch.where(recorded, den_sum, 1.0), 0.0)
+    if z_sum is not None:
+        loss = loss + torch.where(n_valid > 0, z_sum / n_valid.clamp(min=1), 0.0)
     return loss, recorded
 
 
@@ -108,21 +118,6 @@ def reduce_positions(
         return ce.sum() if z is None else ce.sum() + z.sum()
     out = _mean_over(ce, den)
     return out if z is None else out + _mean_over(z, valid)
-
-
-def cross_entropy_grad_torch(
-    logits: torch.Tensor, target: torch.Tensor, grad_losses: torch.Tensor, ignore_index: int, label_smoothing: float
-) -> torch.Tensor:
-    """d(per-row loss)/d(logits) times ``grad_losses``, from differentiable torch ops:
-    the backward used when autograd must build a graph of the gradient
-    (``create_graph=True``), so second-order results equal F.cross_entropy's."""
-    C = logits.shape[1]
-    active = target != ignore_index
-    p = torch.softmax(logits.float(), dim=1)
-    onehot = F.one_hot(torch.where(active, target, torch.zeros_like(target)), C).to(p.dtype)
-    grad = p - (1.0 - label_smoothing) * onehot - label_smoothing / C
-    g = torch.where(active, grad_losses.float(), torch.zeros_like(grad_losses, dtype=torch.float32))
-    return (grad * g.unsqueeze(1)).to(logits.dtype)
 
 
 def reduce_losses(
