@@ -82,16 +82,20 @@ at::Tensor close_epoch_cpu(at::Tensor hist, at::Tensor count, at::Tensor mastere
   return stats;
 }
 
-// Two passes over equal chunks: count per chunk, exclusive prefix, write.
+// Two passes over equal chunks: count per chunk, exclusive prefix, write. The
+// output is allocated after the count, with exactly `count` entries: on the CPU
+// the count is on the host anyway, and kept_indices() then needs no copy.
+constexpr int64_t kCompactTile = 512;
+
 std::tuple<at::Tensor, at::Tensor> compact_cpu(const at::Tensor& mask_in) {
   check_mask(mask_in);
   const at::Tensor mask = mask_in.reshape(-1).contiguous();
   const int64_t n = mask.numel();
-  at::Tensor out = at::empty({n}, mask.options().dtype(at::kLong));
   const bool* f = mask.data_ptr<bool>();
-  int64_t* o = out.data_ptr<int64_t>();
   const int threads = n > 65536 ? std::max(1, at::get_num_threads()) : 1;
   std::vector<int64_t> offset(threads + 1, 0);
+  at::Tensor out;
+  int64_t* o = nullptr;
   int64_t total = 0;
 #pragma omp parallel num_threads(threads)
   {
@@ -106,10 +110,24 @@ std::tuple<at::Tensor, at::Tensor> compact_cpu(const at::Tensor& mask_in) {
     {
       for (int j = 0; j < nt; ++j) offset[j + 1] += offset[j];
       total = offset[nt];
+      out = at::empty({total}, mask.options().dtype(at::kLong));
+      o = out.data_ptr<int64_t>();
     }  // implicit barrier
+    // branch-free (a random mask mispredicts a branch per element): every position
+    // goes into a small local tile, the cursor advances by the flag, the tile's
+    // kept prefix is copied out
     int64_t w = offset[t];
-    for (int64_t i = begin; i < end; ++i)
-      if (f[i]) o[w++] = i;
+    int64_t tile[kCompactTile];
+    for (int64_t i0 = begin; i0 < end; i0 += kCompactTile) {
+      const int64_t i1 = std::min(end, i0 + kCompactTile);
+      int64_t m = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        tile[m] = i;
+        m += f[i];
+      }
+      std::copy(tile, tile + m, o + w);
+      w += m;
+    }
   }
   return {out, at::scalar_tensor(total, mask.options().dtype(at::kLong))};
 }

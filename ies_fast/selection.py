@@ -128,7 +128,9 @@ class Selector:
         count once (the one device->host copy per epoch), cached until ``step()``."""
         if self._kept_list is None:
             buffer, count = self.kept_indices_padded()
-            self._kept_list = buffer[: int(count)].clone()
+            k = int(count)
+            # the native CPU op already returns exactly k entries: no copy then
+            self._kept_list = buffer if buffer.numel() == k else buffer[:k].clone()
             self._kept_cache = None  # keep only the sized list (memory: 8 bytes per kept sample)
         return self._kept_list
 
