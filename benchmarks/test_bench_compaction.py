@@ -3,7 +3,9 @@
 Variants: ``triton`` (``ies_fast.kernels.compact.compact_triton``), ``native``
 (``torch.ops.ies_fast.compact``: CUB on CUDA, C++ on CPU, where built),
 ``nonzero`` (``torch.nonzero``: sizes its output on the host, so it syncs) and
-``torch_cumsum`` (``ies_fast.ops.compact.compact_torch``, the fallback). The
+``torch_cumsum`` (``ies_fast.ops.compact.compact_torch``, the fallback), and
+``kept_indices`` (``IES.kept_indices()`` end to end on the device's default
+backend: keep mask, compaction, the sized list; it reads the count). The
 host-sync flag is measured on CUDA with ``torch.cuda.set_sync_debug_mode("error")``
 around one call; on CPU it does not apply and is recorded as ``None``.
 """
@@ -18,7 +20,7 @@ import benchutil
 from ies_fast import backend
 from ies_fast.ops.compact import compact_torch
 
-VARIANTS = ("triton", "native", "nonzero", "torch_cumsum")
+VARIANTS = ("triton", "native", "nonzero", "torch_cumsum", "kept_indices")
 SIZES = {"small": (50_000, 1_280_000), "gpu": (50_000, 1_280_000, 10_000_000)}
 KEPT = 0.6
 
@@ -42,8 +44,29 @@ def nonzero_compact(mask):
     return idx, idx.numel()
 
 
+def selector_kept_indices(n: int, dev: torch.device):
+    """``mask -> (IES.kept_indices(), count)`` for a selector whose kept mask is ``mask``
+    (set once per mask; each call rebuilds the list from the mask)."""
+    from ies_fast import IES
+
+    sel = IES(n, device=dev)
+    current = {}
+
+    def fn(mask):
+        if current.get("mask") is not mask:
+            sel.mastered.copy_(~mask)
+            current["mask"] = mask
+        sel._invalidate()
+        idx = sel.kept_indices()
+        return idx, idx.numel()
+
+    return fn
+
+
 def implementation(variant: str, dev: torch.device, n: int):
     """``(callable, None)`` or ``(None, reason to skip)``."""
+    if variant == "kept_indices":
+        return selector_kept_indices(n, dev), None
     if variant == "triton":
         if importlib.util.find_spec("ies_fast.kernels.compact") is None:
             return None, "ies_fast.kernels.compact not present yet"
