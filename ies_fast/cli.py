@@ -66,6 +66,7 @@ def _train(args) -> int:
     try:
         summary = trainer.run()
     finally:
+        trainer.release_run_lock()
         distributed.cleanup()
     if trainer.main:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))

@@ -296,13 +296,12 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     assert int(a["selector"]["mastered"].sum()) > 0  # the run did master samples
 
 
-@pytest.mark.parametrize("where", ["current", "both"])
-def test_resume_from_a_planted_file_exits_2_and_runs_nothing(tmp_path, capsys, where):
+def test_resume_from_a_planted_file_exits_2_and_runs_nothing(tmp_path, capsys):
     from ies_fast.cli import main
 
     out, marker = tmp_path / "run", tmp_path / "marker"
     out.mkdir()
-    for name in ["checkpoint.pt"] + (["checkpoint.pt.prev"] if where == "both" else []):
+    for name in ("checkpoint.pt", "checkpoint.pt.prev"):
         plant(out / name, marker, "old")
     rc = main(["train", "--dataset", "digits", "--epochs", "2", "--out", str(out), "--resume", "--no-progress",
                "--no-plot"])

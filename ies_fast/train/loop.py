@@ -11,6 +11,7 @@ same loop runs DDP: sharded kept batches, rank-0 logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -28,6 +29,7 @@ from ..stopper import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve
 from .logs import RunFiles, plot_history
+from .run_lock import RunFolderBusy, RunLock
 from .schedule import EpochSchedule
 
 #: config fields a resumed run must share with its checkpoint
@@ -114,9 +116,41 @@ def _bar(total: int, enabled: bool, **kw):
     return tqdm(total=total, disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kw)
 
 
+def _lock_run_folder(config: TrainConfig):
+    """The ``--out`` folder's :class:`~ies_fast.train.run_lock.RunLock`, taken before
+    anything reads or writes there, on the rank that writes (launch rank 0; ``None``
+    on the others, and where ``--out`` is unusable: the run's own checks report that).
+    A folder another live run holds is a :class:`RunError` naming it."""
+    out = config.out
+    if int(os.environ.get("RANK", "0")) != 0 or not out or (os.path.exists(out) and not os.path.isdir(out)):
+        return None
+    if config.resume and not os.path.isdir(out):
+        return None  # nothing to resume: reported without creating the folder
+    try:
+        return RunLock(out).acquire()
+    except RunFolderBusy as exc:
+        raise RunError(str(exc)) from None
+    except OSError:
+        return None  # not writable: reported by the run's checks
+
+
+def _holds_run_lock(init):
+    """Wrap ``Trainer.__init__``: lock ``--out`` first, and let go of it if setting up fails."""
+    @functools.wraps(init)
+    def locked_init(self, config, **kwargs):
+        self._run_lock = _lock_run_folder(config)
+        try:
+            init(self, config, **kwargs)
+        except BaseException:
+            self.release_run_lock()
+            raise
+    return locked_init
+
+
 class Trainer:
     """State of one run; :meth:`run` trains it to the end (or to an early stop)."""
 
+    @_holds_run_lock
     def __init__(self, config: TrainConfig):
         from .datasets import load_dataset
         from .models import build_model
@@ -151,6 +185,12 @@ class Trainer:
         self.net = dist_utils.wrap_model(net, self.device)
 
     # ---- checkpoints ---------------------------------------------------------------------
+    def release_run_lock(self) -> None:
+        """Let another run use ``--out`` (:func:`train` and the CLI call this when the run ends)."""
+        lock = getattr(self, "_run_lock", None)
+        if lock is not None:
+            lock.release()
+
     def _restore_or_start(self) -> None:
         path, c = self.files.checkpoint, self.config
         if not os.path.exists(path) and not os.path.exists(path + ".prev"):
@@ -374,4 +414,5 @@ def train(config: TrainConfig) -> dict:
     try:
         return trainer.run()
     finally:
+        trainer.release_run_lock()
         dist_utils.cleanup()

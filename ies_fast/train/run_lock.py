@@ -1,0 +1,91 @@
+"""One run per ``--out`` folder: an exclusive ``flock`` on ``OUT/run.lock`` held for the
+run's lifetime.
+
+The kernel drops an ``flock`` when its process dies, so a lock left by a killed run
+never blocks the next one (its ``run.lock`` file may remain; it is simply locked
+again). A finished run removes the file while still holding the lock; a process that
+opened the old file in that moment notices the file it locked is no longer the one at
+the path and tries again, so two runs never both hold the lock.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking
+    fcntl = None
+
+FILENAME = "run.lock"
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+class RunLock:
+    """``RunLock(out).acquire()`` or ``with RunLock(out): ...``; :meth:`release` at the end."""
+
+    def __init__(self, out: str):
+        self.out = os.fspath(out)
+        self.path = os.path.join(self.out, FILENAME)
+        self._fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock (creating ``out`` if needed) or raise :class:`RunFolderBusy`
+        naming the folder and the holder's pid."""
+        if self._fd is not None or fcntl is None:
+            return self
+        os.makedirs(self.out, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunFolderBusy(f"--out {self.out} is in use by another run (pid {holder} holds {self.path}): "
+                                    f"wait for it to end or choose another --out") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._is_current(fd):
+                break
+            os.close(fd)  # the holder removed the file between our open and our lock: again
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def release(self) -> None:
+        """Remove the lock file (still locked, so nobody else holds this one) and unlock."""
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self):
+        self.release()
