@@ -23,15 +23,15 @@ SCORE_POLICIES = ("every", "backoff")
 #: the paper's settings (Appendix B; official cifar_main.py) and small-data defaults
 RECIPES = {
     "cifar10": dict(model="resnet18", epochs=200, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                    lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.05),
+                    lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0),
     "cifar100": dict(model="resnet34", epochs=200, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                     lr_schedule="exp", delta=2e-3, anneal=0.0, min_kept=0.05),
+                     lr_schedule="exp", delta=2e-3, anneal=0.0, min_kept=0.0),
     "imagenet": dict(model="resnet101", epochs=150, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                     lr_schedule="exp", delta=1.0, anneal=0.1, loader="dali", image_size=224, min_kept=0.05),
+                     lr_schedule="exp", delta=1.0, anneal=0.1, loader="dali", image_size=224, min_kept=0.0),
     "synthetic": dict(model="resnet18", epochs=10, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
-                      lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.05),
+                      lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0),
     "digits": dict(model="mlp", epochs=60, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=0.0,
-                   lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.05),
+                   lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.0),
     "mnist1d": dict(model="cnn1d", epochs=60, batch_size=100, optimizer="sgd", lr=0.05, weight_decay=0.0,
                     lr_schedule="constant", delta=1e-3, anneal=0.0, min_kept=0.05),
 }
