@@ -28,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--delta", type=float, default=2e-4, help="IES threshold δ for the IES arm")
     demo.add_argument("--plot", default="ies_demo.png", help="PNG path ('' for none)")
     train = sub.add_parser("train", help="train one model with a sample selector (the paper's recipes by default)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=arguments.HelpFormatter, epilog=arguments.recipes_epilog())
     arguments.add_arguments(train)
-    compare = sub.add_parser("compare", help="IES, InfoBatch, random removal and the baseline on the same data and seeds")
+    compare = sub.add_parser("compare", help="IES, InfoBatch, random removal and the baseline on the same data and seeds",
+                             formatter_class=arguments.HelpFormatter)
     arguments.add_arguments(compare, for_compare=True)
     _compare.add_arguments(compare)
     sub.add_parser("info", help="print ies_fast.backend_info() as JSON")
@@ -53,18 +54,29 @@ def _setup_errors():
     return SETUP_ERRORS + (RunError, CheckpointError)
 
 
-def _train(args) -> int:
-    from .train.arguments import config_from_args
-    from .train.loop import Trainer
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _train(args, argv) -> int:
+    from .train.arguments import config_from_args, given_options
+    from .train.config import resolve
+    from .train.loop import RunError, Trainer
 
     try:
-        trainer = Trainer(config_from_args(args))
+        config = config_from_args(args)
+        if args.print_config:
+            print(json.dumps(resolve(config).to_dict(), indent=2))
+            return 0
+        trainer = Trainer(config, given=given_options(argv))
     except _setup_errors() as exc:
-        return _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return _error(_first_line(exc))
     from . import distributed
 
     try:
         summary = trainer.run()
+    except RunError as exc:  # e.g. a full disk: the message names the folder and the bytes needed
+        return _error(_first_line(exc))
     finally:
         trainer.release_run_lock()
         distributed.cleanup()
@@ -86,21 +98,31 @@ def _compare(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "info":
-        from . import backend_info
+def _info(args, argv) -> int:
+    from . import backend_info
 
-        print(json.dumps(backend_info(), indent=2))
-        return 0
-    if args.delta is not None and args.delta < 0:
+    print(json.dumps(backend_info(), indent=2))
+    return 0
+
+
+def _demo(args, argv) -> int:
+    if args.delta < 0:
         return _error("--delta must be >= 0")
-    if args.command in ("train", "compare"):
-        return _train(args) if args.command == "train" else _compare(args)
     from .demo import DemoConfig, main as demo_main
 
     demo_main(DemoConfig(epochs=args.epochs, delta=args.delta, seeds=tuple(range(args.seeds))), plot_path=args.plot)
     return 0
+
+
+#: subcommand -> handler(args, argv) returning the exit status (a new subcommand: its parser
+#: in build_parser, its handler here)
+COMMANDS = {"demo": _demo, "train": _train, "compare": lambda args, argv: _compare(args), "info": _info}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args, argv)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_torchrun_ddp_train_then_resume_on_one_process(tmp_path, loader):
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])  # printed once, by rank 0
     assert proc.stdout.count('"world_size"') == 1 and summary["world_size"] == 2
     rows = read_rows(tmp_path / "log.jsonl")
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     # every rank checked the selector fingerprints each epoch (the run would have failed otherwise);
     # removal happened, and 2 ranks padded to equal shards
     assert rows[-1]["backward_saved"] > 0
@@ -89,7 +89,7 @@ def test_torchrun_ddp_train_then_resume_on_one_process(tmp_path, loader):
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     after = read_rows(tmp_path / "log.jsonl")
-    assert [r["epoch"] for r in after] == list(range(6)) and after[:4] == rows
+    assert [r["epoch"] for r in after] == list(range(1, 7)) and after[:4] == rows
     assert json.loads(resumed.stdout)["world_size"] == 1
 
 
@@ -104,3 +104,70 @@ def test_imagenet_folder_errors(capsys, tmp_path):
         _one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", data, "--loader", "torch",
                                  "--model", "mlp", "--image-size", "32", "--out", str(tmp_path / "o")],
                         "torchvision", "--loader dali")
+
+
+TINY = ["train", "--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4", "--model", "mlp",
+        "--no-plot"]
+
+
+def test_resume_rule_end_to_end(capsys, tmp_path):
+    """One rule: flags left out keep the run's values, run-defining flags that differ
+    are refused (all named at once), changeable ones apply, config.json records
+    what the run uses."""
+    out = str(tmp_path)
+    assert main([*TINY, "--epochs", "3", "--lr", "0.07", "--batch-size", "16", "--stop-after", "1", "--out", out,
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["train", "--out", out, "--resume", "--lr", "0.1", "--batch-size", "8",
+                                   "--momentum", "0.5", "--score-every", "2", "--lr-gamma", "0.5"],
+                          "--lr 0.07 (now 0.1)", "--batch-size 16 (now 8)", "--momentum", "--score-every", "--lr-gamma")
+    assert "--dataset" not in err  # left out: taken from the run, not the default digits
+    assert main(["train", "--out", out, "--resume", "--workers", "2", "--stop-after", "2", "--no-progress"]) == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["dataset"], config["lr"], config["batch_size"], config["workers"], config["stop_after"]) == (
+        "synthetic", 0.07, 16, 2, 2)
+    assert [r["epoch"] for r in read_rows(tmp_path / "log.jsonl")] == [1, 2]
+    assert [r["lr"] for r in read_rows(tmp_path / "log.jsonl")] == pytest.approx([0.07, 0.07 * 0.96])  # exp recipe
+
+
+def test_epochs_count_from_one_everywhere_and_warm_up_is_shown(capsys, tmp_path):
+    """Console, log.jsonl, log.csv and summary.json all say epoch 1..E; while IES
+    cannot remove anything yet (order + window epochs) the console says so."""
+    assert main([*TINY, "--epochs", "3", "--order", "1", "--window", "1", "--batch-size", "16",
+                 "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # stdout holds the summary alone; epoch lines go to stderr
+    lines = [l for l in captured.err.replace("\r", "\n").splitlines() if l.startswith("epoch ") and "/3 " in l]
+    assert [l.split()[1] for l in lines] == ["1/3", "2/3", "3/3"], captured.err
+    assert "warming up: nothing removed before epoch 3" in lines[0] and "warming up" not in lines[1] + lines[2]
+    rows = read_rows(tmp_path / "log.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and summary["epochs_run"] == 3
+    assert (tmp_path / "log.csv").read_text().splitlines()[1].startswith("1,")
+    assert [r["epoch"] for r in json.loads((tmp_path / "summary.json").read_text())["history"]] == [1, 2, 3]
+
+
+def test_help_shows_defaults_once_and_the_recipes(capsys):
+    from ies_fast.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+    flat = " ".join(text[text.index("\ndata:"):].split())  # the flag descriptions, past the usage lines
+    for flag in ("--epochs EPOCHS epochs", "--optimizer {sgd,adam,adamw} optimizer", "--momentum MOMENTUM SGD",
+                 "--weight-decay WEIGHT_DECAY L2", "--patience PATIENCE --early-stop", "--seed SEED seeds",
+                 "--dist-timeout SECONDS", "--print-config"):
+        assert flag in flat, flag
+    for start, end in (("--loader {", "--workers"), ("--model MODEL", "--optimizer"), ("--device DEVICE", "--deterministic")):
+        own_help = flat[flat.index(start):flat.index(end, flat.index(start))]
+        assert own_help.count("default") == 1, own_help
+    recipes = text[text.index("recipes ("):]
+    digits = next(l.split() for l in recipes.splitlines() if l.strip().startswith("digits "))
+    assert digits == ["digits", "mlp", "60", "64", "sgd", "0.05", "0.0", "constant", "0.0002", "0.0"]
+
+
+def test_print_config_shows_the_recipe_before_a_run(capsys, tmp_path):
+    out = tmp_path / "never"
+    assert main(["train", "--dataset", "digits", "--out", str(out), "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert (config["lr"], config["batch_size"], config["delta"], config["lr_schedule"], config["epochs"]) == (
+        0.05, 64, 2e-4, "constant", 60)
+    assert not out.exists()

@@ -31,7 +31,7 @@ def test_digits_run_writes_logs_summary_plot_and_checkpoint(tmp_path):
     out = tmp_path / "run"
     summary = train(TrainConfig(dataset="digits", epochs=12, out=str(out), progress=False))
     rows = read_rows(out / "log.jsonl")
-    assert [r["epoch"] for r in rows] == list(range(12)) and rows == summary["history"]
+    assert [r["epoch"] for r in rows] == list(range(1, 13)) and rows == summary["history"]  # counted from 1
     with open(out / "log.csv") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == COLUMNS and len(list(reader)) == 12
@@ -54,7 +54,7 @@ def test_lr_moves_one_epoch_per_epoch_however_many_samples_are_kept(tmp_path):
     kept = [r["kept"] for r in s["history"]]
     assert min(kept) < kept[0]  # epochs did shrink
     for r in s["history"]:
-        assert r["lr"] == pytest.approx(0.05 * 0.8 ** r["epoch"])
+        assert r["lr"] == pytest.approx(0.05 * 0.8 ** (r["epoch"] - 1))  # epochs count from 1
 
 
 def test_cifar10_folder_with_the_recipe_model(tmp_path):

@@ -66,7 +66,7 @@ def plot_history(rows: list, path: str, title: str = "") -> str:
 
     from ..plots import excluded_panel, seed_band
 
-    epochs = [r["epoch"] + 1 for r in rows]
+    epochs = [r["epoch"] for r in rows]  # counted from 1, as on the console
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
     seed_band(top, epochs, [[100 * r["test_acc"] for r in rows]], color="C0")
     top.set_ylabel("test accuracy (%)")

@@ -11,11 +11,13 @@ same loop runs DDP: sharded kept batches, rank-0 logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import os
 import random
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -27,15 +29,10 @@ from ..checkpoint_io import load_checkpoint, save_checkpoint
 from ..scoring import score
 from ..stopper import PatienceStopper, all_mastered
 from .batches import make_batches
-from .config import TrainConfig, resolve
+from .config import TrainConfig, resolve, resumed_config
 from .logs import RunFiles, plot_history
 from .run_lock import RunFolderBusy, RunLock
 from .schedule import EpochSchedule
-
-#: config fields a resumed run must share with its checkpoint
-RESUME_KEYS = ("dataset", "model", "selector", "epochs", "delta", "order", "window", "anneal", "lr_schedule",
-               "optimizer", "prune_ratio", "random_ratio", "synthetic_size", "synthetic_classes", "image_size", "seed")
-
 
 class RunError(RuntimeError):
     """A run cannot start or resume as asked (message fit for a one-line CLI error)."""
@@ -105,9 +102,52 @@ def _parse_device(text: str) -> torch.device:
         device = torch.device(text)
     except (RuntimeError, ValueError):
         raise RunError(f"--device must name a torch device (cpu, cuda, cuda:1, ...); got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"--device {text}: the training loop runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"--device {text}: no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RunError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
+
+
+def _check_backend(requested: str, device: torch.device) -> None:
+    from ..backend import resolve as resolve_backend
+
+    try:
+        resolve_backend(requested, device)
+    except RuntimeError as exc:
+        raise RunError(f"--backend {requested} cannot run on {device}: {exc}") from None
+
+
+def _check_out(out: str) -> None:
+    """Fail before any work if ``--out`` is a file or cannot be written."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--out {out} is a file; it must name a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise RunError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+
+
+def _state_nbytes(obj) -> int:
+    """Bytes of the tensors in a nested state (what a checkpoint of it needs, roughly)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_nbytes(v) for v in obj)
+    return 0
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, or torch.save's zip writer failing mid-file (how a full disk shows up there)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "file write failed" in str(exc))
 
 
 def _bar(total: int, enabled: bool, **kw):
@@ -151,17 +191,28 @@ class Trainer:
     """State of one run; :meth:`run` trains it to the end (or to an early stop)."""
 
     @_holds_run_lock
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, *, given=None):
+        """``given``: the options the user set (``None``: all); on ``--resume`` the
+        others come from the checkpoint (see :func:`~ies_fast.train.config.resumed_config`)."""
         from .datasets import load_dataset
         from .models import build_model
 
+        resume_state = self._read_resume_state(config)
+        if resume_state is not None:
+            try:
+                config = resumed_config(resume_state["config"], config, given)
+            except ValueError as exc:
+                raise RunError(f"cannot resume {config.out}: {exc}") from None
         self.config = c = resolve(config)
-        self.device = dist_utils.init_from_env()
+        self.device = dist_utils.init_from_env(timeout_s=c.dist_timeout)
         if c.device and dist_utils.get_world_size() == 1:
             self.device = _parse_device(c.device)
+        _check_backend(c.backend, self.device)
         self.world, self.rank = dist_utils.get_world_size(), dist_utils.get_rank()
         self.main = dist_utils.is_main_process()
         self.files = RunFiles(c.out)
+        if self.main:
+            _check_out(c.out)
         _seed_everything(c.seed, c.deterministic)
         self.data = load_dataset(c.dataset, c.data_dir, seed=c.seed, synthetic_size=c.synthetic_size,
                                  synthetic_classes=c.synthetic_classes, image_size=c.image_size)
@@ -180,7 +231,8 @@ class Trainer:
         self.history: list = []
         self.start_epoch = 0
         self.stopped = False
-        self._restore_or_start()
+        if resume_state is not None:
+            self._restore(resume_state)
         net = torch.compile(self.model) if c.compile else self.model
         self.net = dist_utils.wrap_model(net, self.device)
 
@@ -191,21 +243,24 @@ class Trainer:
         if lock is not None:
             lock.release()
 
-    def _restore_or_start(self) -> None:
-        path, c = self.files.checkpoint, self.config
-        if not os.path.exists(path) and not os.path.exists(path + ".prev"):
-            if c.resume and self.main:
-                print(f"ies-fast: no checkpoint in {c.out}: starting from epoch 1", file=sys.stderr)
-            return
-        if not c.resume:
-            raise RunError(f"{c.out} already holds a checkpoint: pass --resume to continue that run, "
-                           f"or choose another --out")
-        state = load_checkpoint(path, fallback=True, map_location="cpu")
-        saved = state["config"]
-        diff = [k for k in RESUME_KEYS if saved.get(k) != getattr(c, k)]
-        if diff:
-            got = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(c, k)!r})" for k in diff)
-            raise RunError(f"cannot resume {path}: it was written with {got}")
+    @staticmethod
+    def _read_resume_state(config: TrainConfig):
+        """The checkpoint ``--resume`` continues (``None`` for a fresh run). A folder
+        holding a checkpoint needs ``--resume``; ``--resume`` needs a checkpoint."""
+        path = RunFiles(config.out).checkpoint
+        found = os.path.exists(path) or os.path.exists(path + ".prev")
+        if not config.resume:
+            if found:
+                raise RunError(f"{config.out} already holds a checkpoint: pass --resume to continue that run, "
+                               f"or choose another --out")
+            return None
+        if not found:
+            what = "does not exist" if not os.path.exists(config.out) else "holds no checkpoint.pt"
+            raise RunError(f"--resume: {config.out} {what}; leave out --resume to start a new run there")
+        return load_checkpoint(path, fallback=True, map_location="cpu")
+
+    def _restore(self, state: dict) -> None:
+        path = self.files.checkpoint
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -236,6 +291,28 @@ class Trainer:
             "world_size": self.world,
         }
         save_checkpoint(state, self.files.checkpoint)
+
+    def _save_epoch(self, epoch: int) -> None:
+        """Checkpoint and logs after ``epoch``; a full disk is a :class:`RunError`
+        naming the folder and the bytes the checkpoint needs."""
+        try:
+            self._checkpoint(epoch)
+            self.files.write_rows(self.history)
+        except (OSError, RuntimeError) as exc:
+            if not _is_disk_full(exc):
+                raise
+            need = _state_nbytes([self.model.state_dict(), self.optimizer.state_dict(), self.selector.state_dict()])
+            raise RunError(f"--out {self.config.out}: no space left on the device after epoch {epoch + 1}: the "
+                           f"checkpoint needs about {need / 2**20:.1f} MiB ({need} bytes) free "
+                           f"(the last complete checkpoint is kept)") from None
+
+    def _warmup_note(self, epochs_done: int) -> dict:
+        """``{"warming_up": ...}`` while IES cannot remove anything yet: a sample
+        needs ``history_length`` (order + window) losses before its first test."""
+        need = getattr(self.selector, "history_length", 0) if self.config.selector == "ies" else 0
+        if epochs_done >= need:
+            return {}
+        return {"warming_up": f"nothing removed before epoch {need + 1}"}
 
     # ---- one epoch ---------------------------------------------------------------------------
     def _anneal_epochs(self) -> int:
@@ -310,7 +387,7 @@ class Trainer:
         self._warn_if_kept_below_batch(epoch, kept)
         lr = self.schedule.get_last_lr()[0]
         bar = _bar(len(self.batches), progress, desc=f"epoch {epoch + 1}", leave=False, position=1)
-        bar.set_postfix(kept=f"{kept / self.num_samples:.1%}")
+        bar.set_postfix(kept=f"{kept / self.num_samples:.1%}", **self._warmup_note(epoch))
         t0 = time.perf_counter()
         row = self._train_epoch(epoch, bar)
         bar.close()
@@ -327,7 +404,7 @@ class Trainer:
         if self.world > 1:
             dist_utils.assert_selector_in_sync(sel)
         row = {
-            "epoch": epoch, "lr": lr, "num_samples": self.num_samples, **row,
+            "epoch": epoch + 1, "lr": lr, "num_samples": self.num_samples, **row,
             "kept": kept, "kept_fraction": kept / self.num_samples,
             "mastered": stats.get("mastered", stats.get("removed", 0)),
             "reincluded": stats.get("reincluded", 0), "scored": stats["scored_total"],
@@ -360,11 +437,11 @@ class Trainer:
             self.history.append(row)
             self.stopped = self._should_stop(row)
             if self.main:
-                self._checkpoint(epoch)
-                self.files.write_rows(self.history)
+                self._save_epoch(epoch)
                 epochs.set_postfix(test_acc=f"{row['test_acc']:.2%}", kept=f"{row['kept_fraction']:.1%}",
-                                   saved=f"{row['backward_saved_fraction']:.1%}")
-                epochs.write(_epoch_line(row, c.epochs)) if progress else None
+                                   saved=f"{row['backward_saved_fraction']:.1%}", **self._warmup_note(epoch + 1))
+                if progress:  # on stderr with the bars: stdout carries the summary JSON only
+                    epochs.write(_epoch_line(row, c.epochs, self._warmup_note(epoch + 1)), file=sys.stderr)
             epochs.update(1)
             dist_utils.barrier()  # no rank runs ahead of the checkpoint
         epochs.close()
@@ -400,17 +477,18 @@ class Trainer:
         }
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
-    return (f"epoch {row['epoch'] + 1}/{epochs}  loss {row['train_loss']:.4f}  test {100 * row['test_acc']:.2f}%  "
+def _epoch_line(row: dict, epochs: int, note: dict) -> str:
+    return (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  test {100 * row['test_acc']:.2f}%  "
             f"kept {100 * row['kept_fraction']:.1f}%  saved {100 * row['backward_saved_fraction']:.1f}%  "
-            f"train {row['time_train_s']:.1f}s score {row['time_score_s']:.1f}s eval {row['time_eval_s']:.1f}s")
+            f"train {row['time_train_s']:.1f}s score {row['time_score_s']:.1f}s eval {row['time_eval_s']:.1f}s"
+            + "".join(f"  ({k.replace('_', ' ')}: {v})" for k, v in note.items()))
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, *, given=None) -> dict:
     """Run ``config`` (resuming from ``config.out`` with ``config.resume``) and return
     the summary: ``test_acc``, ``backward_saved_fraction``, ``wall_time_s``, the
     per-epoch ``history`` and more (also written to ``OUT/summary.json``)."""
-    trainer = Trainer(config)
+    trainer = Trainer(config, given=given)
     try:
         return trainer.run()
     finally:
