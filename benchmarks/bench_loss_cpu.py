@@ -5,9 +5,9 @@
 For B=256 rows and C in (10, 1000) classes, times forward and forward+backward of
 ``F.cross_entropy`` (no selector: the floor), ``ies_fast.cross_entropy(..., selector)``
 and the hand-written route (``F.cross_entropy(reduction="none")``, ``sel.observe``,
-``.mean()``). The alternatives are interleaved round by round; each figure is the
-median over rounds of the mean µs per call; ratios are against F.cross_entropy
-from the same rounds. Prints a Markdown table (docs/benchmarks.md, "CPU loss").
+``.mean()``). The alternatives take turns call by call; each figure is the median
+single-call time; ratios are against F.cross_entropy
+from the same run. Prints a Markdown table (docs/benchmarks.md, "CPU loss").
 """
 from __future__ import annotations
 
@@ -41,27 +41,31 @@ def _cases(B: int, C: int, gen: torch.Generator):
     return logits, {"F.cross_entropy": torch_loss, "ies_fast.cross_entropy": ies_loss, "by hand": by_hand}
 
 
-def _time(fn, calls: int, backward: bool, logits) -> float:
+def _time(fn, backward: bool, logits) -> float:
+    """µs of one call (and its backward)."""
     start = time.perf_counter()
-    for _ in range(calls):
-        out = fn()
-        if backward:
-            out.backward()
-            logits.grad = None
-    return (time.perf_counter() - start) / calls * 1e6
+    out = fn()
+    if backward:
+        out.backward()
+        logits.grad = None
+    return (time.perf_counter() - start) * 1e6
 
 
 def measure(B: int, C: int, rounds: int, calls: int) -> dict:
-    """{(alternative, 'fwd'|'fwd+bwd'): median µs per call}."""
+    """{(alternative, 'fwd'|'fwd+bwd'): median µs per call}. The alternatives take
+    turns call by call, so a burst of load from other processes hits them alike;
+    the median over ``rounds * calls`` single-call times discards the bursts."""
     logits, fns = _cases(B, C, torch.Generator().manual_seed(C))
     samples: dict = {}
     for backward in (False, True):
         for fn in fns.values():  # warm-up
-            _time(fn, 10, backward, logits)
-        for _ in range(rounds):
-            for name, fn in fns.items():
+            for _ in range(10):
+                _time(fn, backward, logits)
+        items = list(fns.items())
+        for i in range(rounds * calls):
+            for name, fn in items[i % 3:] + items[: i % 3]:  # each goes first, second, third in turn
                 key = (name, "fwd+bwd" if backward else "fwd")
-                samples.setdefault(key, []).append(_time(fn, calls, backward, logits))
+                samples.setdefault(key, []).append(_time(fn, backward, logits))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -73,7 +77,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=256)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"B={args.batch}, {args.threads} thread(s), median of {args.rounds} rounds x {args.calls} calls, µs per call")
+    print(f"B={args.batch}, {args.threads} thread(s), median of {args.rounds * args.calls} calls each, interleaved, µs per call")
     print("| C | pass | F.cross_entropy | ies_fast.cross_entropy (ratio) | by hand (ratio) |")
     print("|---|---|---|---|---|")
     for C in (10, 1000):
