@@ -60,12 +60,14 @@ def _first_line(exc: BaseException) -> str:
 
 def _train(args, argv) -> int:
     from .train.arguments import config_from_args, given_options
-    from .train.config import resolve
+    from .train.config import resolve, resumed_config
     from .train.loop import RunError, Trainer
 
     try:
         config = config_from_args(args)
-        if args.print_config:
+        if args.print_config:  # with --resume: what the resumed run would use
+            if config.resume:
+                config = resumed_config(Trainer.read_resume_state(config)["config"], config, given_options(argv))
             print(json.dumps(resolve(config).to_dict(), indent=2))
             return 0
         trainer = Trainer(config, given=given_options(argv))

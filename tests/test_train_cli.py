@@ -122,6 +122,8 @@ def test_resume_rule_end_to_end(capsys, tmp_path):
                                    "--momentum", "0.5", "--score-every", "2", "--lr-gamma", "0.5"],
                           "--lr 0.07 (now 0.1)", "--batch-size 16 (now 8)", "--momentum", "--score-every", "--lr-gamma")
     assert "--dataset" not in err  # left out: taken from the run, not the default digits
+    assert main(["train", "--out", out, "--resume", "--print-config"]) == 0  # what the resumed run would use
+    assert json.loads(capsys.readouterr().out)["lr"] == 0.07
     assert main(["train", "--out", out, "--resume", "--workers", "2", "--stop-after", "2", "--no-progress"]) == 0
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["dataset"], config["lr"], config["batch_size"], config["workers"], config["stop_after"]) == (

@@ -197,7 +197,7 @@ class Trainer:
         from .datasets import load_dataset
         from .models import build_model
 
-        resume_state = self._read_resume_state(config)
+        resume_state = self.read_resume_state(config)
         if resume_state is not None:
             try:
                 config = resumed_config(resume_state["config"], config, given)
@@ -244,7 +244,7 @@ class Trainer:
             lock.release()
 
     @staticmethod
-    def _read_resume_state(config: TrainConfig):
+    def read_resume_state(config: TrainConfig):
         """The checkpoint ``--resume`` continues (``None`` for a fresh run). A folder
         holding a checkpoint needs ``--resume``; ``--resume`` needs a checkpoint."""
         path = RunFiles(config.out).checkpoint
