@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     arguments.add_arguments(compare, for_compare=True)
     _compare.add_arguments(compare)
     sub.add_parser("info", help="print ies_fast.backend_info() as JSON")
+    from . import bench as _bench_mod
+
+    _bench_mod.add_arguments(sub.add_parser("bench", help="run the benchmark suite (GPU sizes on CUDA, small on CPU); "
+                                            "writes bench.json, bench.md"))
     return parser
 
 
@@ -107,6 +111,15 @@ def _info(args, argv) -> int:
     return 0
 
 
+def _bench(args, argv) -> int:
+    from .bench import BenchError, run
+
+    try:
+        return run(args)
+    except BenchError as exc:
+        return _error(str(exc))
+
+
 def _demo(args, argv) -> int:
     if args.delta < 0:
         return _error("--delta must be >= 0")
@@ -118,7 +131,7 @@ def _demo(args, argv) -> int:
 
 #: subcommand -> handler(args, argv) returning the exit status (a new subcommand: its parser
 #: in build_parser, its handler here)
-COMMANDS = {"demo": _demo, "train": _train, "compare": lambda args, argv: _compare(args), "info": _info}
+COMMANDS = {"demo": _demo, "train": _train, "compare": lambda args, argv: _compare(args), "info": _info, "bench": _bench}
 
 
 def main(argv=None) -> int:
