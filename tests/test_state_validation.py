@@ -101,7 +101,7 @@ IES_BAD = [
     ("count", lambda t: with_value(t, 2 * L_IES)), ("count", lambda t: t.long()),
     ("mastered", lambda t: t.float()), ("totals", lambda t: with_value(t, -1)), ("last", lambda t: with_value(t, -5)),
     ("order", 2), ("window", 3), ("num_samples", 41), ("k", 2), ("eligibility", "official"),
-    ("kind", "InfoBatch"), ("version", 99), ("replay", lambda t: t[:5]),
+    ("kind", "InfoBatch"), ("version", 99), ("replay", torch.zeros(7, dtype=torch.bool)),
 ]
 CASES = {
     "IES": (make_ies, IES_BAD, {"k", "eligibility", "replay", "scoring_schedule"}),
