@@ -93,6 +93,17 @@ def test_torchrun_ddp_train_then_resume_on_one_process(tmp_path, loader):
     assert json.loads(resumed.stdout)["world_size"] == 1
 
 
+def test_dist_timeout_ends_the_wait_for_a_frozen_rank():
+    """Under torchrun with gloo, rank 1 freezes for 300 s; rank 0's all_reduce fails
+    after --dist-timeout's value (3 s) instead of gloo's default 600 s."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", os.path.join(ROOT, "tests", "dist_timeout_worker.py"), "3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert "TIMED OUT" in proc.stdout and "Timed out" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert proc.returncode != 0
+
+
 def test_imagenet_folder_errors(capsys, tmp_path):
     from ies_fast.train.models import import_torchvision
     from train_fixtures import write_image_folder
