@@ -9,18 +9,10 @@ import pytest
 import ies_fast.train.loop as loop
 from ies_fast.cli import main
 
+from cli_helpers import one_line_error
+
 TINY = ["train", "--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4", "--model", "mlp",
         "--batch-size", "16", "--epochs", "2", "--no-progress", "--no-plot"]
-
-
-def one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_resume_on_a_missing_folder_is_an_error_not_a_fresh_run(capsys, tmp_path):

@@ -12,24 +12,15 @@ import pytest
 from ies_fast.cli import main
 from ies_fast.train.logs import read_rows
 
+from cli_helpers import one_line_error
 from train_fixtures import has_dali
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def test_missing_cifar_data_dir(capsys, tmp_path):
-    _one_line_error(capsys, ["train", "--dataset", "cifar10", "--out", str(tmp_path)], "--data-dir")
-    _one_line_error(capsys, ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"),
+    one_line_error(capsys, ["train", "--dataset", "cifar10", "--out", str(tmp_path)], "--data-dir")
+    one_line_error(capsys, ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"),
                              "--out", str(tmp_path)], "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar.html")
 
 
@@ -43,7 +34,7 @@ def test_missing_cifar_data_dir(capsys, tmp_path):
     (["--device", "toaster"], "--device"),
 ])
 def test_bad_values(capsys, tmp_path, argv, needle):
-    _one_line_error(capsys, ["train", "--dataset", "digits", "--out", str(tmp_path), *argv], needle)
+    one_line_error(capsys, ["train", "--dataset", "digits", "--out", str(tmp_path), *argv], needle)
 
 
 @pytest.mark.parametrize("argv", [["train", "--dataset", "svhn"], ["train", "--epochs", "x"], ["train", "--nope"]])
@@ -58,7 +49,7 @@ def test_existing_run_needs_resume(capsys, tmp_path):
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["epochs_run"] == 1 and "history" not in printed
-    _one_line_error(capsys, argv, "--resume")
+    one_line_error(capsys, argv, "--resume")
 
 
 def _free_port() -> int:
@@ -108,11 +99,11 @@ def test_imagenet_folder_errors(capsys, tmp_path):
     from ies_fast.train.models import import_torchvision
     from train_fixtures import write_image_folder
 
-    _one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "none"),
+    one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "none"),
                              "--out", str(tmp_path / "o")], "train/<class>", "val/<class>")
     if import_torchvision()[0] is None:
         data = write_image_folder(tmp_path / "imnet")
-        _one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", data, "--loader", "torch",
+        one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", data, "--loader", "torch",
                                  "--model", "mlp", "--image-size", "32", "--out", str(tmp_path / "o")],
                         "torchvision", "--loader dali")
 
@@ -129,7 +120,7 @@ def test_resume_rule_end_to_end(capsys, tmp_path):
     assert main([*TINY, "--epochs", "3", "--lr", "0.07", "--batch-size", "16", "--stop-after", "1", "--out", out,
                  "--no-progress"]) == 0
     capsys.readouterr()
-    err = _one_line_error(capsys, ["train", "--out", out, "--resume", "--lr", "0.1", "--batch-size", "8",
+    err = one_line_error(capsys, ["train", "--out", out, "--resume", "--lr", "0.1", "--batch-size", "8",
                                    "--momentum", "0.5", "--score-every", "2", "--lr-gamma", "0.5"],
                           "--lr 0.07 (now 0.1)", "--batch-size 16 (now 8)", "--momentum", "--score-every", "--lr-gamma")
     assert "--dataset" not in err  # left out: taken from the run, not the default digits
