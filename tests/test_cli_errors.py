@@ -95,6 +95,16 @@ def test_full_disk_names_the_folder_and_the_bytes(capsys, tmp_path, monkeypatch,
     assert "after epoch 1" in err
 
 
+def test_full_disk_when_writing_config_json(capsys, tmp_path, monkeypatch):
+    from ies_fast.train.logs import RunFiles
+
+    def full(self, path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RunFiles, "write_json", full)
+    one_line_error(capsys, [*TINY, "--out", str(tmp_path)], "no space left", "at the start", "bytes")
+
+
 def test_other_write_errors_are_not_reported_as_a_full_disk(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("something else")

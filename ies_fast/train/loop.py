@@ -292,19 +292,24 @@ class Trainer:
         }
         save_checkpoint(state, self.files.checkpoint)
 
-    def _save_epoch(self, epoch: int) -> None:
-        """Checkpoint and logs after ``epoch``; a full disk is a :class:`RunError`
-        naming the folder and the bytes the checkpoint needs."""
+    @contextlib.contextmanager
+    def _disk_full_is_run_error(self, when: str):
+        """Writes to ``--out`` ``when`` (e.g. "after epoch 3"); a full disk becomes a
+        :class:`RunError` naming the folder and the bytes a checkpoint needs."""
         try:
-            self._checkpoint(epoch)
-            self.files.write_rows(self.history)
+            yield
         except (OSError, RuntimeError) as exc:
             if not _is_disk_full(exc):
                 raise
             need = _state_nbytes([self.model.state_dict(), self.optimizer.state_dict(), self.selector.state_dict()])
-            raise RunError(f"--out {self.config.out}: no space left on the device after epoch {epoch + 1}: the "
-                           f"checkpoint needs about {need / 2**20:.1f} MiB ({need} bytes) free "
-                           f"(the last complete checkpoint is kept)") from None
+            raise RunError(f"--out {self.config.out}: no space left on the device {when}: a checkpoint needs about "
+                           f"{need / 2**20:.1f} MiB ({need} bytes) free (the last complete checkpoint is kept)") from None
+
+    def _save_epoch(self, epoch: int) -> None:
+        """Checkpoint and logs after ``epoch``."""
+        with self._disk_full_is_run_error(f"after epoch {epoch + 1}"):
+            self._checkpoint(epoch)
+            self.files.write_rows(self.history)
 
     def _warmup_note(self, epochs_done: int) -> dict:
         """``{"warming_up": ...}`` while IES cannot remove anything yet: a sample
@@ -426,7 +431,8 @@ class Trainer:
     def run(self) -> dict:
         c = self.config
         if self.main:
-            self.files.write_json(self.files.config, c.to_dict())
+            with self._disk_full_is_run_error("at the start"):
+                self.files.write_json(self.files.config, c.to_dict())
         progress = c.progress and self.main
         epochs = _bar(c.epochs, progress, initial=self.start_epoch, desc="epochs", position=0)
         end = min(c.epochs, c.stop_after) if c.stop_after else c.epochs
@@ -447,7 +453,8 @@ class Trainer:
         epochs.close()
         summary = self.summary()
         if self.main:
-            self.files.write_json(self.files.summary, summary)
+            with self._disk_full_is_run_error("at the end"):
+                self.files.write_json(self.files.summary, summary)
             if c.plot and self.history:
                 try:
                     plot_history(self.history, self.files.plot, title=f"{c.selector} on {c.dataset} ({c.model})")
