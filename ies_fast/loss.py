@@ -64,9 +64,11 @@ def _check_like_torch(input, target, weight, ignore_index, label_smoothing):
 
 
 def _target_in_range(target, num_classes, ignore_index, selector) -> torch.Tensor:
-    """Kernel path only (a kernel must not read out of bounds): on CPU, or on CUDA
-    without a selector, raise F's IndexError; on CUDA with a selector count the bad
-    rows for the selector's next ``step()`` and treat them as ignored (no host sync)."""
+    """Targets out of ``[0, C)`` (not ``ignore_index``), where F.cross_entropy cannot
+    be left to catch them (a kernel must not read out of bounds; a CUDA device assert
+    kills the process): on CPU, or on CUDA without a selector, raise F's IndexError;
+    on CUDA with a selector count the bad rows for the selector's next ``step()`` and
+    treat them as ignored (no host sync)."""
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if target.device.type == "cpu" or selector is None:
         if bool(bad.any()):
@@ -191,7 +193,10 @@ def cross_entropy(
     if isinstance(target, torch.Tensor) and target.dtype in (torch.int32, torch.int16):
         target = target.long()
 
-    op = _backend.resolve(backend, input.device, "cross_entropy")
+    if backend in ("auto", "torch") and input.device.type == "cpu":
+        op = "torch"  # the CPU loss is torch math on every non-Triton backend (saves a resolve per call)
+    else:
+        op = _backend.resolve(backend, input.device, "cross_entropy")
     x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
     recorded = selector._index(index, input.shape[0]) if selector is not None else None
     eps = float(label_smoothing)
@@ -220,6 +225,8 @@ def _general(op, input, x, target, weight, ignore_index, reduction, eps, sample_
     else:
         if isinstance(weight, torch.Tensor) and weight.dtype == input.dtype:  # F's dtype rule, then fp32 math
             weight = weight.to(x.dtype)
+        if selector is not None and x.device.type == "cuda" and not target.is_floating_point():
+            target = _target_in_range(target, x.shape[1], ignore_index, selector)  # no device assert, no sync
         pos = position_losses_torch(x, target, weight, ignore_index, eps, z_scale, softcap)
     if selector is not None and not ring_written and input.shape[0]:
         with torch.no_grad():

@@ -241,3 +241,18 @@ def test_sample_reduction_is_the_recorded_loss(backend):
     per_sample = ies_fast.cross_entropy(x, t, torch.arange(5), sel, weight=w, reduction="sample", backend=backend)
     torch.testing.assert_close(per_sample, rule(x, t, w).float())
     torch.testing.assert_close(sel.hist[:, 0], per_sample)
+
+
+def test_cpu_path_is_fs_own_two_autograd_nodes():
+    """The common CPU call (2-D logits, class indices) builds F.cross_entropy's graph,
+    log_softmax then nll_loss, with nothing added for the selector's record."""
+    gen = torch.Generator().manual_seed(37)
+    x = torch.randn(16, 10, generator=gen, requires_grad=True)
+    t = index_target((16,), 10, gen)
+    sel = IES(20, backend="torch")
+    for reduction in ("mean", "sum", "none"):
+        out = ies_fast.cross_entropy(x, t, torch.arange(16), sel, reduction=reduction)
+        assert type(out.grad_fn).__name__.startswith("NllLoss")
+        (child, _), *_ = out.grad_fn.next_functions
+        assert type(child).__name__ == "LogSoftmaxBackward0"
+        assert child.next_functions[0][0].variable is x
