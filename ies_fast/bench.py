@@ -117,7 +117,7 @@ def run_phase(files, size: str, json_path: Path, timeout: float, select: Optiona
         return "timed out", time.perf_counter() - start
     elapsed = time.perf_counter() - start
     tail = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode == 5 or "skipped" in tail and "passed" not in tail:
+    if done.returncode == 5 or (done.returncode == 0 and "skipped" in tail and "passed" not in tail):
         return f"skipped ({tail})", elapsed
     return ("ok" if done.returncode == 0 else f"failed (rc {done.returncode}): {tail}"), elapsed
 
