@@ -1,16 +1,19 @@
-"""Fused per-sample cross-entropy + ring-buffer write, in Triton.
+"""Fused per-row cross-entropy + the selector's per-sample record, in Triton.
 
 One forward pass over the logits computes each row's loss with an online softmax
 (running max and running sum over column blocks, fp32 accumulation, so any class
-count works) and, when a selector's ring is given, max-reduces the row's loss into
-its sample's current-epoch slot in the same pass. The backward pass recomputes the
-softmax from the saved logits and the per-row ``(max, log-sum)`` pair; see
-``docs/kernels.md`` for why the gradient is recomputed rather than produced in the
-forward pass.
+count works). Rows are read in place from ``[B, C]`` or ``[B, C, P]`` logits of
+any strides (K-dim input, language-model logits). In the same pass, a selector's
+ring gets each sample's loss (one row per sample: a direct atomic max into its
+current-epoch slot) or each sample's sums for the segmented mean (many rows per
+sample). The backward pass recomputes the softmax from the saved logits and the
+per-row ``(max, log-sum)`` pair; see ``docs/kernels.md`` for why the gradient is
+recomputed rather than produced in the forward pass.
 
-Semantics are those of ``F.cross_entropy(logits.float(), target, reduction="none",
-ignore_index=..., label_smoothing=...)`` followed by
-:func:`ies_fast.ops.cross_entropy.reduce_losses`.
+Semantics are those of ``F.cross_entropy(logits.float(), target, weight=...,
+reduction="none", ignore_index=..., label_smoothing=...)`` per row, with Liger's
+optional soft-cap and z-loss (:func:`ies_fast.ops.cross_entropy.position_losses_torch`
+is the torch statement of the same thing).
 """
 from __future__ import annotations
 
