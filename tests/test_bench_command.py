@@ -77,3 +77,15 @@ def test_readme_gpu_table_is_replaced_between_markers(tmp_path):
     assert "old" not in text and "| a |" in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
     real = (ROOT / "README.md").read_text()
     assert bench.README_BEGIN in real and bench.README_END in real and "ies-fast bench" in real
+
+
+def test_phase_outcomes(tmp_path):
+    suite = tmp_path / "test_phase.py"
+    suite.write_text("import pytest\n\ndef test_skip():\n    pytest.skip('x')\n\n"
+                     "def test_fail():\n    assert False\n")
+    outcome, _ = bench.run_phase((str(suite),), "small", tmp_path / "p.json", timeout=300)
+    assert outcome.startswith("failed (rc 1)")
+    suite.write_text("import pytest\n\ndef test_skip():\n    pytest.skip('x')\n")
+    assert bench.run_phase((str(suite),), "small", tmp_path / "p.json", timeout=300)[0].startswith("skipped")
+    suite.write_text("import time\n\ndef test_slow():\n    time.sleep(60)\n")
+    assert bench.run_phase((str(suite),), "small", tmp_path / "p.json", timeout=5)[0] == "timed out"
