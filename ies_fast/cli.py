@@ -1,6 +1,7 @@
 """The ``ies-fast`` command: ``demo`` (embedded digits, baseline vs IES), ``train``
 (the reference loop: digits, mnist1d, CIFAR, ImageNet, synthetic), ``compare``
-(IES, InfoBatch, random removal and the baseline on the same data and seeds) and
+(IES, InfoBatch, random removal and the baseline on the same data and seeds),
+``sweep`` (IES over a δ grid and the others over ratios: the δ that fits) and
 ``info`` (active backends). Bad arguments end in one line on stderr and exit 2."""
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .train import arguments
     from .train import compare as _compare
+    from .train import sweep as _sweep
 
     parser = argparse.ArgumentParser(prog="ies-fast", description="Instance-dependent Early Stopping for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=arguments.HelpFormatter)
     arguments.add_arguments(compare, for_compare=True)
     _compare.add_arguments(compare)
+    sweep = sub.add_parser("sweep", help="IES over a δ grid, InfoBatch and random removal over ratios, several seeds: "
+                                         "one table, a Pareto plot, the δ that saves most within --tolerance",
+                           formatter_class=arguments.HelpFormatter)
+    arguments.add_arguments(sweep, for_compare=True)
+    _sweep.add_arguments(sweep)
     sub.add_parser("info", help="print ies_fast.backend_info() as JSON")
     from . import bench as _bench_mod
 
@@ -104,6 +111,20 @@ def _compare(args) -> int:
     return 0
 
 
+def _sweep(args, argv) -> int:
+    from .train import sweep as _sw
+    from .train.arguments import config_from_args
+    from .train.config import resolve
+
+    try:
+        base = resolve(config_from_args(args, progress=False, plot=True))
+        _sw.check_args(args)
+        _sw.run(args, base)  # each point and seed in OUT/<selector>[-<param><value>]-seed<k>
+    except _setup_errors() as exc:  # bad options, or a run folder written with other options
+        return _error(_first_line(exc))
+    return 0
+
+
 def _info(args, argv) -> int:
     from . import backend_info
 
@@ -125,13 +146,17 @@ def _demo(args, argv) -> int:
         return _error("--delta must be >= 0")
     from .demo import DemoConfig, main as demo_main
 
-    demo_main(DemoConfig(epochs=args.epochs, delta=args.delta, seeds=tuple(range(args.seeds))), plot_path=args.plot)
+    try:
+        demo_main(DemoConfig(epochs=args.epochs, delta=args.delta, seeds=tuple(range(args.seeds))), plot_path=args.plot)
+    except ImportError as exc:  # a missing optional package, found before any training
+        return _error(str(exc))
     return 0
 
 
 #: subcommand -> handler(args, argv) returning the exit status (a new subcommand: its parser
 #: in build_parser, its handler here)
-COMMANDS = {"demo": _demo, "train": _train, "compare": lambda args, argv: _compare(args), "info": _info, "bench": _bench}
+COMMANDS = {"demo": _demo, "train": _train, "compare": lambda args, argv: _compare(args), "sweep": _sweep,
+            "info": _info, "bench": _bench}
 
 
 def main(argv=None) -> int:

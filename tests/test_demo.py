@@ -133,3 +133,13 @@ def test_demo_plot_shows_the_excluded_fraction_and_seed_spread(tmp_path, monkeyp
     demo.plot([run(config, 0.0, 0, data)], runs, str(tmp_path / "d.png"))
     assert drawn["n"] == len(data[1]) and drawn["runs"] == [r.removed_curve for r in runs]
     assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_cli_demo_without_scikit_learn_exits_2_with_one_line(monkeypatch, capsys):
+    import ies_fast.demo as demo
+
+    _hide(monkeypatch, "sklearn", "sklearn.datasets")
+    monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("trained without scikit-learn"))
+    assert main(["demo", "--plot", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ies-fast: error:") and "scikit-learn" in err
