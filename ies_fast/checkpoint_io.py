@@ -63,11 +63,12 @@ def check_plain(obj, where: str = "checkpoint") -> None:
     stack = [(obj, where)]
     while stack:
         value, at = stack.pop()
-        if isinstance(value, (torch.Tensor, torch.Size) + PLAIN_TYPES):
+        # exact types: a subclass (numpy.float64 is a float) pickles as itself and would not load
+        if type(value) in PLAIN_TYPES or isinstance(value, torch.Tensor) or type(value) is torch.Size:
             continue
         if type(value) in (dict, collections.OrderedDict):
             for k, v in value.items():
-                if not isinstance(k, PLAIN_TYPES):
+                if type(k) not in PLAIN_TYPES:
                     raise TypeError(f"{at} has a key of type {type(k).__name__}: checkpoints hold plain data and tensors only")
                 stack.append((v, f"{at}[{k!r}]"))
             continue

@@ -105,6 +105,8 @@ def test_failed_save_keeps_old_file(tmp_path):
         save_checkpoint({"ok": 2, "rng": {"numpy": np.zeros(3)}}, path)  # weights_only could not read it back
     with pytest.raises(TypeError, match=r"checkpoint\['a'\]\[1\] is a .*Unpicklable"):
         save_checkpoint({"a": [1, Unpicklable()]}, path)
+    with pytest.raises(TypeError, match=r"checkpoint\['history'\]\[0\]\['loss'\] is a numpy.float64"):
+        save_checkpoint({"history": [{"loss": np.float64(0.5)}]}, path)  # a float subclass pickles as numpy's
     assert load_checkpoint(path) == {"ok": 1}
     assert sorted(os.listdir(tmp_path)) == ["sel.ckpt"]
 
