@@ -42,8 +42,8 @@ def run(delta: float, epochs: int, seed: int) -> dict:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--delta", type=float, default=1e-2)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--delta", type=float, default=5e-2)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     a = p.parse_args()
     torch.set_num_threads(1)

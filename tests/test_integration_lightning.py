@@ -38,9 +38,21 @@ def reference(tmp_path_factory):
     """The uninterrupted run, checkpointing after every epoch (at validation end,
     i.e. before the callback closes the epoch)."""
     ckpt_dir = tmp_path_factory.mktemp("ckpt")
-    ies, model, t = fit(callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1)],
+    kept = KeptCounts()
+    ies, model, t = fit(callbacks=[kept, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1)],
                         record="cross_entropy", enable_checkpointing=True)
+    model.kept_after_epoch = kept.counts
     return ies, model, t, ckpt_dir
+
+
+class KeptCounts(lightning.Callback):
+    """The kept count after each epoch (runs after IESCallback closed the epoch)."""
+
+    def __init__(self):
+        self.counts = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.counts.append(int(pl_module.ies.selector.kept_mask().sum()))
 
 
 def test_callback_removes_samples_and_feeds_only_kept_ones(reference):
@@ -54,15 +66,9 @@ def test_callback_removes_samples_and_feeds_only_kept_ones(reference):
     assert float(t.callback_metrics["ies/backward_saved_fraction"]) == pytest.approx(stats["backward_saved_fraction"])
 
 
-def test_epoch_sizes_follow_the_kept_counts():
-    kept = []
-
-    class Recorder(lightning.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            kept.append(int(pl_module.ies.selector.kept_mask().sum()))
-
-    ies, model, _ = fit(epochs=6, callbacks=[Recorder()])  # Recorder runs after IESCallback closed the epoch
-    assert model.epoch_samples[1:] == kept[:-1] and min(kept) < 1500
+def test_epoch_sizes_follow_the_kept_counts(reference):
+    _, model, _, _ = reference
+    assert model.epoch_samples[1:] == model.kept_after_epoch[:-1] and min(model.kept_after_epoch) < 1500
 
 
 def test_rebuilt_loaders_train_like_a_reused_loader(reference):
