@@ -5,13 +5,13 @@ sequences, three quarters of which count up (learned early), a quarter random.
     python examples/hf_tiny_gpt2.py          # IES and the same run without IES (delta=0)
 
 Prints the held-out loss on counting sequences and the fraction of backward passes saved."""
-import argparse
 import tempfile
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
 from ies_fast.integrations.huggingface import IESTrainer
+from _with_and_without import main
 
 VOCAB, LENGTH = 48, 16
 
@@ -41,14 +41,4 @@ def run(delta: float, epochs: int, seed: int) -> dict:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--delta", type=float, default=5e-2)
-    p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    for seed in a.seeds:
-        for name, delta in (("baseline (delta=0)", 0.0), (f"IES (delta={a.delta:g})", a.delta)):
-            r = run(delta, a.epochs, seed)
-            print(f"seed {seed}  {name:22s} held-out loss {r['eval_loss']:.4f}  backward saved "
-                  f"{100 * r['saved']:.1f}%", flush=True)
+    main(run, __doc__, delta=5e-2, epochs=16, metric="eval_loss")

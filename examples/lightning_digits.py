@@ -4,7 +4,6 @@ scikit-learn's digits.
     python examples/lightning_digits.py      # IES and the same run without IES (delta=0)
 
 Prints validation accuracy and the fraction of backward passes saved."""
-import argparse
 
 import lightning
 import torch
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ies_fast.data import IndexedDataset
 from ies_fast.integrations.lightning import IESCallback
+from _with_and_without import main
 
 
 class DigitsMLP(lightning.LightningModule):
@@ -53,14 +53,4 @@ def run(delta: float, epochs: int, seed: int) -> dict:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--delta", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    for seed in a.seeds:
-        for name, delta in (("baseline (delta=0)", 0.0), (f"IES (delta={a.delta:g})", a.delta)):
-            r = run(delta, a.epochs, seed)
-            print(f"seed {seed}  {name:22s} val acc {100 * r['val_acc']:.2f}%  backward saved "
-                  f"{100 * r['saved']:.1f}%", flush=True)
+    main(run, __doc__, delta=1e-3, epochs=40, metric="val_acc")

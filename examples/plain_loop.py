@@ -3,7 +3,6 @@
     python examples/plain_loop.py            # IES and the same run without IES (delta=0)
 
 Prints test accuracy, the fraction of backward passes saved and the wall time."""
-import argparse
 import time
 
 import torch
@@ -12,6 +11,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
 import ies_fast
+from _with_and_without import main
 
 
 def digits():
@@ -44,14 +44,4 @@ def run(delta: float, epochs: int, seed: int) -> dict:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--delta", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    for seed in a.seeds:
-        for name, delta in (("baseline (delta=0)", 0.0), (f"IES (delta={a.delta:g})", a.delta)):
-            r = run(delta, a.epochs, seed)
-            print(f"seed {seed}  {name:22s} test acc {100 * r['test_acc']:.2f}%  backward saved "
-                  f"{100 * r['saved']:.1f}%  wall {r['wall_s']:.2f} s", flush=True)
+    main(run, __doc__, delta=1e-3, epochs=40, metric="test_acc")
