@@ -24,9 +24,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def recipes_epilog() -> str:
     """The per-dataset recipes as the table that ends ``ies-fast train --help``."""
-    keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "delta", "anneal")
+    keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "delta", "anneal",
+            "min_kept")
     head = ["dataset", *(cfg.flag(k)[2:] for k in keys)]
-    rows = [[name, *(str(recipe[k]) for k in keys)] for name, recipe in cfg.RECIPES.items()]
+    rows = [[name, *(str(recipe.get(k, "-")) for k in keys)] for name, recipe in cfg.RECIPES.items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     return ("recipes (what a flag left out becomes; --print-config shows the full resolved config):\n  "
