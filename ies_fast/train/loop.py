@@ -313,7 +313,8 @@ class Trainer:
 
     def _warmup_note(self, epochs_done: int) -> dict:
         """``{"warming_up": ...}`` while IES cannot remove anything yet: a sample
-        needs ``history_length`` (order + window) losses before its first test."""
+        needs ``selector.history_length`` losses (order + window with the paper's
+        rule and k=1) before its first test."""
         need = getattr(self.selector, "history_length", 0) if self.config.selector == "ies" else 0
         if epochs_done >= need:
             return {}
