@@ -1,6 +1,7 @@
 """A run's files in ``--out``: one row per epoch as JSON lines (``log.jsonl``) and CSV
 (``log.csv``), the summary (``summary.json``), the config (``config.json``) and
-the plot (``curves.png``). The logs are rewritten whole from the run's history at
+the plot (``curves.png``). A row's ``epoch`` counts from 1, as on the console.
+The logs are rewritten whole from the run's history at
 every epoch, so after ``--resume`` they hold exactly the epochs the checkpoint
 holds (an epoch cut short by a crash leaves no row)."""
 from __future__ import annotations
