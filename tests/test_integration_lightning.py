@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
@@ -114,6 +115,16 @@ def test_no_recorded_loss_is_an_error():
     ies = IESCallback(1500)
     with pytest.raises(RuntimeError, match="no per-sample loss"):
         trainer(1, [ies], limit_val_batches=0).fit(Silent(ies))
+
+
+def test_a_training_set_without_indices_is_refused():
+    class NoIndex(DigitsMLP):
+        def train_dataloader(self):
+            return DataLoader(self.train_set, batch_size=64)
+
+    ies = IESCallback(1500)
+    with pytest.raises(TypeError, match="IndexedDataset"):
+        trainer(1, [ies], limit_val_batches=0).fit(NoIndex(ies))
 
 
 def test_ddp_two_processes_keep_identical_masks(tmp_path):

@@ -107,6 +107,9 @@ class IESCallback(Callback):
         if not isinstance(loader, DataLoader) or not isinstance(loader.batch_sampler, BatchSampler):
             raise TypeError("IESCallback needs one training torch DataLoader with a batch_size (a BatchSampler), "
                             f"got {type(loader).__name__}")
+        if not isinstance(loader.dataset, IndexedDataset):  # else a batch's last tensor (targets) would pass for indices
+            raise TypeError("IESCallback: wrap the training set in ies_fast.data.IndexedDataset so batches carry "
+                            f"(x, y, index), got {type(loader.dataset).__name__}")
         check_length(loader.dataset, self.selector)
         batches = loader.batch_sampler
         sampler = batches.sampler
