@@ -24,10 +24,13 @@ REDUCTIONS = ("mean", "sum", "none", "sample")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _check_own_args(input, reduction, sample_weight, lse_square_scale, softcap):
-    """The arguments F.cross_entropy does not have (its own ones F checks itself)."""
+def _check_own_args(input, target, reduction, sample_weight, lse_square_scale, softcap):
+    """The arguments F.cross_entropy does not have, and that ``input`` and ``target``
+    are tensors at all (everything else about them F checks itself)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor of logits, got {type(input).__name__}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction (one of {', '.join(REDUCTIONS)})")
     if sample_weight is not None:
@@ -47,8 +50,6 @@ def _check_own_args(input, reduction, sample_weight, lse_square_scale, softcap):
 def _check_like_torch(input, target, weight, ignore_index, label_smoothing):
     """Raise what F.cross_entropy raises for these shapes/dtypes/options, without
     touching data (it runs on meta tensors): the kernel path's argument checks."""
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if weight is not None:
         C = input.shape[1] if input.dim() > 1 else input.shape[0]
         if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or weight.shape[0] != C:
@@ -179,7 +180,7 @@ def cross_entropy(
     ``backend``: ``auto`` (Triton kernel on CUDA, torch on CPU), ``torch``, ``native``
     (torch math; the ring write is the selector's own op), ``triton``.
     """
-    _check_own_args(input, reduction, sample_weight, lse_square_scale, softcap)
+    _check_own_args(input, target, reduction, sample_weight, lse_square_scale, softcap)
     if selector is not None and index is None:
         raise ValueError("index is required when a selector is given (the samples' dataset indices)")
     if selector is not None and getattr(selector, "num_exits", 1) > 1:
@@ -189,9 +190,9 @@ def cross_entropy(
         )
     unbatched = input.dim() == 1
     if unbatched:  # F's [C] logits with a 0-D index target or [C] probabilities
-        input, target = input.unsqueeze(0), target.unsqueeze(0) if isinstance(target, torch.Tensor) else target
-    if isinstance(target, torch.Tensor) and target.dtype in (torch.int32, torch.int16):
-        target = target.long()
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    if not target.is_floating_point() and target.dtype != torch.int64:
+        target = target.long()  # int32 accepted too; uint8 would index weight as a mask
 
     if backend in ("auto", "torch") and input.device.type == "cpu":
         op = "torch"  # the CPU loss is torch math on every non-Triton backend (saves a resolve per call)
