@@ -130,8 +130,10 @@ class IESCallback(Callback):
         if isinstance(interval, float) and getattr(trainer, "val_check_batch", None) not in (None, float("inf")):
             trainer.val_check_batch = max(1, int(num_batches * interval))
         fetcher = getattr(fit_loop, "_data_fetcher", None)
-        if fetcher is not None and fetcher.fetched == 0 and fetcher.length is not None:
-            fetcher.reset()  # its length was read before the sampler changed (first epoch of a resumed run)
+        if fetcher is not None and fetcher.fetched == 0:
+            # the run's first epoch: Lightning made the iterator (and sized it, and workers may
+            # have prefetched) before the sampler was swapped; later epochs make theirs after
+            iter(fetcher)
 
     def _close(self, trainer, pl_module) -> None:
         """Score the removed samples, step the selector, log the fractions."""
