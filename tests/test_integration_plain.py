@@ -1,6 +1,8 @@
 """ies_fast.IESDataset (the three-line plain loop) against the hand-wired loop of the
 README on the bundled digits: same masks every epoch, same model at the end."""
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -139,3 +141,9 @@ def test_bad_input_is_one_clear_error():
         train_set.load_state_dict({**good, "sampler": None})
     with pytest.raises(ValueError, match="state"):
         train_set.load_state_dict({**good, "version": 99})
+
+
+def test_the_core_never_imports_lightning_or_transformers():
+    code = ("import sys, ies_fast, ies_fast.integrations, ies_fast.data; "
+            "assert not {'lightning', 'pytorch_lightning', 'transformers'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
