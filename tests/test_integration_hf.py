@@ -104,6 +104,9 @@ def test_bad_input_is_one_clear_error(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     with pytest.raises(TypeError, match="ies must be"):
         IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8), ies=0.1)
+    accumulating = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        IESTrainer(model=tiny_gpt2(), args=accumulating, train_dataset=sequences(8))
     trainer = IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8))
     with pytest.raises(FileNotFoundError, match="IESTrainer"):
         trainer.load_selector(str(tmp_path))

@@ -22,7 +22,7 @@
 
 The number of optimizer steps (and with it the LR schedule) is sized from the full
 data set, as without IES; epochs with fewer kept examples end early, so the
-schedule does not reach its end. Use ``gradient_accumulation_steps=1``: the
+schedule does not reach its end. ``gradient_accumulation_steps`` must be 1: the
 Trainer sizes accumulation groups by the full epoch length.
 """
 from __future__ import annotations
@@ -110,6 +110,9 @@ class IESTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if self.train_dataset is None:
             raise ValueError("IESTrainer needs a train_dataset")
+        if self.args.gradient_accumulation_steps != 1:  # the last group of a shrunken epoch would never step
+            raise ValueError("IESTrainer needs gradient_accumulation_steps=1 (the Trainer groups accumulation "
+                             f"by the full epoch's length), got {self.args.gradient_accumulation_steps}")
         self.train_dataset = IndexedExamples(self.train_dataset)
         if isinstance(ies, IES):
             if ies.num_samples != len(self.train_dataset):
