@@ -13,6 +13,19 @@ def test_cifar_recipes_follow_the_paper():
         "resnet18", 200, 64, "sgd", 0.1, 0.9, 5e-4, "exp", 0.96, 1e-3, 2, 3)
     c100 = resolve(TrainConfig(dataset="cifar100", data_dir="x"))
     assert (c100.model, c100.delta) == ("resnet34", 2e-3)
+    # the CIFAR recipes follow cifar_main.py's eligibility rule exactly (docs/semantics.md)
+    assert (c10.eligibility, c100.eligibility, c10.k) == ("official", "official", 1)
+    assert resolve(TrainConfig(dataset="digits")).eligibility == "paper"
+
+
+def test_rule_options_reach_the_selector():
+    import torch
+
+    from ies_fast.train.loop import make_selector
+
+    c = resolve(TrainConfig(dataset="digits", k=2, eligibility="official", order=1, window=4))
+    sel = make_selector(c, 10, torch.device("cpu"))
+    assert (sel.k, sel.eligibility, sel.history_length) == (2, "official", 1 + 4 + 2 - 1 + 1)
 
 
 def test_imagenet_recipe_uses_dali_delta_one_and_annealing():
@@ -30,7 +43,8 @@ def test_explicit_values_win_over_the_recipe():
     (dict(delta=float("nan")), "--delta"), (dict(lr=0.0), "--lr"), (dict(anneal=1.5), "--anneal"),
     (dict(order=4), "--order"), (dict(selector="greedy"), "--selector"), (dict(loader="dali"), "--loader"),
     (dict(dataset="cifar10"), "--data-dir"), (dict(prune_ratio=0.95), "--prune-ratio"), (dict(window=0), "--window"),
-    (dict(dataset="svhn"), "--dataset"), (dict(out=""), "--out"),
+    (dict(dataset="svhn"), "--dataset"), (dict(out=""), "--out"), (dict(k=0), "--k"),
+    (dict(eligibility="cifar"), "--eligibility"), (dict(delta=1e-50), "--delta"),
 ])
 def test_bad_values_name_the_flag(change, flag):
     with pytest.raises(ValueError, match=flag):

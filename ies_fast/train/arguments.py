@@ -25,7 +25,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def recipes_epilog() -> str:
     """The per-dataset recipes as the table that ends ``ies-fast train --help``."""
     keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "delta", "anneal",
-            "min_kept")
+            "min_kept", "eligibility")
     head = ["dataset", *(cfg.flag(k)[2:] for k in keys)]
     rows = [[name, *(str(recipe.get(k, "-")) for k in keys)] for name, recipe in cfg.RECIPES.items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -80,6 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     sel.add_argument("--order", type=int, default=2, help="order N of the loss difference (0-3)")
     sel.add_argument("--window", type=int, default=3,
          help="epochs w averaged in the score; IES removes nothing in the first order + window epochs (warm-up)")
+    sel.add_argument("--k", type=int, default=1,
+         help="IES sums the last k window means (official cifar_main.py's k; 1 = the paper's score)")
+    sel.add_argument("--eligibility", choices=("paper", "official"), default=None,
+         help="paper: decide after order + window + k - 1 losses; official: one epoch later, as cifar_main.py "
+              f"(docs/semantics.md) {RECIPE}")
     sel.add_argument("--anneal", type=float, default=None,
          help=f"fraction of the last epochs trained on the full data {RECIPE}")
     sel.add_argument("--score-every", type=int, default=1, help="re-score removed samples every s epochs")

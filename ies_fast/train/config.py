@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from ..criterion import ELIGIBILITY, decision_threshold
+
 DATASETS = ("digits", "mnist1d", "cifar10", "cifar100", "imagenet", "synthetic")
 SELECTORS = ("ies", "infobatch", "random", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -20,20 +22,22 @@ LOADERS = ("torch", "dali")
 EARLY_STOP = ("none", "patience", "mastered")
 SCORE_POLICIES = ("every", "backoff")
 
-#: the paper's settings (Appendix B; official cifar_main.py) and small-data defaults
+#: the paper's settings (Appendix B; official cifar_main.py, whose eligibility rule the
+#: CIFAR recipes take: docs/semantics.md) and small-data defaults
 RECIPES = {
     "cifar10": dict(model="resnet18", epochs=200, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                    lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0),
+                    lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0, eligibility="official"),
     "cifar100": dict(model="resnet34", epochs=200, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                     lr_schedule="exp", delta=2e-3, anneal=0.0, min_kept=0.0),
+                     lr_schedule="exp", delta=2e-3, anneal=0.0, min_kept=0.0, eligibility="official"),
     "imagenet": dict(model="resnet101", epochs=150, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                     lr_schedule="exp", delta=1.0, anneal=0.1, loader="dali", image_size=224, min_kept=0.0),
+                     lr_schedule="exp", delta=1.0, anneal=0.1, loader="dali", image_size=224, min_kept=0.0,
+                     eligibility="paper"),
     "synthetic": dict(model="resnet18", epochs=10, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
-                      lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0),
+                      lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0, eligibility="paper"),
     "digits": dict(model="mlp", epochs=60, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=0.0,
-                   lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.0),
+                   lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.0, eligibility="paper"),
     "mnist1d": dict(model="cnn1d", epochs=60, batch_size=100, optimizer="sgd", lr=0.05, weight_decay=0.0,
-                    lr_schedule="constant", delta=1e-3, anneal=0.0, min_kept=0.05),
+                    lr_schedule="constant", delta=1e-3, anneal=0.0, min_kept=0.05, eligibility="paper"),
 }
 
 
@@ -58,6 +62,8 @@ class TrainConfig:
     delta: Optional[float] = None
     order: int = 2
     window: int = 3
+    k: int = 1
+    eligibility: Optional[str] = None
     anneal: Optional[float] = None
     score_every: int = 1
     score_policy: str = "every"
@@ -181,7 +187,7 @@ def validate(c: TrainConfig) -> None:
     _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     _choice("loader", c.loader, LOADERS)
     _choice("early_stop", c.early_stop, EARLY_STOP)
-    for name in ("epochs", "batch_size", "eval_batch_size", "window", "score_every", "patience", "synthetic_size",
+    for name in ("epochs", "batch_size", "eval_batch_size", "window", "k", "score_every", "patience", "synthetic_size",
                  "image_size"):
         _positive_int(name, getattr(c, name))
     if c.synthetic_classes < 2:
@@ -195,6 +201,11 @@ def validate(c: TrainConfig) -> None:
     _number("weight_decay", c.weight_decay, 0.0)
     _number("lr_gamma", c.lr_gamma, 0.0, 1.0, open_low=True)
     _number("delta", c.delta, 0.0)
+    _choice("eligibility", c.eligibility, ELIGIBILITY)
+    try:
+        decision_threshold(c.delta, c.window)
+    except ValueError:
+        _fail("delta", f"is positive but delta * window rounds to 0 in fp32 (it would act as 0); got {c.delta!r}")
     _number("anneal", c.anneal, 0.0, 1.0)
     _choice("score_policy", c.score_policy, SCORE_POLICIES)
     _positive_int("score_max_interval", c.score_max_interval)

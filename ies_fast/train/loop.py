@@ -45,7 +45,7 @@ def make_selector(config: TrainConfig, num_samples: int, device: torch.device):
         delta = config.delta if config.selector == "ies" else 0.0
         min_kept = math.ceil(config.min_kept * num_samples) if config.selector == "ies" else 0
         return IES(num_samples, delta=delta, order=config.order, window=config.window, device=device,
-                   score_every=config.score_every, backend=config.backend, score_policy=config.score_policy,
+                   k=config.k, eligibility=config.eligibility, score_every=config.score_every, backend=config.backend, score_policy=config.score_policy,
                    score_max_interval=config.score_max_interval, min_kept=min_kept, seed=config.seed)
     if config.selector == "infobatch":
         return InfoBatch(num_samples, config.epochs, prune_ratio=config.prune_ratio, device=device, seed=config.seed,
