@@ -33,6 +33,12 @@ TILE = 2048
 MIN_PROGRAMS = 264
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: forward tiles (BLOCK_B, BLOCK_C) launched with more warps than :func:`_blocks` gives:
+#: with every feature on (ring write, smoothing, saved stats) ptxas spills on sm_80 at
+#: (64, 4) with 1 warp (8 B) and (32, 64) with 4 warps (16 B); tools/gpu_resources.py
+#: gates it. The extra warps go along rows (checked in the TTGIR: a row's columns sit on
+#: the same lanes and warps as before), so each row is reduced in the same order.
+_FORWARD_WARPS = {(64, 4): 2, (32, 64): 8}
 
 
 @triton.jit
@@ -291,6 +297,7 @@ def _forward(x, target, opt: KernelOptions, ring, segments, save_stats):
     wsum = opt.weight.sum() if opt.weight is not None and opt.eps else losses
     sb, sp, sc, P = _layout(x)
     bb, bc, warps = _blocks(N, C, opt.block_c, opt.block_b)
+    warps = _FORWARD_WARPS.get((bb, bc), warps)
     _ce_forward_kernel[(triton.cdiv(N, bb),)](
         x, sb, sp, sc, P, target, weight, wsum, losses, z if z is not None else losses, row_max, row_logsum,
         segments if segments is not None else losses, hist, count, index,
