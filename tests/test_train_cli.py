@@ -168,7 +168,7 @@ def test_help_shows_defaults_once_and_the_recipes(capsys):
     assert digits[:10] == ["digits", "mlp", "60", "64", "sgd", "0.05", "0.0", "constant", "0.0002", "0.0"]
     from ies_fast.train.config import RECIPES
 
-    assert digits[10:] == [str(RECIPES["digits"]["min_kept"])]
+    assert digits[10:] == [str(RECIPES["digits"]["min_kept"]), RECIPES["digits"]["eligibility"]]
 
 
 def test_print_config_shows_the_recipe_before_a_run(capsys, tmp_path):
