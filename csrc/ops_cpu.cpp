@@ -36,6 +36,69 @@ void record_cpu(at::Tensor hist, const at::Tensor& count, const at::Tensor& loss
   }
 }
 
+// record(hist, count, -logp[b, target[b]], index) straight from the log-probabilities
+// [B, C] (fp32 or fp64; the value is negated, then rounded to fp32 as record's
+// loss.float() is), skipping rows whose target is ignore_index: F.nll_loss's
+// per-row value, without the nll_loss / masked_fill / float ops around record.
+// `validate`: first raise the selector's error for an index outside [0, S) and
+// F.nll_loss's for a target outside [0, C), writing nothing (the CPU loss calls it
+// before nll_loss, in place of the selector's own index check).
+template <typename T>
+void record_nll_rows(float* h, const uint8_t* c, int64_t S, int64_t L, const T* lp, int64_t s0, int64_t s1,
+                     const int64_t* t, int64_t st, const int64_t* idx, int64_t si, int64_t B, int64_t C,
+                     int64_t ignore_index) {
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t i = idx[b * si];
+    const int64_t y = t[b * st];
+    if (i < 0 || y == ignore_index) continue;
+    TORCH_CHECK_INDEX(i < S, "index[", b, "] = ", i, " is out of range for ", S, " samples");
+    TORCH_CHECK_INDEX(y >= 0 && y < C, "Target ", y, " is out of bounds.");
+    const float v = static_cast<float>(-lp[b * s0 + y * s1]);
+    const float value = std::isfinite(v) ? v : INFINITY;
+    float& slot = h[i * L + c[i] % L];
+    if (value > slot) slot = value;
+  }
+}
+
+void record_nll_cpu(at::Tensor hist, const at::Tensor& count, const at::Tensor& logp, const at::Tensor& target,
+                    const at::Tensor& index, int64_t ignore_index, bool validate) {
+  check_state(hist, count);
+  TORCH_CHECK_VALUE(logp.dim() == 2 && (logp.scalar_type() == at::kFloat || logp.scalar_type() == at::kDouble),
+                    "logp must be a float32 or float64 [B, C] tensor, got ", logp.scalar_type(), " ", logp.sizes());
+  const int64_t B = logp.size(0), C = logp.size(1);
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.scalar_type() == at::kLong && target.size(0) == B,
+                    "target must be an int64 [B] tensor with B = logp.size(0) = ", B, ", got ", target.scalar_type(),
+                    " ", target.sizes());
+  TORCH_CHECK_VALUE(index.dim() == 1 && index.scalar_type() == at::kLong && index.size(0) == B,
+                    "index must be an int64 [B] tensor with B = logp.size(0) = ", B, ", got ", index.scalar_type(),
+                    " ", index.sizes());
+  TORCH_CHECK_VALUE(logp.device() == hist.device() && target.device() == hist.device() &&
+                        index.device() == hist.device(),
+                    "logp, target and index must be on hist's device ", hist.device());
+  float* h = hist.data_ptr<float>();
+  const uint8_t* c = count.data_ptr<uint8_t>();
+  const int64_t S = hist.size(0), L = hist.size(1);
+  const int64_t* t = target.data_ptr<int64_t>();
+  const int64_t* idx = index.data_ptr<int64_t>();
+  if (validate) {  // before any write: the selector's index check, then F.nll_loss's target check
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t i = idx[b * index.stride(0)];
+      TORCH_CHECK_VALUE(i >= 0 && i < S, "index out of range [0, ", S, "): got ", i);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t y = t[b * target.stride(0)];
+      TORCH_CHECK_INDEX(y == ignore_index || (y >= 0 && y < C), "Target ", y, " is out of bounds.");
+    }
+  }
+  if (logp.scalar_type() == at::kFloat) {
+    record_nll_rows<float>(h, c, S, L, logp.data_ptr<float>(), logp.stride(0), logp.stride(1), t, target.stride(0),
+                           idx, index.stride(0), B, C, ignore_index);
+  } else {
+    record_nll_rows<double>(h, c, S, L, logp.data_ptr<double>(), logp.stride(0), logp.stride(1), t,
+                            target.stride(0), idx, index.stride(0), B, C, ignore_index);
+  }
+}
+
 template <int ORDER>
 std::array<int64_t, kNumStats> close_all_cpu(float* h, uint8_t* c, bool* m, int64_t S, int L, const Rule& rule) {
   int64_t observed = 0, nonfinite = 0, now = 0, reincluded = 0, newly = 0, eligible = 0;
@@ -137,6 +200,7 @@ std::tuple<at::Tensor, at::Tensor> compact_cpu(const at::Tensor& mask_in) {
 
 TORCH_LIBRARY(ies_fast, m) {
   m.def("record(Tensor(a!) hist, Tensor count, Tensor loss, Tensor index) -> ()");
+  m.def("record_nll(Tensor(a!) hist, Tensor count, Tensor logp, Tensor target, Tensor index, int ignore_index, bool validate=False) -> ()");
   m.def(
       "close_epoch(Tensor(a!) hist, Tensor(b!) count, Tensor(c!) mastered, int order, int window, int k, "
       "float threshold) -> Tensor");
@@ -145,6 +209,7 @@ TORCH_LIBRARY(ies_fast, m) {
 
 TORCH_LIBRARY_IMPL(ies_fast, CPU, m) {
   m.impl("record", &ies_fast::record_cpu);
+  m.impl("record_nll", &ies_fast::record_nll_cpu);
   m.impl("close_epoch", &ies_fast::close_epoch_cpu);
   m.impl("compact", &ies_fast::compact_cpu);
 }
@@ -166,7 +231,7 @@ static PyMethodDef methods[] = {
     {nullptr, nullptr, 0, nullptr}};
 
 static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
-                                 "Native ies_fast ops, registered as torch.ops.ies_fast.{record,close_epoch,compact}.",
+                                 "Native ies_fast ops, registered as torch.ops.ies_fast.{record,record_nll,close_epoch,compact}.",
                                  -1, methods};
 
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

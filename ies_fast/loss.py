@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from . import backend as _backend
+from .ops import dispatch as _dispatch
+from .selector import IES
 from .ops.cross_entropy import (
     PositionLosses,
     divisors,
@@ -129,6 +131,54 @@ def _plain_cpu_case(op, x, target, weight, reduction, eps, sample_weight, lse_sq
     )
 
 
+#: (selector type, backend, device) -> whether such a selector records through record_nll
+_RECORD_NLL_SELECTORS: dict = {}
+
+
+def _record_nll_selector(selector) -> bool:
+    """An IES on the CPU recording through its own native ``record`` (no subclass
+    override) in a process whose ``_C`` has ``record_nll`` (cached: none of it changes
+    for a given selector type, backend and device)."""
+    key = (type(selector), getattr(selector, "backend", None), getattr(selector, "device", None))
+    ok = _RECORD_NLL_SELECTORS.get(key)
+    if ok is None:
+        ok = (
+            type(selector)._record is IES._record
+            and selector.device.type == "cpu"
+            and selector._op("record") == "native"  # loads _C before the op is looked up
+            and _dispatch.has_record_nll()
+        )
+        _RECORD_NLL_SELECTORS[key] = ok
+    return ok
+
+
+def _record_nll_takes(selector, index, target, B: int) -> bool:
+    """The plain CPU call can record with the native ``record_nll`` (one op, which
+    also does the selector's index range check): :func:`_record_nll_selector`, a
+    non-empty batch, an int64 CPU ``index`` [B] and a ``target`` [B]. Anything else
+    goes through ``selector._index`` and the torch ops (same values and errors)."""
+    return (
+        B > 0
+        and type(index) is torch.Tensor
+        and index.dtype == torch.int64
+        and index.shape == target.shape == (B,)
+        and index.device.type == "cpu"
+        and _record_nll_selector(selector)
+        and selector.hist.shape[0] == selector.num_samples
+    )
+
+
+def _plain_cpu_record_nll(x, target, ignore_index: int, reduction, index, selector):
+    """:func:`_plain_cpu` with the selector's record as one native op called between
+    F's two: it checks ``index`` (the selector's ValueError) and the targets (F's
+    IndexError) before writing anything, then max-writes ``-logp[b, target[b]]`` of
+    each non-ignored row into the ring, the value ``F.nll_loss(reduction="none")``
+    gives (bit for bit; ``tests/test_native_record_nll.py``)."""
+    logp = F.log_softmax(x, dim=1)
+    _dispatch.record_nll(selector.hist, selector.count, logp.detach(), target, index, ignore_index, validate=True)
+    return F.nll_loss(logp, target, ignore_index=ignore_index, reduction=reduction)
+
+
 def _plain_cpu(x, target, ignore_index, reduction, recorded, selector):
     """F.cross_entropy's own two ops (log_softmax, nll_loss: same values, gradients
     and errors, two autograd nodes) and, with a selector, each row's loss read from
@@ -199,11 +249,15 @@ def cross_entropy(
     else:
         op = _backend.resolve(backend, input.device, "cross_entropy")
     x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
-    recorded = selector._index(index, input.shape[0]) if selector is not None else None
     eps = float(label_smoothing)
-    if _plain_cpu_case(op, x, target, weight, reduction, eps, sample_weight, lse_square_scale, softcap):
+    plain = _plain_cpu_case(op, x, target, weight, reduction, eps, sample_weight, lse_square_scale, softcap)
+    if plain and selector is not None and _record_nll_takes(selector, index, target, x.shape[0]):
+        out = _plain_cpu_record_nll(x, target, int(ignore_index), reduction, index, selector)
+    elif plain:
+        recorded = selector._index(index, input.shape[0]) if selector is not None else None
         out = _plain_cpu(x, target, ignore_index, reduction, recorded, selector)
     else:
+        recorded = selector._index(index, input.shape[0]) if selector is not None else None
         out = _general(op, input, x, target, weight, ignore_index, reduction, eps, sample_weight,
                        float(lse_square_scale), softcap, selector, recorded)
     if scoring and selector is not None:
