@@ -9,41 +9,54 @@
 
 * adds each training example's dataset index to its features (key ``ies_index``,
   removed again before the model sees the batch);
-* trains each epoch on the kept examples only (a :class:`ies_fast.data.KeptSampler`);
+* trains each epoch on the kept examples only (a :class:`ies_fast.data.KeptSampler`:
+  shuffled, or in dataset order with ``train_sampling_strategy="sequential"``);
 * records every example's loss in ``compute_loss`` from the model's logits: for
   ``[B, T, V]`` logits the causal-LM loss (shifted labels, ``-100`` ignored)
   averaged over the example's tokens, for ``[B, C]`` logits the cross-entropy;
   the training loss itself is the model's, unchanged;
 * at each epoch's end scores the removed examples (forward only, eval mode, in
   ``per_device_eval_batch_size`` batches) and calls ``selector.step()``;
-* writes the selector into every checkpoint folder (``ies_selector.pt``: tensors
-  and numbers, read back with ``torch.load(weights_only=True)``) and restores it,
-  with the position inside the shrunken epoch, on ``train(resume_from_checkpoint=...)``.
+* runs the LR schedule by progress: with ``num_train_epochs``, the schedule the
+  Trainer built (``lr_scheduler_type``, warm-up) is evaluated at ``(epoch + kept
+  steps done / kept steps in the epoch) x full steps per epoch``, so it ends where
+  it would without IES although epochs shrink; with ``max_steps=N`` it runs exactly
+  N optimizer steps (as many epochs as that takes) on the usual step-count schedule;
+  ``state.epoch`` is that progress (epochs done, fractions of the kept epoch);
+* writes the selector into every checkpoint folder (``ies_selector.pt``, atomically,
+  before ``trainer_state.json``) and restores it, with the position inside the
+  shrunken epoch, on ``train(resume_from_checkpoint=...)``; ``True`` picks the
+  newest *complete* checkpoint (one a killed run left half-written is skipped).
 
-The number of optimizer steps (and with it the LR schedule) is sized from the full
-data set, as without IES; epochs with fewer kept examples end early, so the
-schedule does not reach its end. ``gradient_accumulation_steps`` must be 1: the
-Trainer sizes accumulation groups by the full epoch length.
+``gradient_accumulation_steps`` must be 1 (the Trainer groups accumulation by the
+full epoch's length) and ``train_sampling_strategy`` "random" or "sequential" (the
+kept sampler replaces the others).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import math
 import os
-from typing import Optional
+import sys
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset, Subset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging as hf_logging
 
 from ..data import KeptSampler
 from ..loss import causal_lm_cross_entropy, cross_entropy
 from ..selector import IES
+from ._hf_checkpoint import (STATE_FILE, STATE_VERSION, IncompleteCheckpoint, check_complete, discard_markers,
+                             newest_complete_checkpoint, read_state, write_state)
 
-__all__ = ["IESTrainer", "IndexedExamples", "INDEX_KEY", "STATE_FILE"]
+__all__ = ["IESTrainer", "IndexedExamples", "ProgressLR", "INDEX_KEY", "STATE_FILE"]
 
 INDEX_KEY = "ies_index"
-STATE_FILE = "ies_selector.pt"
-STATE_VERSION = 1
+SAMPLING = ("random", "sequential")  # the train_sampling_strategy values the kept sampler honours
 
 
 class IndexedExamples(Dataset):
@@ -77,23 +90,80 @@ def record_losses(selector, logits: torch.Tensor, labels: torch.Tensor, index: t
             raise ValueError(f"IESTrainer records losses from [B, T, V] or [B, C] logits, got {tuple(logits.shape)}")
 
 
+class ProgressLR(LambdaLR):
+    """A ``LambdaLR`` whose factors are evaluated at ``position()`` (a float step of
+    the schedule as planned without IES) instead of its own step count, so the LR
+    follows training progress however many steps an epoch really has. Its state
+    holds no callables (``torch.load(weights_only=True)`` reads it back)."""
+
+    def __init__(self, optimizer, lr_lambdas, position):
+        self._position = position
+        super().__init__(optimizer, list(lr_lambdas))
+
+    def get_lr(self) -> list:
+        x = self._position()
+        return [base * fn(x) for base, fn in zip(self.base_lrs, self.lr_lambdas)]
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.pop("_position", None)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        position = self._position
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "_position"})
+        self._position = position
+
+
+@contextlib.contextmanager
+def _shard_bars_off(quiet: bool):
+    """Without the "Writing model shards" bars of ``save_pretrained`` while the Trainer
+    writes a checkpoint (only when ``disable_tqdm`` asked for no bars)."""
+    was = hf_logging.is_progress_bar_enabled()
+    if quiet and was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was:
+            hf_logging.enable_progress_bar()
+
+
 class _EpochEvents(TrainerCallback):
-    """Forwards the Trainer's epoch, step and save events to its IESTrainer."""
+    """Forwards the Trainer's epoch, step and save events to its IESTrainer (first in
+    the callback list, so later callbacks see the corrected ``state.epoch``)."""
 
     def __init__(self, trainer: "IESTrainer"):
         self.trainer = trainer
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer._steps_in_epoch, self.trainer._resumed_steps = self.trainer._resumed_steps, 0
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._examples_trained = 0
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        t = self.trainer
+        t._steps_in_epoch, t._resumed_steps = t._resumed_steps, 0
+        t._epoch_batches = max(1, len(train_dataloader)) if train_dataloader is not None else 1
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._steps_in_epoch += 1  # before the scheduler steps: it reads the new progress
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._steps_in_epoch += 1
+        t = self.trainer
+        state.epoch = t.progress()
+        if args.max_steps <= 0 and t._schedule_position() >= state.max_steps - 1e-9:
+            # the planned epochs are done (global_step < max_steps: the Trainer would not see it)
+            control.should_training_stop = True
+            if args.save_strategy == "steps":
+                control.should_save = True
+            if args.eval_strategy == "steps" and state.global_step % state.eval_steps != 0 \
+                    and args.eval_delay <= state.global_step:
+                control.should_evaluate = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.trainer.close_epoch()
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        if args.save_only_model and state.is_world_process_zero:  # no _save_rng_state: written here
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             self.trainer.save_selector(folder)
 
@@ -101,9 +171,10 @@ class _EpochEvents(TrainerCallback):
 class IESTrainer(Trainer):
     """``transformers.Trainer`` with Instance-dependent Early Stopping.
 
-    ``ies``: an :class:`ies_fast.IES` built for ``len(train_dataset)``, or a dict of
-    its keyword arguments (``delta``, ``order``, ``window``, ``score_every``);
-    every other argument is ``Trainer``'s. The selector is ``trainer.selector``.
+    ``ies``: an :class:`ies_fast.IES` built for ``len(train_dataset)`` (fresh: epoch 0),
+    or a dict of its keyword arguments (``delta``, ``order``, ``window``,
+    ``score_every``); every other argument is ``Trainer``'s. The selector is
+    ``trainer.selector``.
     """
 
     def __init__(self, *args, ies=None, **kwargs):
@@ -113,10 +184,17 @@ class IESTrainer(Trainer):
         if self.args.gradient_accumulation_steps != 1:  # the last group of a shrunken epoch would never step
             raise ValueError("IESTrainer needs gradient_accumulation_steps=1 (the Trainer groups accumulation "
                              f"by the full epoch's length), got {self.args.gradient_accumulation_steps}")
+        strategy = getattr(self.args, "train_sampling_strategy", "random")
+        if strategy not in SAMPLING:
+            raise ValueError(f"IESTrainer: train_sampling_strategy={strategy!r} is not supported: the kept-sample "
+                             f"sampler replaces it; use one of {SAMPLING}")
         self.train_dataset = IndexedExamples(self.train_dataset)
         if isinstance(ies, IES):
             if ies.num_samples != len(self.train_dataset):
                 raise ValueError(f"ies tracks num_samples={ies.num_samples} but train_dataset has {len(self.train_dataset)}")
+            if ies.epoch != 0:
+                raise ValueError(f"ies must be a fresh selector (epoch 0), got epoch {ies.epoch}: "
+                                 "continue a run with train(resume_from_checkpoint=...)")
             selector = ies
         elif ies is None or isinstance(ies, dict):
             selector = IES(len(self.train_dataset), **(ies or {}))
@@ -125,9 +203,12 @@ class IESTrainer(Trainer):
         self.selector = selector.to(self.args.device)
         self._steps_in_epoch = 0  # optimizer steps taken in the current epoch
         self._resumed_steps = 0  # ... of which already taken before the checkpoint resumed from
+        self._epoch_batches = 1  # optimizer steps the current epoch has (its kept batches)
         self._epochs_closed = 0
+        self._plan_steps_per_epoch = 1  # optimizer steps of a full epoch (the schedule's unit)
+        self._examples_trained = 0  # in this train() call, for train_samples_per_second
         self._ies_logs: dict = {}
-        self.add_callback(_EpochEvents(self))
+        self.callback_handler.callbacks.insert(0, _EpochEvents(self))
 
     # ---- data ---------------------------------------------------------------------
     def _set_signature_columns_if_needed(self) -> None:
@@ -138,7 +219,32 @@ class IESTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         # one process or accelerate's batch sharding: the kept list is not sharded here
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return KeptSampler(self.selector, shuffle=True, seed=seed, num_replicas=1, rank=0)
+        shuffle = getattr(self.args, "train_sampling_strategy", "random") != "sequential"
+        return KeptSampler(self.selector, shuffle=shuffle, seed=seed, num_replicas=1, rank=0)
+
+    # ---- progress and the schedule ---------------------------------------------------
+    def progress(self) -> float:
+        """Epochs done: closed epochs plus the done fraction of the current one's kept steps."""
+        return self._epochs_closed + min(1.0, self._steps_in_epoch / self._epoch_batches)
+
+    def _schedule_position(self) -> float:
+        """Where the schedule planned without IES is: progress x full steps per epoch."""
+        return self.progress() * self._plan_steps_per_epoch
+
+    def set_initial_training_values(self, args, dataloader):
+        values = list(super().set_initial_training_values(args, dataloader))
+        self._plan_steps_per_epoch = values[1]  # num_update_steps_per_epoch, from the full data set
+        if args.max_steps > 0:
+            values[0] = sys.maxsize  # num_train_epochs: shrunken epochs, as many as max_steps takes
+        return tuple(values)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        ours = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        # the Trainer's own LambdaLR schedules (linear, cosine, constant_with_warmup, ...), epoch-sized runs
+        if ours and self.args.max_steps <= 0 and type(scheduler) is LambdaLR:
+            self.lr_scheduler = ProgressLR(scheduler.optimizer, scheduler.lr_lambdas, self._schedule_position)
+        return self.lr_scheduler
 
     # ---- losses ---------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -149,6 +255,7 @@ class IESTrainer(Trainer):
             if labels is None:
                 raise ValueError("IESTrainer needs 'labels' in the training batches to record each example's loss")
             record_losses(self.selector, outputs["logits"], labels, index)
+            self._examples_trained += index.shape[0]
         return (loss, outputs) if return_outputs else loss
 
     def close_epoch(self) -> int:
@@ -161,13 +268,18 @@ class IESTrainer(Trainer):
                 scored = self._score(Subset(self.train_dataset, removed))
         self.selector.step()
         self._epochs_closed += 1
+        self._steps_in_epoch = 0
         stats = self.selector.stats()  # one read per epoch
         self._ies_logs = {"ies/kept_fraction": stats["kept"] / stats["num_samples"],
                           "ies/backward_saved_fraction": stats["backward_saved_fraction"]}
         return scored
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        """The Trainer's log rows, with the last epoch's kept and saved fractions."""
+        """The Trainer's log rows, with the last epoch's kept and saved fractions;
+        ``train_samples_per_second`` counts the examples really trained (kept ones)."""
+        if "train_runtime" in logs and "train_samples_per_second" in logs and logs["train_runtime"] > 0:
+            logs["train_samples_per_second"] = round(
+                self._examples_trained * self.args.world_size / logs["train_runtime"], 3)
         super().log({**logs, **self._ies_logs}, *args, **kwargs)
 
     def _score(self, dataset) -> int:
@@ -190,29 +302,72 @@ class IESTrainer(Trainer):
     # ---- checkpoints ----------------------------------------------------------------
     def selector_state(self) -> dict:
         return {"version": STATE_VERSION, "selector": self.selector.state_dict(),
-                "epochs_closed": self._epochs_closed, "steps_in_epoch": self._steps_in_epoch}
+                "epochs_closed": self._epochs_closed, "steps_in_epoch": self._steps_in_epoch,
+                "global_step": self.state.global_step}
 
     def save_selector(self, folder: str) -> None:
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+        """Write ``folder/ies_selector.pt`` atomically (temporary file, fsync, rename)."""
         state = self.selector_state()
         state["selector"] = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state["selector"].items()}
-        torch.save(state, os.path.join(folder, STATE_FILE))
+        write_state(folder, state)
+
+    def _checked_selector_state(self, folder: str) -> dict:
+        """``folder/ies_selector.pt`` validated whole against this trainer (nothing applied)."""
+        state = read_state(folder)
+        path = os.path.join(folder, STATE_FILE)
+        scratch = copy.deepcopy(self.selector)
+        try:
+            scratch.load_state_dict(state["selector"])
+        except (ValueError, TypeError) as exc:
+            raise IncompleteCheckpoint(f"{path}: {exc}") from None
+        closed, steps, step = state["epochs_closed"], state["steps_in_epoch"], state["global_step"]
+        if closed != scratch.epoch:
+            raise IncompleteCheckpoint(f"{path}: epochs_closed={closed} disagrees with the selector's epoch {scratch.epoch}")
+        if closed > step:  # every epoch takes at least one optimizer step
+            raise IncompleteCheckpoint(f"{path}: epochs_closed={closed} exceeds global_step={step}")
+        batches = math.ceil(int(scratch.kept_indices().numel()) / self._train_batch_size)
+        if steps > min(batches, step):
+            raise IncompleteCheckpoint(f"{path}: steps_in_epoch={steps} exceeds the epoch's {batches} kept batches "
+                                       f"or global_step={step}")
+        return state
 
     def load_selector(self, folder: str) -> dict:
-        path = os.path.join(folder, STATE_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing: the checkpoint was not written by IESTrainer")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"{path} is not an IESTrainer selector state (version {STATE_VERSION})")
-        for key in ("epochs_closed", "steps_in_epoch"):
-            if isinstance(state.get(key), bool) or not isinstance(state.get(key), int) or state[key] < 0:
-                raise ValueError(f"{path}: {key!r} must be an int >= 0")
-        self.selector.load_state_dict(state["selector"])  # validated whole before anything is applied
+        """Restore the selector and the position in the epoch from ``folder`` (validated
+        whole first; a bad file raises naming it and changes nothing)."""
+        state = self._checked_selector_state(folder)
+        self.selector.load_state_dict(state["selector"])
         self._epochs_closed = state["epochs_closed"]
-        self._resumed_steps = state["steps_in_epoch"]
+        self._resumed_steps = 0 if self.args.ignore_data_skip else state["steps_in_epoch"]
         return state
+
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            discard_markers(folder)  # a folder a killed run left: incomplete until rewritten whole
+        with _shard_bars_off(self.args.disable_tqdm):
+            super()._save_checkpoint(model, trial)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # the last file before trainer_state.json (the Trainer's completion marker)
+        super()._save_rng_state(output_dir)
+        if self.args.should_save:
+            self.save_selector(output_dir)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` resumes from the newest
+        checkpoint of ``output_dir`` written whole (a folder that a killed run left
+        half-written is skipped); a path must be a complete checkpoint."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir})")
+        elif resume_from_checkpoint not in (None, False):
+            check_complete(os.fspath(resume_from_checkpoint))
+        elif self._epochs_closed or self.selector.epoch:
+            raise ValueError("this IESTrainer has trained already (its selector is at epoch "
+                             f"{self.selector.epoch}); build a new one, or pass resume_from_checkpoint")
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
                              trial):
@@ -223,6 +378,5 @@ class IESTrainer(Trainer):
                                                      resume_from_checkpoint, trial)
         if resume_from_checkpoint is None:
             return epochs, steps
-        state = self.load_selector(resume_from_checkpoint)
-        steps = 0 if self.args.ignore_data_skip else state["steps_in_epoch"] * self.args.gradient_accumulation_steps
-        return state["epochs_closed"], steps
+        self.load_selector(resume_from_checkpoint)
+        return self._epochs_closed, self._resumed_steps
