@@ -12,6 +12,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments  # noqa: E402
 
+from ies_fast.checkpoint_io import save_checkpoint  # noqa: E402
+from ies_fast.integrations._hf_checkpoint import read_state  # noqa: E402
 from ies_fast.integrations.huggingface import STATE_FILE, IESTrainer, IndexedExamples  # noqa: E402
 
 VOCAB, LENGTH, N, EPOCHS, BATCH = 48, 10, 128, 8, 8
@@ -56,7 +58,7 @@ def reference(tmp_path_factory):
 def checkpoints(out: Path) -> list:
     """``(folder, selector state)`` of every checkpoint, in step order."""
     folders = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return [(f, torch.load(f / STATE_FILE, weights_only=True)) for f in folders]
+    return [(f, read_state(str(f))) for f in folders]
 
 
 def resume_and_compare(ref, folder, out):
@@ -110,6 +112,7 @@ def test_bad_input_is_one_clear_error(tmp_path):
     trainer = IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8))
     with pytest.raises(FileNotFoundError, match="IESTrainer"):
         trainer.load_selector(str(tmp_path))
-    torch.save({"version": 1, "selector": {}, "epochs_closed": -1, "steps_in_epoch": 0}, tmp_path / STATE_FILE)
+    save_checkpoint({"version": 2, "selector": {}, "epochs_closed": -1, "steps_in_epoch": 0, "global_step": 0},
+                    tmp_path / STATE_FILE)
     with pytest.raises(ValueError, match="epochs_closed"):
         trainer.load_selector(str(tmp_path))
