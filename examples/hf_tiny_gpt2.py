@@ -4,11 +4,13 @@ sequences, three quarters of which count up (learned early), a quarter random.
 
     python examples/hf_tiny_gpt2.py          # IES and the same run without IES (delta=0)
 
-Prints the held-out loss on counting sequences and the fraction of backward passes saved."""
+Prints the held-out loss on counting sequences and the fraction of backward passes saved,
+and for each run its optimizer steps, the LR of its last step and where the schedule
+ended (IESTrainer runs the linear schedule by epoch progress: it ends at 0 as without IES)."""
 import tempfile
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
 from ies_fast.integrations.huggingface import IESTrainer
 from _with_and_without import main
@@ -35,9 +37,19 @@ def run(delta: float, epochs: int, seed: int) -> dict:
                                  save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True)
         trainer = IESTrainer(model=GPT2LMHeadModel(config), args=args, train_dataset=sequences(512, seed),
                              eval_dataset=sequences(256, 1000 + seed, noise_every=0), ies={"delta": delta})
+        trainer.add_callback(last_lr := LastLR())
         trainer.train()
+        print(f"seed {seed}  delta={delta:g}: {trainer.state.global_step} optimizer steps, last step at LR "
+              f"{last_lr.lr:.3g}, schedule ends at {trainer.lr_scheduler.get_last_lr()[0]:.3g}", flush=True)
         return {"eval_loss": trainer.evaluate()["eval_loss"],
                 "saved": trainer.selector.stats()["backward_saved_fraction"]}
+
+
+class LastLR(TrainerCallback):
+    """The LR each optimizer step runs at (the last one is kept)."""
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.lr = optimizer.param_groups[0]["lr"]
 
 
 if __name__ == "__main__":

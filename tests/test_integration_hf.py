@@ -3,14 +3,19 @@
 (counting sequences) are learned early. IES removes examples, the training loss
 falls, and resume_from_checkpoint restores the selector (end of an epoch and in
 the middle of a shrunken one) so the run ends like an uninterrupted one."""
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+HERE = Path(__file__).resolve().parent  # tests/ now, tests/integrations/ after the layout change
+sys.path.insert(0, str(HERE if (HERE / "hf_tiny.py").exists() else HERE / "integrations"))
+import hf_tiny  # noqa: E402
+
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
-from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments  # noqa: E402
+from transformers import TrainingArguments  # noqa: E402
 
 from ies_fast.checkpoint_io import save_checkpoint  # noqa: E402
 from ies_fast.integrations._hf_checkpoint import read_state  # noqa: E402
@@ -22,21 +27,11 @@ IES = {"delta": 5e-2, "order": 1, "window": 2}  # eligible after 3 epochs: a sho
 
 
 def sequences(n=N, seed=0) -> list:
-    """Three quarters count up from a random start (learned within a few epochs),
-    one quarter is random tokens."""
-    g = torch.Generator().manual_seed(seed)
-    start = torch.randint(0, VOCAB, (n, 1), generator=g)
-    counting = (start + torch.arange(LENGTH)) % VOCAB
-    noise = torch.randint(0, VOCAB, (n, LENGTH), generator=g)
-    ids = torch.where((torch.arange(n) % 4 == 0).unsqueeze(1), noise, counting)
-    return [{"input_ids": row, "attention_mask": torch.ones(LENGTH, dtype=torch.long), "labels": row} for row in ids]
+    return hf_tiny.sequences(n, seed, vocab=VOCAB, length=LENGTH)
 
 
 def tiny_gpt2():
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=LENGTH, n_embd=32, n_layer=2, n_head=2,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(config)
+    return hf_tiny.tiny_gpt2(vocab=VOCAB, length=LENGTH, n_embd=32, n_layer=2)
 
 
 def make_trainer(out, **kwargs):

@@ -12,23 +12,24 @@ VOCAB, LENGTH = 32, 8
 IES = {"delta": 0.1, "order": 1, "window": 2}  # eligible after 3 epochs: short runs remove examples
 
 
-def sequences(n: int, seed: int = 0) -> list:
+def sequences(n: int, seed: int = 0, vocab: int = VOCAB, length: int = LENGTH) -> list:
     """Three quarters count up from a random start (learned within a few epochs),
     one quarter is random tokens."""
     g = torch.Generator().manual_seed(seed)
-    start = torch.randint(0, VOCAB, (n, 1), generator=g)
-    counting = (start + torch.arange(LENGTH)) % VOCAB
-    noise = torch.randint(0, VOCAB, (n, LENGTH), generator=g)
+    start = torch.randint(0, vocab, (n, 1), generator=g)
+    counting = (start + torch.arange(length)) % vocab
+    noise = torch.randint(0, vocab, (n, length), generator=g)
     ids = torch.where((torch.arange(n) % 4 == 0).unsqueeze(1), noise, counting)
-    return [{"input_ids": row, "attention_mask": torch.ones(LENGTH, dtype=torch.long), "labels": row} for row in ids]
+    return [{"input_ids": row, "attention_mask": torch.ones(length, dtype=torch.long), "labels": row} for row in ids]
 
 
-def tiny_gpt2():
+def tiny_gpt2(vocab: int = VOCAB, length: int = LENGTH, n_embd: int = 32, n_layer: int = 1):
+    """A GPT-2 from a config (seeded init, no dropout)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=LENGTH, n_embd=32, n_layer=1, n_head=2, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(vocab_size=vocab, n_positions=length, n_embd=n_embd, n_layer=n_layer, n_head=2,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(config)
 
 
