@@ -17,6 +17,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from transformers import TrainingArguments  # noqa: E402
 
+from ies_fast import IES as Selector  # noqa: E402
 from ies_fast.checkpoint_io import save_checkpoint  # noqa: E402
 from ies_fast.integrations._hf_checkpoint import read_state  # noqa: E402
 from ies_fast.integrations.huggingface import STATE_FILE, IESTrainer, IndexedExamples  # noqa: E402
@@ -111,3 +112,15 @@ def test_bad_input_is_one_clear_error(tmp_path):
                     tmp_path / STATE_FILE)
     with pytest.raises(ValueError, match="epochs_closed"):
         trainer.load_selector(str(tmp_path))
+    used = Selector(8)
+    state = used.state_dict()
+    state["epoch"] = 2
+    used.load_state_dict(state)
+    with pytest.raises(ValueError, match="fresh selector"):
+        IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8), ies=used)
+
+
+def test_a_second_train_call_is_refused(reference):
+    trainer, _ = reference
+    with pytest.raises(ValueError, match="trained already"):
+        trainer.train()
