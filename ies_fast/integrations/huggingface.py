@@ -322,7 +322,8 @@ class IESTrainer(Trainer):
             raise IncompleteCheckpoint(f"{path}: {exc}") from None
         closed, steps, step = state["epochs_closed"], state["steps_in_epoch"], state["global_step"]
         if closed != scratch.epoch:
-            raise IncompleteCheckpoint(f"{path}: epochs_closed={closed} disagrees with the selector's epoch {scratch.epoch}")
+            raise IncompleteCheckpoint(f"{path}: epochs_closed={closed} disagrees with the selector's epoch "
+                                       f"{scratch.epoch}")
         if closed > step:  # every epoch takes at least one optimizer step
             raise IncompleteCheckpoint(f"{path}: epochs_closed={closed} exceeds global_step={step}")
         batches = math.ceil(int(scratch.kept_indices().numel()) / self._train_batch_size)

@@ -21,16 +21,13 @@ FULL = -(-N // BATCH)  # optimizer steps of a full epoch: 32
 
 
 class Trace(TrainerCallback):
-    """(state.epoch, LR) before every optimizer step, and each epoch's kept count."""
+    """(state.epoch, LR) before every optimizer step."""
 
     def __init__(self):
-        self.steps, self.kept = [], []
+        self.steps = []
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
         self.steps.append((float(state.epoch or 0.0), optimizer.param_groups[0]["lr"]))
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.kept.append(None)  # filled in by the test from the selector (no access here)
 
 
 def planned_curve(kind: str, total: int) -> list:
@@ -48,6 +45,7 @@ def planned_curve(kind: str, total: int) -> list:
 
 
 def kept_counter(trainer, counts: list):
+    """A callback appending each epoch's kept count to ``counts``."""
     class Kept(TrainerCallback):
         def on_epoch_begin(self, args, state, control, **kwargs):
             counts.append(int(trainer.selector.kept_indices().numel()))
