@@ -50,7 +50,9 @@ def make_trainer(out, *, n: int = 128, ies=None, callbacks=(), trainer_cls=None,
                       ies=dict(IES if ies is None else ies))
 
 
-SIGKILL_RUN = dict(n=64, num_train_epochs=6, save_strategy="steps", save_steps=5, save_total_limit=2)
+# epochs of 16, 16, 16, 13, 9, 2 kept batches: 72 optimizer steps, checkpoints 5, 10, ..., 70, 72
+SIGKILL_RUN = dict(n=64, num_train_epochs=6, save_strategy="steps", save_steps=5, save_total_limit=2,
+                   ies={"delta": 0.6, "order": 1, "window": 2})
 
 
 def same_run(a, b) -> bool:

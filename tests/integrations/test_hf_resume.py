@@ -27,8 +27,8 @@ from ies_fast.integrations.huggingface import STATE_FILE  # noqa: E402
 SAVE = SIGKILL_RUN["save_steps"]
 # (mode, k): killed while writing the k-th checkpoint (see hf_sigkill_driver.py), and
 # the checkpoint the resume must use: the one before, or the k-th when it was whole
-TRIALS = [("weights", 3), ("selector", 5), ("state", 7), ("state-half", 9), ("rotate", 12),
-          ("external", 4), ("external", 10)]
+TRIALS = [("weights", 11), ("selector", 13), ("state", 14), ("state-half", 6), ("rotate", 12),
+          ("external", 3), ("external", 9)]
 WHOLE = {"rotate"}
 
 
@@ -58,6 +58,7 @@ def test_sigkill_at_any_moment_resumes_from_the_newest_complete_checkpoint(refer
     assert run.returncode == 0, run.stderr[-3000:]
     trials = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(trials) == len(TRIALS)
+    inside_shrunken = 0
     for t in trials:
         assert t["status"] == -9, t  # killed by SIGKILL, not finished
         folder = Path(t["folder"])
@@ -68,9 +69,12 @@ def test_sigkill_at_any_moment_resumes_from_the_newest_complete_checkpoint(refer
             assert step in (newest - SAVE, newest), t
         else:
             assert step == SAVE * (t["k"] if t["mode"] in WHOLE else t["k"] - 1), t
+        state = load_checkpoint(Path(resumed) / STATE_FILE)
+        inside_shrunken += bool(state["selector"]["mastered"].any() and state["steps_in_epoch"] > 0)
         trainer = make_trainer(folder, **SIGKILL_RUN)
         trainer.train(resume_from_checkpoint=True)
         assert same_run(trainer, ref), t
+    assert inside_shrunken >= 2  # resumed inside epochs IES had shrunk
 
 
 def test_resume_from_an_epoch_end_checkpoint(one_thread, tmp_path, capfd):
