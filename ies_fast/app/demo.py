@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .. import IES, cross_entropy, extras
 

@@ -20,21 +20,28 @@ only while the floor is on).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
-def _check_min_kept(min_kept, num_samples: int) -> int:
+def kept_count(min_kept, num_samples: int) -> int:
+    """``min_kept`` as a sample count: an int is a count in ``[0, num_samples]``, a float
+    a fraction of the data set in ``[0, 1]`` (rounded up), as ``--min-kept`` takes it."""
+    if isinstance(min_kept, float) and math.isfinite(min_kept) and 0.0 <= min_kept <= 1.0:
+        return math.ceil(min_kept * num_samples)
     if isinstance(min_kept, bool) or not isinstance(min_kept, int) or not 0 <= min_kept <= num_samples:
-        raise ValueError(f"min_kept must be an int in [0, num_samples={num_samples}], got {min_kept!r}")
+        raise ValueError(f"min_kept must be an int count in [0, num_samples={num_samples}] or a float fraction "
+                         f"in [0, 1], got {min_kept!r}")
     return min_kept
 
 
 class KeptFloor:
     """Chooses the mastered samples to replay so that at least ``min_kept`` are trained."""
 
-    def __init__(self, num_samples: int, min_kept: int = 0, *, seed: int = 0):
+    def __init__(self, num_samples: int, min_kept=0, *, seed: int = 0):
         self.num_samples = num_samples
-        self.min_kept = _check_min_kept(min_kept, num_samples)
+        self.min_kept = kept_count(min_kept, num_samples)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed = seed

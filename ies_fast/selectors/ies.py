@@ -2,7 +2,6 @@
 at each epoch end, the keep mask, statistics, checkpoints and DDP merging."""
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.distributed as dist
@@ -60,7 +59,8 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     * an empty batch is a no-op.
 
     ``min_kept`` (the collapse guard, :mod:`ies_fast.selectors.floor`): at least that many
-    samples are trained each epoch; random mastered samples (seeded by ``seed`` and
+    samples (an int count, or a float fraction of ``num_samples`` as the CLI's
+    ``--min-kept`` takes it) are trained each epoch; random mastered samples (seeded by ``seed`` and
     the epoch) are replayed to fill up. Decisions are unchanged.
 
     Memory: ``4·history_length + 2`` bytes per sample on device.
@@ -88,7 +88,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         exit_weights=None,
         score_policy: str = "every",
         score_max_interval: int = 8,
-        min_kept: int = 0,
+        min_kept=0,
         seed: int = 0,
     ):
         super().__init__(num_samples, device, backend)
@@ -108,7 +108,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
         self.kept_floor = KeptFloor(num_samples, min_kept, seed=seed)
         # mastered samples trained anyway (the floor); empty while the floor is off (no memory, no work)
-        self.replay = torch.zeros(num_samples if min_kept else 0, dtype=torch.bool, device=self.device)
+        self.replay = torch.zeros(num_samples if self.kept_floor.min_kept else 0, dtype=torch.bool, device=self.device)
 
     @property
     def score_every(self) -> int:

@@ -87,7 +87,7 @@ def test_replay_survives_a_checkpoint():
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(min_kept=-1), "min_kept"), (dict(min_kept=11), "min_kept"),
-                                          (dict(min_kept=0.5), "min_kept"), (dict(min_kept=2, seed=1.5), "seed")])
+                                          (dict(min_kept=1.5), "min_kept"), (dict(min_kept=2, seed=1.5), "seed")])
 def test_bad_floor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         IES(10, **kwargs)
@@ -127,3 +127,15 @@ def test_loop_warns_below_one_batch_and_the_floor_prevents_it(tmp_path, capsys, 
     assert all(r["kept"] >= n // 2 for r in s["history"]) and "fewer than one batch" not in err
     rows = [json.loads(line) for line in open(tmp_path / "guarded" / "log.jsonl")]
     assert rows[-1]["kept"] >= n // 2
+
+
+def test_min_kept_is_a_count_as_an_int_and_a_fraction_as_a_float():
+    """``IES(min_kept=0.05)`` means what ``--min-kept 0.05`` means: 5% of the samples."""
+    from ies_fast import IES
+
+    assert IES(200, min_kept=0.05).kept_floor.min_kept == 10
+    assert IES(200, min_kept=10).kept_floor.min_kept == 10
+    assert IES(201, min_kept=0.05).kept_floor.min_kept == 11  # rounded up
+    for bad in (1.5, -0.1, float("nan"), True, 201 + 1, "5"):
+        with pytest.raises(ValueError, match="min_kept"):
+            IES(201, min_kept=bad)

@@ -44,7 +44,7 @@ def make_selector(config: TrainConfig, num_samples: int, device: torch.device):
     costs, nothing removed), so the baseline's timing is comparable."""
     if config.selector in ("ies", "none"):
         delta = config.delta if config.selector == "ies" else 0.0
-        min_kept = math.ceil(config.min_kept * num_samples) if config.selector == "ies" else 0
+        min_kept = float(config.min_kept) if config.selector == "ies" else 0  # a fraction, as IES takes it too
         return IES(num_samples, delta=delta, order=config.order, window=config.window, device=device,
                    k=config.k, eligibility=config.eligibility, score_every=config.score_every, backend=config.backend, score_policy=config.score_policy,
                    score_max_interval=config.score_max_interval, min_kept=min_kept, seed=config.seed)
