@@ -1,7 +1,7 @@
 """The selector file of an ``IESTrainer`` checkpoint folder, and which folder a
 resume may use.
 
-``ies_selector.pt`` is written with :func:`ies_fast.checkpoint_io.save_checkpoint`
+``ies_selector.pt`` is written with :func:`ies_fast.io.checkpoint.save_checkpoint`
 (temporary file, fsync, ``os.replace``: a symlink at the path is replaced, never
 written through) and read back only after its header, length and SHA-256 verify,
 with ``torch.load(weights_only=True)``. It is written before the Trainer's
@@ -19,7 +19,7 @@ import re
 import stat
 from typing import Optional
 
-from ..checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
+from ..io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 STATE_FILE = "ies_selector.pt"
 TRAINER_STATE = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME

@@ -48,8 +48,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging as hf_logging
 
 from ..data import KeptSampler
-from ..loss import causal_lm_cross_entropy, cross_entropy
-from ..selector import IES
+from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
+from ..selectors.ies import IES
 from ._hf_checkpoint import (STATE_FILE, STATE_VERSION, IncompleteCheckpoint, check_complete, discard_markers,
                              newest_complete_checkpoint, read_state, write_state)
 

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
-from ..selector import IES
+from ..selectors.ies import IES
 from ._batches import batch_index
 
 __all__ = ["IESCallback"]

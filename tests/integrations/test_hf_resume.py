@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 from hf_tiny import SIGKILL_RUN, make_trainer, same_run  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from ies_fast.checkpoint_io import load_checkpoint, save_checkpoint  # noqa: E402
+from ies_fast.io.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from ies_fast.integrations._hf_checkpoint import newest_complete_checkpoint  # noqa: E402
 from ies_fast.integrations.huggingface import STATE_FILE  # noqa: E402
 
