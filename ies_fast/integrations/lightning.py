@@ -110,19 +110,27 @@ class IESCallback(Callback):
 
     # ---- the epoch ---------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
-        """Resumed inside an epoch (``every_n_train_steps``, ``val_check_interval`` < 1):
-        Lightning calls no ``on_train_epoch_start`` for it, so put the epoch's kept
-        sampler back here, at the first batch not trained yet."""
+        """Resumed from a checkpoint written inside an epoch (``every_n_train_steps``,
+        ``val_check_interval`` < 1): Lightning calls no ``on_train_epoch_start`` for
+        the epoch it resumes, so put the epoch's kept sampler back here, at the first
+        batch not trained yet (the same kept order: ``seed + epoch``)."""
         fit_loop = trainer.fit_loop
         if not fit_loop.restarted_mid_epoch:
             return
         epoch_loop = fit_loop.epoch_loop
-        done = epoch_loop.batch_progress.current.completed + int(epoch_loop.restarted_on_train_batch_end)
-        if epoch_loop.restarted_on_train_batch_end and epoch_loop.batch_progress.is_last_batch:
-            raise RuntimeError(
-                "IESCallback: resuming from a checkpoint written at an epoch's last training batch is not "
-                "supported (Lightning skips the next epoch's on_train_epoch_start); resume from the checkpoint "
-                "written at that epoch's end, or save with every_n_train_steps that does not hit an epoch's end")
+        progress = epoch_loop.batch_progress
+        if epoch_loop.restarted_on_train_batch_end and progress.is_last_batch:
+            # written at the epoch's last batch: Lightning goes on with the next epoch (without its
+            # on_train_epoch_start) and would count the old epoch's batches as done in it
+            progress.increment_completed()
+            progress.reset_on_run()
+            epoch_loop.scheduler_progress.reset_on_run()
+            epoch_loop.automatic_optimization.optim_progress.reset_on_run()
+            epoch_loop.val_loop.batch_progress.total.reset()
+            epoch_loop.reset_restart_stage()
+            self.on_train_epoch_start(trainer, pl_module)
+            return
+        done = progress.current.completed + int(epoch_loop.restarted_on_train_batch_end)
         self._loader = self._install(trainer, skip_batches=done)
         self._open = True
 
