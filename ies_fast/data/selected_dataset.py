@@ -17,10 +17,11 @@ the same weights as closing it right after its last batch.
 
 Epochs shrink, so a per-step LR schedule sized from the full data set would stop
 early: :meth:`IESDataset.schedule` steps it by epoch progress instead (see
-:class:`ProgressScheduler`).
+:class:`ProgressScheduler`); :attr:`IESDataset.progress` is the epoch progress.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Callable, Iterator, Optional
 
@@ -66,28 +67,42 @@ class _ScoringItems(Dataset):
 
 class ProgressScheduler:
     """Steps a per-step LR ``scheduler`` by epoch progress, so that a schedule sized
-    for ``steps_per_epoch`` optimizer steps per full epoch ends where it would
-    without IES although IES epochs have fewer steps.
+    for the full data set (``len(loader)`` optimizer steps per epoch without IES)
+    ends where it would without IES although IES epochs have fewer batches.
 
-    :meth:`step` (call it where the loop called ``scheduler.step()``, after
-    ``optimizer.step()``) steps ``scheduler`` until it has taken
-    ``round(progress * steps_per_epoch)`` steps, ``progress`` being
-    :attr:`IESDataset.progress`: the schedule reaches step ``e * steps_per_epoch``
-    exactly when epoch ``e`` ends, and in between moves ``steps_per_epoch / kept
-    steps`` steps per optimizer step. Any scheduler works (it is only ever stepped
-    forward, one ``step()`` at a time). Build it after restoring a checkpoint: it
-    starts from the restored dataset's progress."""
+    :meth:`step` (call it where the loop called ``scheduler.step()``, after each
+    ``optimizer.step()``; one optimizer step per batch) steps ``scheduler`` until it
+    has taken :meth:`target` steps: ``e * P + round(b * P / K)`` in epoch ``e``
+    after ``b`` of its ``K`` kept batches, ``P`` being a full epoch's batches. The
+    schedule is at step ``e * P`` exactly when epoch ``e`` starts, and in between
+    moves ``P / K`` steps per batch; without IES (``K = P``) it steps once per batch,
+    as it would unwrapped. Any scheduler works (it is only ever stepped forward, one
+    ``step()`` at a time). Build it after restoring a checkpoint taken between
+    epochs: it starts from the restored dataset's epoch."""
 
-    def __init__(self, scheduler, dataset: "IESDataset", steps_per_epoch: int):
-        if not hasattr(scheduler, "step"):
+    def __init__(self, scheduler, dataset: "IESDataset", loader: DataLoader):
+        if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"scheduler must have a step() method, got {type(scheduler).__name__}")
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
-        self.scheduler, self.dataset, self.steps_per_epoch = scheduler, dataset, steps_per_epoch
-        self.steps = dataset.scheduled_steps(steps_per_epoch)
+        if not isinstance(loader, DataLoader) or loader.batch_size is None or loader.sampler is not dataset.sampler:
+            raise ValueError("loader must be the training DataLoader(dataset, batch_size=..., sampler=dataset.sampler)")
+        sampler, n = dataset.sampler, len(dataset)
+        per_rank = n // sampler.num_replicas if sampler.drop_last else math.ceil(n / sampler.num_replicas)
+        full = per_rank // loader.batch_size if loader.drop_last else math.ceil(per_rank / loader.batch_size)
+        self.scheduler, self.dataset, self.loader = scheduler, dataset, loader
+        self.steps_per_epoch = max(1, full)
+        self.steps = self.target()
+
+    def target(self) -> int:
+        """The steps the schedule should have taken by now."""
+        ds, per_epoch = self.dataset, self.steps_per_epoch
+        done = int(ds.selector.epoch) * per_epoch
+        kept = len(self.loader)
+        if not ds._open or kept == 0:
+            return done
+        return done + (min(ds._batches, kept) * per_epoch + kept // 2) // kept
 
     def step(self) -> None:
-        target = self.dataset.scheduled_steps(self.steps_per_epoch)
+        target = self.target()
         while self.steps < target:
             self.scheduler.step()
             self.steps += 1
@@ -162,7 +177,7 @@ class IESDataset(IndexedDataset):
         self._score_set = _ScoringItems(score_dataset if score_dataset is not None else dataset, input_key, target_key)
         self.sampler = _EpochSampler(self, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self._open = False  # an epoch has started and was not closed yet
-        self._seen = 0  # rows given to update() in the open epoch (host count: no device read)
+        self._seen = self._batches = 0  # rows and batches given to update() in the open epoch (host counts)
 
     @staticmethod
     def _with_index(item, index: int):
@@ -180,35 +195,28 @@ class IESDataset(IndexedDataset):
             raise ValueError("per_sample_loss must be a 1-D tensor [B] (use reduction='none')")
         self.selector.observe(per_sample_loss.detach(), index)
         self._seen += per_sample_loss.shape[0]
+        self._batches += 1
         return per_sample_loss.mean()
 
     # ---- progress (for per-step schedules) ----------------------------------------------
     @property
     def progress(self) -> float:
         """Epochs done, with the open epoch's fraction: ``e + rows recorded / rows in
-        epoch e`` (3.25 = a quarter into the fourth epoch). Without IES it is what a
-        step counter over full epochs would say; with IES it still ends at the number
-        of epochs run, which is what a per-step schedule should follow."""
+        epoch e`` (3.25 = a quarter into the fourth epoch). It ends at the number of
+        epochs run however much IES shrank them: a schedule written as a function of
+        progress ends where it would without IES (:meth:`schedule` does this for a
+        ``torch.optim.lr_scheduler`` sized in steps)."""
         epoch, total = int(self.selector.epoch), len(self.sampler)
         if not self._open or total == 0:
             return float(epoch)
         return epoch + min(self._seen, total) / total
 
-    def scheduled_steps(self, steps_per_epoch: int) -> int:
-        """Where a schedule of ``steps_per_epoch`` steps per full epoch stands now:
-        ``round(progress * steps_per_epoch)``, in integers."""
-        done = int(self.selector.epoch) * steps_per_epoch
-        total = len(self.sampler)
-        if not self._open or total == 0:
-            return done
-        seen = min(self._seen, total)
-        return done + (seen * steps_per_epoch + total // 2) // total
-
-    def schedule(self, scheduler, steps_per_epoch: int) -> ProgressScheduler:
-        """``scheduler`` (sized for ``steps_per_epoch`` optimizer steps per full
-        epoch, e.g. ``len(DataLoader(dataset, batch_size))``) stepped by progress:
-        call the returned object's ``step()`` instead of ``scheduler.step()``."""
-        return ProgressScheduler(scheduler, self, steps_per_epoch)
+    def schedule(self, scheduler, loader: DataLoader) -> ProgressScheduler:
+        """``scheduler``, sized for the full data set (``len(loader)`` steps per epoch
+        without IES), stepped by epoch progress: call the returned object's ``step()``
+        instead of ``scheduler.step()``. ``loader`` is the training loader over this
+        dataset and its sampler."""
+        return ProgressScheduler(scheduler, self, loader)
 
     def end_epoch(self) -> int:
         """Close the open epoch: score the removed samples, then ``selector.step()``.
@@ -225,7 +233,7 @@ class IESDataset(IndexedDataset):
         scored = self.selector.score(self.model, loader, score_fn=self.score_fn)
         self.selector.step()
         self._open = False
-        self._seen = 0
+        self._seen = self._batches = 0
         return scored
 
     def _recorded_otherwise(self) -> bool:
@@ -236,7 +244,7 @@ class IESDataset(IndexedDataset):
     def _begin_epoch(self) -> None:
         self.end_epoch()
         self._open = True
-        self._seen = 0
+        self._seen = self._batches = 0
 
     # ---- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -258,7 +266,7 @@ class IESDataset(IndexedDataset):
         self.selector.load_state_dict(state["selector"])  # checks the selector state whole, then applies it
         self.sampler.apply_state(sampler)  # cannot fail: checked above
         self._open = state["open"]
-        self._seen = 0
+        self._seen = self._batches = 0
 
     def __getstate__(self) -> dict:
         # DataLoader workers need the items only, never the model or the selector
