@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
@@ -298,8 +298,10 @@ class IESCallback(Callback):
         self.seed = seed
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        """Refuse a checkpoint without this callback's state: resuming from it would
-        silently start the selector over."""
+        """Refuse to resume training from a checkpoint without this callback's state:
+        it would silently start the selector over (validate/test may load any)."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
         states = checkpoint.get("callbacks") or {}
         if self.state_key not in states and self._legacy_state_key not in states:
             raise ValueError(

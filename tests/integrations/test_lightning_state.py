@@ -58,3 +58,4 @@ def test_resuming_from_a_checkpoint_without_iescallback_state_is_an_error(tmp_pa
     with pytest.raises(ValueError, match="no 'IESCallback' callback state"):
         trainer(2, [ies], limit_val_batches=0).fit(DigitsMLP(ies), ckpt_path=str(ckpt))
     assert ies.selector.epoch == 0
+    trainer(2, [ies]).validate(DigitsMLP(ies), ckpt_path=str(ckpt))  # evaluating its weights is fine
