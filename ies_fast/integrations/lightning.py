@@ -101,7 +101,8 @@ class IESCallback(Callback):
         self.log = log
         self._open = False  # an epoch was trained and not closed (scored + stepped) yet
         self._loader: Optional[DataLoader] = None
-        self._full_batches: Optional[int] = None  # batches of a full epoch (after limit_train_batches): the plan
+        # the plan, from the loader as Lightning built it: (optimizer steps per full epoch, max_epochs, max_steps)
+        self._plan: Optional[tuple[int, int, int]] = None
         self._warned_frequency = False
 
     # ---- placement ------------------------------------------------------------------
@@ -151,17 +152,11 @@ class IESCallback(Callback):
         """Optimizer steps the run was planned for without IES (what
         ``trainer.estimated_stepping_batches`` said before the first epoch); ``None``
         before the first epoch or when the run has no end."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None or self._full_batches is None:
+        if self._plan is None:
             return None
-        per_epoch, max_epochs, max_steps = self._plan(trainer)
+        per_epoch, max_epochs, max_steps = self._plan
         ends = [n for n in (max_epochs * per_epoch if max_epochs >= 0 else -1, max_steps) if n >= 0]
         return min(ends) if ends else None
-
-    def _plan(self, trainer) -> tuple[int, int, int]:
-        per_epoch = math.ceil(self._full_batches / trainer.accumulate_grad_batches)
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-        return per_epoch, max_epochs, trainer.max_steps
 
     def scheduled_steps(self, global_step: int, epoch: int, steps_done: int, steps_in_epoch: int) -> Optional[int]:
         """Where a per-step schedule sized for :attr:`planned_steps` should stand after
@@ -172,7 +167,7 @@ class IESCallback(Callback):
         planned = self.planned_steps
         if planned is None:
             return None
-        _, max_epochs, max_steps = self._plan(trainer=self._trainer)
+        _, max_epochs, max_steps = self._plan
         fraction = Fraction(0)
         if max_epochs > 0 and steps_in_epoch > 0:
             fraction = Fraction(epoch * steps_in_epoch + steps_done, steps_in_epoch * max_epochs)
@@ -227,14 +222,15 @@ class IESCallback(Callback):
         batches = loader.batch_sampler
         sampler = batches.sampler
         if not (isinstance(sampler, KeptSampler) and sampler.selector is self.selector):
-            # the loader as Lightning built it, over the full data set: this is the plan
-            self._full_batches = _parse_num_batches(RunningStage.TRAINING, len(batches), trainer.limit_train_batches)
+            # the loader as Lightning built it, over the full data set: the plan
+            full = _parse_num_batches(RunningStage.TRAINING, len(batches), trainer.limit_train_batches)
+            max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+            self._plan = (math.ceil(full / trainer.accumulate_grad_batches), max_epochs, trainer.max_steps)
             sampler = KeptSampler(self.selector, shuffle=_shuffles(sampler), seed=self.seed)
             batches.sampler = sampler  # read when the epoch's iterator starts
         sampler.set_epoch(trainer.current_epoch)
         if skip_batches:
             sampler.resume_at(skip_batches * batches.batch_size)
-        self._trainer = trainer
         self._size_epoch(trainer, len(batches))
         return loader
 
