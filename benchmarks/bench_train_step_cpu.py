@@ -40,8 +40,8 @@ def measure(dataset: str, epochs: int) -> dict:
     """Median single-step seconds of each variant; the variants take turns step by
     step (rotating who goes first), so load from other processes hits them alike."""
     import ies_fast
-    from ies_fast.train.config import TrainConfig
-    from ies_fast.train.loop import Trainer
+    from ies_fast.app.train.config import TrainConfig
+    from ies_fast.app.train.loop import Trainer
 
     with tempfile.TemporaryDirectory() as out:
         t = Trainer(TrainConfig(dataset=dataset, selector="none", device="cpu", out=out, epochs=epochs + 1,

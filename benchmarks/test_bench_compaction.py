@@ -1,9 +1,9 @@
 """Compaction: keep mask -> ascending index list (+ count), and whether it syncs.
 
-Variants: ``triton`` (``ies_fast.kernels.compact.compact_triton``), ``native``
+Variants: ``triton`` (``ies_fast.ops.compact.triton.compact_triton``), ``native``
 (``torch.ops.ies_fast.compact``: CUB on CUDA, C++ on CPU, where built),
 ``nonzero`` (``torch.nonzero``: sizes its output on the host, so it syncs) and
-``torch_cumsum`` (``ies_fast.ops.compact.compact_torch``, the fallback), and
+``torch_cumsum`` (``ies_fast.ops.compact.reference.compact_torch``, the fallback), and
 ``kept_indices`` (``IES.kept_indices()`` end to end on the device's default
 backend: keep mask, compaction, the sized list; it reads the count). The
 host-sync flag is measured on CUDA with ``torch.cuda.set_sync_debug_mode("error")``
@@ -18,7 +18,7 @@ import torch
 
 import benchutil
 from ies_fast import backend
-from ies_fast.ops.compact import compact_torch
+from ies_fast.ops.compact.reference import compact_torch
 
 VARIANTS = ("triton", "native", "nonzero", "torch_cumsum", "kept_indices")
 SIZES = {"small": (50_000, 1_280_000), "gpu": (50_000, 1_280_000, 10_000_000)}
@@ -68,13 +68,13 @@ def implementation(variant: str, dev: torch.device, n: int):
     if variant == "kept_indices":
         return selector_kept_indices(n, dev), None
     if variant == "triton":
-        if importlib.util.find_spec("ies_fast.kernels.compact") is None:
-            return None, "ies_fast.kernels.compact not present yet"
+        if importlib.util.find_spec("ies_fast.ops.compact.triton") is None:
+            return None, "ies_fast.ops.compact.triton not present yet"
         if not backend.triton_usable(dev):
             return None, "Triton needs CUDA here (on CPU only under TRITON_INTERPRET=1)"
         if dev.type == "cpu" and n > 50_000:
             return None, "interpreted Triton: only the smallest size"
-        from ies_fast.kernels.compact import compact_triton
+        from ies_fast.ops.compact.triton import compact_triton
 
         return compact_triton, None
     if variant == "native":

@@ -8,7 +8,7 @@ Variants, on the same inputs in the same run:
   max-writes it into the sample's ring slot; the Δ^N test runs once per epoch in
   ``IES.step()`` (see ``docs/kernels.md``);
 * ``torch_eager``: the same work as separate torch ops: ``F.cross_entropy(
-  reduction="none")``, then the ring write ``ies_fast.ops.ring.record_torch``;
+  reduction="none")``, then the ring write ``ies_fast.ops.ring.reference.record_torch``;
 * ``torch_compile``: that function under ``torch.compile``;
 * ``torch_eager_test``: ``torch_eager`` plus the Δ^N test of the batch's rows
   (gather, chronological order, difference score), the per-step test as the
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 import benchutil
 from ies_fast import IES, backend
-from ies_fast.ops.ring import chronological, difference_score, record_torch
+from ies_fast.ops.ring.reference import chronological, difference_score, record_torch
 
 VARIANTS = ("fused_triton", "torch_eager", "torch_compile", "torch_eager_test", "native_record", "liger")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -109,8 +109,8 @@ def liger_loss_fn():
 def unavailable(variant: str, dev: torch.device):
     """Why ``variant`` cannot run here, or ``None``."""
     if variant == "fused_triton":
-        if importlib.util.find_spec("ies_fast.kernels.cross_entropy") is None:
-            return "ies_fast.kernels.cross_entropy not present yet"
+        if importlib.util.find_spec("ies_fast.ops.cross_entropy.triton") is None:
+            return "ies_fast.ops.cross_entropy.triton not present yet"
         if not backend.triton_usable(dev):
             return "Triton needs CUDA here (on CPU only under TRITON_INTERPRET=1, too slow to time)"
     if variant == "native_record" and not backend.native_usable(dev):

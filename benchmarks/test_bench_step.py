@@ -40,8 +40,8 @@ def backend_unavailable(name: str, dev: torch.device, n: int):
     if name == "native" and not backend.native_usable(dev):
         return f"native extension not built for {dev.type}"
     if name == "triton":
-        if importlib.util.find_spec("ies_fast.kernels.ring") is None:
-            return "ies_fast.kernels.ring not present yet"
+        if importlib.util.find_spec("ies_fast.ops.ring.triton") is None:
+            return "ies_fast.ops.ring.triton not present yet"
         if not backend.triton_usable(dev):
             return "Triton needs CUDA here (on CPU only under TRITON_INTERPRET=1)"
         if dev.type == "cpu" and n > 50_000:

@@ -2,7 +2,7 @@
 
 Paths, fastest first:
 
-* ``triton``: Triton kernels (:mod:`ies_fast.kernels`), on CUDA tensors, or on
+* ``triton``: Triton kernels (:mod:`ies_fast.ops`), on CUDA tensors, or on
   CPU tensors under ``TRITON_INTERPRET=1`` (tests only: slow);
 * ``native``: the compiled extension ``ies_fast._C`` (C++/OpenMP on CPU, CUDA/CUB
   on GPU), when it was built at install time;
@@ -75,7 +75,8 @@ def triton_status() -> tuple[bool, str]:
     try:
         import triton  # noqa: F401
 
-        importlib.import_module("ies_fast.kernels")
+        for op in ("ring", "cross_entropy", "compact"):
+            importlib.import_module(f"ies_fast.ops.{op}.triton")
     except Exception as exc:
         return False, f"triton unavailable: {exc}"
     return True, "ok"

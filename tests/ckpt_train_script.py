@@ -1,5 +1,5 @@
 """A tiny deterministic CPU training run with IES that checkpoints every epoch via
-ies_fast.checkpoint_io and resumes from the checkpoint if one exists.
+ies_fast.io.checkpoint and resumes from the checkpoint if one exists.
 Usage: python ckpt_train_script.py OUT_DIR EPOCHS. Prints "epoch N" after each save
 and writes OUT_DIR/final.pt at the end (used by tests/test_checkpoint_io.py)."""
 import os
@@ -9,7 +9,7 @@ import time
 import torch
 
 from ies_fast import IES
-from ies_fast.checkpoint_io import load_checkpoint, save_checkpoint
+from ies_fast.io.checkpoint import load_checkpoint, save_checkpoint
 
 out_dir, epochs = sys.argv[1], int(sys.argv[2])
 torch.use_deterministic_algorithms(True)

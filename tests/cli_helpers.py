@@ -1,5 +1,5 @@
 """Shared check of the CLI tests: ``ies-fast`` ends with one line on stderr and exit 2."""
-from ies_fast.cli import main
+from ies_fast.app.cli import main
 
 
 def one_line_error(capsys, argv, *needles) -> str:

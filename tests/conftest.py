@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +9,10 @@ import torch
 # before triton is imported anywhere. On a GPU machine run the compiled kernels in
 # a separate job: `TRITON_INTERPRET=0 python -m pytest -m gpu` (setdefault keeps it).
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# tests/ mirrors the package (tests/selectors, tests/ops, ...); the shared helpers
+# (train_fixtures, cli_helpers, ...) stay in tests/ itself
+sys.path.append(str(Path(__file__).resolve().parent))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from ies_fast import distributed as dist_utils
+from ies_fast.io import distributed as dist_utils
 
 timeout_s = float(sys.argv[1])
 dist_utils.init_from_env(timeout_s=timeout_s)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ies_fast import IES
-from ies_fast.checkpoint_io import load_checkpoint, save_checkpoint
+from ies_fast.io.checkpoint import load_checkpoint, save_checkpoint
 
 S, DELTA, ORDER, WINDOW = 61, 5e-3, 1, 2
 
@@ -87,7 +87,7 @@ def worker(rank: int, world: int, port: int, out_dir: str, job: dict) -> None:
         timeout=datetime.timedelta(seconds=60),
     )
     try:
-        from ies_fast import distributed as d
+        from ies_fast.io import distributed as d
 
         sel = new_selector()
         start = 0

@@ -1,4 +1,4 @@
-"""A DDP training loop built from ies_fast.distributed's helpers, for torchrun:
+"""A DDP training loop built from ies_fast.io.distributed's helpers, for torchrun:
 init from env, DDP model, KeptSampler sharded per rank, IES merged in step(),
 rank-0 checkpoints. Each rank writes OUT_DIR/rankR.pt (selector state, params).
     torchrun --nproc_per_node=2 tests/torchrun_script.py OUT_DIR EPOCHS"""
@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ies_fast import IES
-from ies_fast import distributed as d
-from ies_fast.checkpoint_io import save_checkpoint
+from ies_fast.io import distributed as d
+from ies_fast.io.checkpoint import save_checkpoint
 from ies_fast.data import KeptSampler
 
 out_dir, epochs = sys.argv[1], int(sys.argv[2])

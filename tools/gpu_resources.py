@@ -254,7 +254,7 @@ def _ce_shapes() -> list[tuple[int, int]]:
 
 
 def _drive_cross_entropy(torch) -> None:
-    from ies_fast.kernels.cross_entropy import fused_cross_entropy
+    from ies_fast.ops.cross_entropy.triton import fused_cross_entropy
 
     def run(B, C, dtype, ring, smoothing, grad):
         logits = torch.zeros(B, C, dtype=dtype, requires_grad=grad)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .. import state_checks as check
+from ..io import state_checks as check
 
 __all__ = ["KeptSampler", "KeptBatchSampler", "ScoringSampler", "shard", "check_seed"]
 
@@ -226,7 +226,7 @@ class KeptBatchSampler(Sampler[List[int]]):
 class ScoringSampler(Sampler[int]):
     """The samples of ``selector.scoring_mask()`` (the removed ones due this epoch
     under the selector's scoring policy: all of them by default, see
-    :mod:`ies_fast.scoring_schedule`) in ascending order — or every sample with
+    :mod:`ies_fast.selectors.schedule`) in ascending order — or every sample with
     ``all_samples=True`` — for the forward-only scoring pass. Read when the epoch
     starts and copied to the host once.
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..selector import IES
+from ..selectors.ies import IES
 from .datasets import IndexedDataset, check_length
 from .samplers import KeptSampler, ScoringSampler
 

@@ -36,8 +36,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import KeptSampler
-from ..loss import causal_lm_cross_entropy, cross_entropy
-from ..selector import IES
+from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
+from ..selectors.ies import IES
 
 __all__ = ["IESTrainer", "IndexedExamples", "INDEX_KEY", "STATE_FILE"]
 

@@ -39,7 +39,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
 from ..data.samplers import check_seed
-from ..selector import IES
+from ..selectors.ies import IES
 from ._batches import batch_index
 
 __all__ = ["IESCallback"]

@@ -1,3 +1,4 @@
-"""Device operations behind the selector, each with a plain-torch implementation
-and, where available, Triton or native (``ies_fast._C``) fast paths chosen by
-:mod:`ies_fast.backend`."""
+"""Device operations behind the selectors and the loss, one folder per op (``ring``,
+``cross_entropy``, ``compact``), each with its plain-torch reference and its Triton
+kernels side by side; the native (``ies_fast._C``) ops are routed in the folder's
+``__init__``. :mod:`ies_fast.backend` picks the path."""

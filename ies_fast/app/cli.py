@@ -1,0 +1,169 @@
+"""The ``ies-fast`` command: ``demo`` (embedded digits, baseline vs IES), ``train``
+(the reference loop: digits, mnist1d, CIFAR, ImageNet, synthetic), ``compare``
+(IES, InfoBatch, random removal and the baseline on the same data and seeds),
+``sweep`` (IES over a δ grid and the others over ratios: the δ that fits) and
+``info`` (active backends). Bad arguments end in one line on stderr and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import arguments
+    from .train import compare as _compare
+    from .train import sweep as _sweep
+
+    parser = argparse.ArgumentParser(prog="ies-fast", description="Instance-dependent Early Stopping for PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="baseline vs IES on scikit-learn's bundled digits; prints a table, writes a plot")
+    demo.add_argument("--epochs", type=_positive_int, default=60)
+    demo.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds per arm")
+    demo.add_argument("--delta", type=float, default=2e-4, help="IES threshold δ for the IES arm")
+    demo.add_argument("--plot", default="ies_demo.png", help="PNG path ('' for none)")
+    train = sub.add_parser("train", help="train one model with a sample selector (the paper's recipes by default)",
+                           formatter_class=arguments.HelpFormatter, epilog=arguments.recipes_epilog())
+    arguments.add_arguments(train)
+    compare = sub.add_parser("compare", help="IES, InfoBatch, random removal and the baseline on the same data and seeds",
+                             formatter_class=arguments.HelpFormatter)
+    arguments.add_arguments(compare, for_compare=True)
+    _compare.add_arguments(compare)
+    sweep = sub.add_parser("sweep", help="IES over a δ grid, InfoBatch and random removal over ratios, several seeds: "
+                                         "one table, a Pareto plot, the δ that saves most within --tolerance",
+                           formatter_class=arguments.HelpFormatter)
+    arguments.add_arguments(sweep, for_compare=True)
+    _sweep.add_arguments(sweep)
+    sub.add_parser("info", help="print ies_fast.backend_info() as JSON")
+    from . import bench as _bench_mod
+
+    _bench_mod.add_arguments(sub.add_parser("bench", help="run the benchmark suite (GPU sizes on CUDA, small on CPU); "
+                                            "writes bench.json, bench.md"))
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"ies-fast: error: {message}", file=sys.stderr)
+    return 2
+
+
+#: what a run can reject before it starts (bad flags, missing data, a checkpoint that does not fit)
+SETUP_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+def _setup_errors():
+    from ..io.checkpoint import CheckpointError
+    from .train.loop import RunError
+
+    return SETUP_ERRORS + (RunError, CheckpointError)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _train(args, argv) -> int:
+    from .train.arguments import config_from_args, given_options
+    from .train.config import resolve, resumed_config
+    from .train.loop import RunError, Trainer
+
+    try:
+        config = config_from_args(args)
+        if args.print_config:  # with --resume: what the resumed run would use
+            if config.resume:
+                config = resumed_config(Trainer.read_resume_state(config)["config"], config, given_options(argv))
+            print(json.dumps(resolve(config).to_dict(), indent=2))
+            return 0
+        trainer = Trainer(config, given=given_options(argv))
+    except _setup_errors() as exc:
+        return _error(_first_line(exc))
+    from ..io import distributed
+
+    try:
+        summary = trainer.run()
+    except RunError as exc:  # e.g. a full disk: the message names the folder and the bytes needed
+        return _error(_first_line(exc))
+    finally:
+        trainer.release_run_lock()
+        distributed.cleanup()
+    if trainer.main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _compare(args) -> int:
+    from .train import compare as _cmp
+    from .train.arguments import config_from_args
+    from .train.config import resolve
+
+    try:
+        base = resolve(config_from_args(args, progress=False, plot=True))
+    except ValueError as exc:
+        return _error(str(exc))
+    _cmp.run(args, base)  # each run in OUT/<selector>-seed<seed>
+    return 0
+
+
+def _sweep(args, argv) -> int:
+    from .train import sweep as _sw
+    from .train.arguments import config_from_args
+    from .train.config import resolve
+
+    try:
+        base = resolve(config_from_args(args, progress=False, plot=True))
+        _sw.check_args(args)
+        _sw.run(args, base)  # each point and seed in OUT/<selector>[-<param><value>]-seed<k>
+    except _setup_errors() as exc:  # bad options, or a run folder written with other options
+        return _error(_first_line(exc))
+    return 0
+
+
+def _info(args, argv) -> int:
+    from .. import backend_info
+
+    print(json.dumps(backend_info(), indent=2))
+    return 0
+
+
+def _bench(args, argv) -> int:
+    from .bench import BenchError, run
+
+    try:
+        return run(args)
+    except BenchError as exc:
+        return _error(str(exc))
+
+
+def _demo(args, argv) -> int:
+    if args.delta < 0:
+        return _error("--delta must be >= 0")
+    from .demo import DemoConfig, main as demo_main
+
+    try:
+        demo_main(DemoConfig(epochs=args.epochs, delta=args.delta, seeds=tuple(range(args.seeds))), plot_path=args.plot)
+    except ImportError as exc:  # a missing optional package, found before any training
+        return _error(str(exc))
+    return 0
+
+
+#: subcommand -> handler(args, argv) returning the exit status (a new subcommand: its parser
+#: in build_parser, its handler here)
+COMMANDS = {"demo": _demo, "train": _train, "compare": lambda args, argv: _compare(args), "sweep": _sweep,
+            "info": _info, "bench": _bench}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""``ies-fast compare``: several selectors on the same data and seeds, one table and
+one plot, so users can choose a sample-selection method on their own runs.
+
+Each (selector, seed) pair is one call of :func:`ies_fast.app.train.loop.train` with the
+base configuration's ``selector`` and ``seed`` replaced. By default random removal
+is run at the backward-saved fraction that IES reached with the same seed (its
+``random_ratio`` is matched), so it is the control at equal savings.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import time
+from typing import Callable, Iterable, Optional, Sequence
+
+from ... import extras
+
+SELECTORS = ("none", "ies", "infobatch", "random")
+LABELS = {"none": "baseline", "ies": "IES", "infobatch": "InfoBatch", "random": "random removal"}
+#: the parameter a sweep varies per selector, as labels show it
+PARAM_NAMES = {"none": "", "ies": "δ", "infobatch": "prune", "random": "ratio"}
+
+#: where each column is looked up in the training summary (first key present wins)
+ACCURACY_KEYS = ("test_acc", "test_accuracy", "accuracy", "acc", "val_acc", "final_test_acc")
+SAVED_KEYS = ("backward_saved_fraction", "backward_saved")
+TIME_KEYS = ("wall_time_s", "wall_time", "train_time_s", "train_time", "wall_s", "time_s")
+
+
+def _pick(summary: dict, keys: Sequence[str]):
+    for k in keys:
+        v = summary.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def with_changes(config, **changes):
+    """A copy of ``config`` with ``changes`` (a dataclass, or any object with attributes)."""
+    if dataclasses.is_dataclass(config):
+        return dataclasses.replace(config, **changes)
+    import copy
+
+    new = copy.copy(config)
+    for k, v in changes.items():
+        setattr(new, k, v)
+    return new
+
+
+def _finite(value, low: float, high: float = math.inf) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_finished_run(out: str, config) -> Optional[dict]:
+    """The summary of the run finished in ``out`` with ``config``'s options, read
+    from its JSON files only (a run folder is untrusted: nothing is unpickled), or
+    ``None`` when there is none, it is unfinished, or its files do not validate:
+    ``config.json`` must hold the same run-defining options as ``config``,
+    ``summary.json`` an accuracy, a saved fraction and a wall time in range."""
+    from .config import CHANGEABLE_ON_RESUME, resolve
+
+    summary, saved = _read_json(os.path.join(out, "summary.json")), _read_json(os.path.join(out, "config.json"))
+    if not isinstance(summary, dict) or not isinstance(saved, dict):
+        return None
+    wanted = resolve(config).to_dict()
+    if any(k not in saved or _jsonable(saved[k]) != _jsonable(v) for k, v in wanted.items()
+           if k not in CHANGEABLE_ON_RESUME):
+        return None
+    epochs_run = summary.get("epochs_run")
+    finished = isinstance(epochs_run, int) and (epochs_run == wanted["epochs"] or summary.get("stopped_early") is True)
+    valid = (_finite(summary.get("test_acc"), 0.0, 1.0) and _finite(summary.get("backward_saved_fraction"), 0.0, 1.0)
+             and _finite(summary.get("wall_time_s"), 0.0))
+    return summary if finished and valid else None
+
+
+def _jsonable(value):
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def run_in_subfolder(config, folder: Optional[str] = None) -> dict:
+    """The default ``train_fn``: :func:`ies_fast.app.train.loop.train` with each run in its
+    own folder ``OUT/<folder>`` (default ``<selector>-seed<seed>``). A run finished
+    there is read back from its JSON files (:func:`read_finished_run`), an
+    interrupted one is resumed from its checkpoint, otherwise a new one starts."""
+    from .loop import train
+
+    out = os.path.join(config.out, folder or f"{config.selector}-seed{config.seed}")
+    finished = read_finished_run(out, config)
+    if finished is not None:
+        return finished
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    resume = os.path.exists(checkpoint) or os.path.exists(checkpoint + ".prev")
+    return train(with_changes(config, out=out, resume=resume))
+
+
+def run_one(config, train_fn: Callable) -> dict:
+    """Run one configuration with ``train_fn`` and read its summary into a row:
+    ``selector, seed, accuracy, backward_saved, wall_time_s, random_ratio, summary``
+    (``accuracy`` and ``backward_saved`` are fractions in [0, 1]; ``wall_time_s`` the
+    summary's training time when it has one, else the measured duration of the call)."""
+    start = time.perf_counter()
+    summary = train_fn(config)
+    elapsed = time.perf_counter() - start
+    if not isinstance(summary, dict):
+        raise TypeError(f"train() must return a summary dict, got {type(summary).__name__}")
+    accuracy = _pick(summary, ACCURACY_KEYS)
+    if accuracy is None:
+        raise KeyError(f"the training summary has no accuracy (looked for {ACCURACY_KEYS}); keys: {sorted(summary)}")
+    wall = _pick(summary, TIME_KEYS)
+    return {
+        "selector": config.selector,
+        "seed": config.seed,
+        "accuracy": accuracy / 100 if accuracy > 1.0 else accuracy,
+        "backward_saved": _pick(summary, SAVED_KEYS) or 0.0,
+        "wall_time_s": wall if wall is not None else elapsed,
+        "random_ratio": getattr(config, "random_ratio", None) if config.selector == "random" else None,
+        "summary": summary,
+    }
+
+
+def compare(
+    base_config,
+    selectors: Iterable[str] = SELECTORS,
+    seeds: Iterable[int] = (0, 1, 2),
+    *,
+    match_random: bool = True,
+    train_fn: Optional[Callable] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> list:
+    """Run every selector with every seed; returns one row (a dict) per run:
+    ``selector, seed, accuracy, backward_saved, wall_time_s, random_ratio, summary``.
+
+    ``accuracy`` and ``backward_saved`` are fractions in [0, 1]; ``wall_time_s`` is
+    the summary's training time when it reports one, else the measured duration
+    of the call. ``match_random``: run ``random`` at the IES run's saved fraction
+    (same seed) when IES is in ``selectors``; otherwise the config's ``random_ratio``.
+    """
+    selectors, seeds = list(selectors), list(seeds)
+    bad = [s for s in selectors if s not in SELECTORS]
+    if bad or not selectors:
+        raise ValueError(f"selectors must be a non-empty subset of {SELECTORS}, got {selectors!r}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of ints, got {seeds!r}")
+    train_fn = train_fn or run_in_subfolder
+    # IES first, so random removal can be matched to its savings
+    order = sorted(selectors, key=lambda s: (s != "ies" if match_random else 0, selectors.index(s)))
+    ies_saved: dict = {}
+    rows = []
+    for selector in order:
+        for seed in seeds:
+            changes = {"selector": selector, "seed": seed}
+            if selector == "random" and match_random and seed in ies_saved:
+                changes["random_ratio"] = ies_saved[seed]
+            config = with_changes(base_config, **changes)
+            if log:
+                log(f"compare: {LABELS[selector]} seed {seed} ...")
+            row = run_one(config, train_fn)
+            if selector == "ies":
+                ies_saved[seed] = round(row["backward_saved"], 4)
+            rows.append(row)
+    rank = {s: i for i, s in enumerate(selectors)}
+    rows.sort(key=lambda r: (rank[r["selector"]], seeds.index(r["seed"])))
+    return rows
+
+
+def _mean_sd(values: list) -> tuple:
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def point_label(selector: str, param=None) -> str:
+    """``IES``, or with a sweep's parameter ``IES δ=0.001``, ``InfoBatch prune=0.5``."""
+    return LABELS[selector] if param is None else f"{LABELS[selector]} {PARAM_NAMES[selector]}={param:g}"
+
+
+def aggregate(rows: list) -> list:
+    """One dict per selector, or per (selector, ``param``) for a sweep's rows, in
+    first-seen order: mean and sd over seeds of each column, and the speed-up in
+    wall time over the baseline when it ran."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["selector"], r.get("param")), []).append(r)
+    base = [r["wall_time_s"] for (selector, _), rs in groups.items() if selector == "none" for r in rs]
+    base_time = statistics.fmean(base) if base else None
+    out = []
+    for (selector, param), rs in groups.items():
+        acc, acc_sd = _mean_sd([r["accuracy"] for r in rs])
+        saved, saved_sd = _mean_sd([r["backward_saved"] for r in rs])
+        wall, wall_sd = _mean_sd([r["wall_time_s"] for r in rs])
+        out.append(
+            {
+                "selector": selector,
+                "param": param,
+                "label": point_label(selector, param),
+                "seeds": len(rs),
+                "accuracy": acc,
+                "accuracy_sd": acc_sd,
+                "backward_saved": saved,
+                "backward_saved_sd": saved_sd,
+                "wall_time_s": wall,
+                "wall_time_sd": wall_sd,
+                "speedup": base_time / wall if base_time and wall > 0 else None,
+            }
+        )
+    return out
+
+
+def format_table(rows: list) -> str:
+    """A plain-text table, one line per selector: accuracy, backward passes saved and
+    wall time as mean ± sd over the seeds, and the wall-time speed-up over the baseline."""
+    agg = aggregate(rows)
+    header = ("selector", "seeds", "test accuracy (%)", "backward saved (%)", "wall time (s)", "speed-up")
+    lines = [header]
+    for a in agg:
+        lines.append(
+            (
+                a["label"],
+                str(a["seeds"]),
+                f"{100 * a['accuracy']:.2f} ± {100 * a['accuracy_sd']:.2f}",
+                f"{100 * a['backward_saved']:.1f} ± {100 * a['backward_saved_sd']:.1f}",
+                f"{a['wall_time_s']:.2f} ± {a['wall_time_sd']:.2f}",
+                "-" if a["speedup"] is None else f"{a['speedup']:.2f}x",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+    out = [fmt(lines[0]), "  ".join("-" * w for w in widths)] + [fmt(line) for line in lines[1:]]
+    return "\n".join(out)
+
+
+def plot(rows: list, path: str) -> str:
+    """One figure, two panels: test accuracy against backward passes saved (one point
+    per run, the selector's mean marked), and mean wall time per selector. Saved to
+    ``path`` (the format follows its extension); returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..plots import save
+
+    agg = aggregate(rows)
+    colors = {"none": "tab:gray", "ies": "tab:blue", "infobatch": "tab:orange", "random": "tab:green"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for a in agg:
+        rs = [r for r in rows if r["selector"] == a["selector"]]
+        c = colors[a["selector"]]
+        ax1.scatter([100 * r["backward_saved"] for r in rs], [100 * r["accuracy"] for r in rs], color=c, alpha=0.4, s=18)
+        ax1.errorbar(
+            100 * a["backward_saved"], 100 * a["accuracy"], xerr=100 * a["backward_saved_sd"], yerr=100 * a["accuracy_sd"],
+            fmt="o", color=c, capsize=3, label=a["label"],
+        )
+    ax1.set_xlabel("backward passes saved (%)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    labels = [a["label"] for a in agg]
+    ax2.bar(labels, [a["wall_time_s"] for a in agg], yerr=[a["wall_time_sd"] for a in agg],
+            color=[colors[a["selector"]] for a in agg], capsize=3)
+    ax2.set_ylabel("wall time (s)")
+    ax2.grid(alpha=0.3, axis="y")
+    seeds = max((a["seeds"] for a in agg), default=0)
+    fig.suptitle(f"selectors compared (mean ± sd over {seeds} seed{'s' if seeds != 1 else ''})")
+    return save(fig, path, dpi=120)
+
+
+# ---- command line ---------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``compare`` subcommand's own options (the training options, ``--dataset``,
+    ``--epochs`` ..., come from the ``train`` subcommand's parser)."""
+    parser.add_argument("--selectors", nargs="+", choices=SELECTORS, default=list(SELECTORS),
+                        help="selectors to compare (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    parser.add_argument("--no-match-random", dest="match_random", action="store_false",
+                        help="run random removal at --random-ratio instead of IES's saved fraction")
+    parser.add_argument("--plot", default="compare.png", help="where to write the plot (default: compare.png; '' for none)")
+    parser.add_argument("--json", default=None, help="also write the rows (with each run's summary) as JSON here")
+
+
+def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] = None, print_fn=print) -> list:
+    """What ``ies-fast compare`` does once its training config is built: run,
+    print the table, write the plot (and JSON). Returns the rows."""
+    plot_path = args.plot if extras.can_plot(args.plot, print_fn) else ""  # before any run
+    rows = compare(base_config, args.selectors, args.seeds, match_random=args.match_random, train_fn=train_fn,
+                   log=lambda m: print_fn(m))
+    print_fn(format_table(rows))
+    if plot_path:
+        print_fn(f"plot: {plot(rows, plot_path)}")
+    if args.json:
+        print_fn(f"rows: {write_json(rows, args.json)}")
+    return rows
+
+
+def write_json(rows: list, path: str) -> str:
+    """Write ``rows`` (each with its run's summary) as JSON to ``path``; returns ``path``."""
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=2, default=lambda o: o if isinstance(o, (int, float, str)) else repr(o))
+    return path

@@ -1,0 +1,242 @@
+"""``ies-fast sweep``: find the δ that fits your data and recipe.
+
+Runs IES over a log-spaced δ grid, InfoBatch over prune ratios, random removal
+over ratios and the baseline, each for several seeds, every (point, seed) in its
+own resumable run folder ``OUT/<selector>[-<param><value>]-seed<k>`` (the runs
+and the reading back of finished ones are :mod:`ies_fast.app.train.compare`'s).
+Prints one table, writes a Pareto plot (test accuracy against backward samples
+saved and against wall time, with the baseline's band) and names the δ that
+saves the most backward samples while its mean accuracy stays within
+``tolerance`` points of the baseline's.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Callable, Iterable, Optional
+
+from ... import extras
+from . import compare as cmp
+
+#: the config field a sweep varies for each selector, and its folder-name prefix
+PARAM_FIELDS = {"ies": "delta", "infobatch": "prune_ratio", "random": "random_ratio"}
+FOLDER_PREFIX = {"ies": "delta", "infobatch": "prune", "random": "ratio"}
+DEFAULT_DELTA_RANGE = (1e-5, 1e-1)
+DEFAULT_DELTA_POINTS = 5
+DEFAULT_PRUNE_RATIOS = (0.3, 0.5, 0.7)
+DEFAULT_RANDOM_RATIOS = (0.3, 0.5, 0.7)
+DEFAULT_TOLERANCE = 0.5  # accuracy points (percent)
+
+
+def log_grid(low: float, high: float, points: int) -> tuple:
+    """``points`` values log-spaced from ``low`` to ``high`` (both included), rounded
+    to 3 significant digits so that folder names and labels stay short."""
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low <= high < math.inf):
+        raise ValueError(f"--delta-range must be two numbers 0 < LOW <= HIGH; got {low!r} {high!r}")
+    if isinstance(points, bool) or not isinstance(points, int) or points < 1 or (points == 1 and low != high):
+        raise ValueError(f"--delta-points must be an integer >= 2 (1 when LOW == HIGH); got {points!r}")
+    if points == 1:
+        return (float(low),)
+    step = (math.log10(high) - math.log10(low)) / (points - 1)
+    return tuple(float(f"{10 ** (math.log10(low) + i * step):.3g}") for i in range(points))
+
+
+def _check_values(option: str, values, low: float, high: float) -> list:
+    values = list(values)
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low < v <= high
+             for v in values)
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(f"{option} must be distinct numbers in ({low:g}, {high:g}]; got {values!r}")
+    return sorted(float(v) for v in values)
+
+
+def points(deltas: Iterable[float], prune_ratios: Iterable[float], random_ratios: Iterable[float]) -> list:
+    """The sweep's points ``[(selector, value)]``: the baseline, then each selector's
+    values in ascending order. Raises ``ValueError`` naming the bad option."""
+    out = [("none", None)]
+    out += [("ies", v) for v in _check_values("--deltas", deltas, 0.0, math.inf)]
+    out += [("infobatch", v) for v in _check_values("--prune-ratios", prune_ratios, 0.0, 0.9)]
+    out += [("random", v) for v in _check_values("--random-ratios", random_ratios, 0.0, 0.999)]
+    return out
+
+
+def run_folder(config) -> str:
+    """The folder of one sweep run: ``none-seed0``, ``ies-delta0.001-seed0``,
+    ``infobatch-prune0.5-seed0``, ``random-ratio0.3-seed0``."""
+    field = PARAM_FIELDS.get(config.selector)
+    point = f"-{FOLDER_PREFIX[config.selector]}{getattr(config, field):g}" if field else ""
+    return f"{config.selector}{point}-seed{config.seed}"
+
+
+def run_point(config) -> dict:
+    """The default ``train_fn``: the run in ``OUT/<run_folder>``, read back when finished."""
+    return cmp.run_in_subfolder(config, run_folder(config))
+
+
+def sweep(base_config, deltas: Iterable[float] = log_grid(*DEFAULT_DELTA_RANGE, DEFAULT_DELTA_POINTS),
+          prune_ratios: Iterable[float] = DEFAULT_PRUNE_RATIOS, random_ratios: Iterable[float] = DEFAULT_RANDOM_RATIOS,
+          seeds: Iterable[int] = (0, 1, 2), *, train_fn: Optional[Callable] = None,
+          log: Optional[Callable[[str], None]] = None) -> list:
+    """Run every point with every seed; returns one row per run, as
+    :func:`ies_fast.app.train.compare.run_one` makes them, with the point's ``param``
+    (``None`` for the baseline)."""
+    grid = points(deltas, prune_ratios, random_ratios)
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct integers; got {seeds!r}")
+    train_fn = train_fn or run_point
+    rows, total = [], len(grid) * len(seeds)
+    for selector, value in grid:
+        changes = {"selector": selector} if value is None else {"selector": selector, PARAM_FIELDS[selector]: value}
+        for seed in seeds:
+            if log:
+                log(f"sweep: {cmp.point_label(selector, value)} seed {seed} ({len(rows) + 1}/{total}) ...")
+            row = cmp.run_one(cmp.with_changes(base_config, seed=seed, **changes), train_fn)
+            row["param"] = value
+            rows.append(row)
+    return rows
+
+
+def best_within(rows: list, tolerance: float = DEFAULT_TOLERANCE, selector: str = "ies") -> Optional[dict]:
+    """Of ``selector``'s points whose mean accuracy is at least the baseline's mean
+    minus ``tolerance`` points, the one that saves the most backward samples (ties:
+    the more accurate); its aggregate (see :func:`compare.aggregate`) or ``None``."""
+    agg = cmp.aggregate(rows)
+    base = [a for a in agg if a["selector"] == "none"]
+    if not base:
+        raise ValueError("the sweep has no baseline run")
+    floor = base[0]["accuracy"] - tolerance / 100
+    fits = [a for a in agg if a["selector"] == selector and a["accuracy"] >= floor - 1e-12]
+    return max(fits, key=lambda a: (a["backward_saved"], a["accuracy"]), default=None)
+
+
+def recommendation(rows: list, tolerance: float = DEFAULT_TOLERANCE) -> str:
+    """The lines under the table: the baseline's accuracy and, for each selector
+    swept, its point that saves the most within the tolerance (δ first)."""
+    base = next(a for a in cmp.aggregate(rows) if a["selector"] == "none")
+    lines = [f"baseline: {100 * base['accuracy']:.2f} ± {100 * base['accuracy_sd']:.2f}% ({base['seeds']} seeds); "
+             f"tolerance {tolerance:g} points: accuracy >= {100 * base['accuracy'] - tolerance:.2f}%"]
+    for selector in PARAM_FIELDS:
+        if not any(r["selector"] == selector for r in rows):
+            continue
+        best = best_within(rows, tolerance, selector)
+        what = "δ" if selector == "ies" else f"{cmp.LABELS[selector]} {cmp.PARAM_NAMES[selector]}"
+        if best is None:
+            lines.append(f"{what}: no point stays within {tolerance:g} points of the baseline")
+            continue
+        speed = f", {best['speedup']:.2f}x wall time" if best["speedup"] else ""
+        lines.append(f"{what} that saves most within {tolerance:g} points: {cmp.PARAM_NAMES[selector]}={best['param']:g} "
+                     f"({100 * best['accuracy']:.2f} ± {100 * best['accuracy_sd']:.2f}%, "
+                     f"{100 * best['backward_saved']:.1f}% backward saved{speed})")
+    return "\n".join(lines)
+
+
+def pareto_front(xs: list, ys: list, *, larger_x_better: bool) -> list:
+    """Indices of the points no other point beats in both x and y (y larger is
+    better), ordered by x."""
+    sign = 1 if larger_x_better else -1
+    front = [i for i in range(len(xs))
+             if not any(sign * xs[j] >= sign * xs[i] and ys[j] >= ys[i] and (xs[j], ys[j]) != (xs[i], ys[i])
+                        for j in range(len(xs)))]
+    return sorted(front, key=lambda i: xs[i])
+
+
+def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE) -> str:
+    """Two panels, test accuracy against backward samples saved and against wall
+    time: each selector's points (mean ± sd over seeds, labelled with their
+    parameter), the baseline's mean ± sd band, the tolerance line, the Pareto
+    front over all points and the chosen δ (a star). Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..plots import save
+
+    agg = cmp.aggregate(rows)
+    base = next(a for a in agg if a["selector"] == "none")
+    best = best_within(rows, tolerance)
+    colors = {"none": "tab:gray", "ies": "tab:blue", "infobatch": "tab:orange", "random": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    panels = (("backward_saved", 100, "backward samples saved (%)", True), ("wall_time_s", 1, "wall time (s)", False))
+    for ax, (key, scale, xlabel, larger_better) in zip(axes, panels):
+        acc0, sd0 = 100 * base["accuracy"], 100 * base["accuracy_sd"]
+        ax.axhspan(acc0 - sd0, acc0 + sd0, color="tab:gray", alpha=0.2, label="baseline mean ± sd")
+        ax.axhline(acc0 - tolerance, color="tab:gray", ls="--", lw=1, label=f"baseline − {tolerance:g} points")
+        for selector in colors:
+            pts = [a for a in agg if a["selector"] == selector]
+            if not pts:
+                continue
+            xs = [scale * a[key] for a in pts]
+            xerr = [scale * a["backward_saved_sd" if key == "backward_saved" else "wall_time_sd"] for a in pts]
+            ax.errorbar(xs, [100 * a["accuracy"] for a in pts], xerr=xerr, yerr=[100 * a["accuracy_sd"] for a in pts],
+                        fmt="o-" if selector != "none" else "s", color=colors[selector], capsize=2, ms=4,
+                        label=cmp.LABELS[selector])
+            for a, x in zip(pts, xs):
+                if a["param"] is not None:
+                    ax.annotate(f"{a['param']:g}", (x, 100 * a["accuracy"]), textcoords="offset points",
+                                xytext=(3, 4), fontsize=7, color=colors[selector])
+        xs, ys = [scale * a[key] for a in agg], [100 * a["accuracy"] for a in agg]
+        front = pareto_front(xs, ys, larger_x_better=larger_better)
+        ax.plot([xs[i] for i in front], [ys[i] for i in front], color="black", lw=0.8, ls=":", label="Pareto front")
+        if best is not None:
+            ax.plot(scale * best[key], 100 * best["accuracy"], marker="*", ms=14, color="tab:red", ls="none",
+                    label=f"chosen δ={best['param']:g}")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"sweep: mean ± sd over {base['seeds']} seed{'s' if base['seeds'] != 1 else ''}")
+    return save(fig, path, dpi=90)
+
+
+# ---- command line ---------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``sweep`` subcommand's own options (the training flags come from ``train``'s)."""
+    g = parser.add_argument_group("sweep")
+    g.add_argument("--deltas", nargs="+", type=float, default=None,
+                   help="IES δ values (default: --delta-points values log-spaced over --delta-range)")
+    g.add_argument("--delta-range", nargs=2, type=float, default=list(DEFAULT_DELTA_RANGE), metavar=("LOW", "HIGH"),
+                   help="the δ grid's ends")
+    g.add_argument("--delta-points", type=int, default=DEFAULT_DELTA_POINTS, help="values in the δ grid")
+    g.add_argument("--prune-ratios", nargs="*", type=float, default=list(DEFAULT_PRUNE_RATIOS),
+                   help="InfoBatch prune ratios (none given: no InfoBatch)")
+    g.add_argument("--random-ratios", nargs="*", type=float, default=list(DEFAULT_RANDOM_RATIOS),
+                   help="random removal ratios (none given: no random removal)")
+    g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of every point")
+    g.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="accuracy points below the baseline's mean a chosen δ may lose")
+    g.add_argument("--plot", default=None, help="Pareto plot (default: OUT/sweep.png; '' for none)")
+    g.add_argument("--json", default=None, help="also write the rows (each with its run's summary) as JSON here")
+    parser.set_defaults(out="runs/sweep")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` naming the first bad sweep option (before any run)."""
+    if not (isinstance(args.tolerance, (int, float)) and math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise ValueError(f"--tolerance must be a number of accuracy points >= 0; got {args.tolerance!r}")
+    deltas = args.deltas if args.deltas is not None else log_grid(*args.delta_range, args.delta_points)
+    points(deltas, args.prune_ratios, args.random_ratios)
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds must be distinct; got {args.seeds!r}")
+
+
+def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] = None, print_fn=print) -> list:
+    """What ``ies-fast sweep`` does once its training config is built: check the
+    options, run the grid, print the table and the recommendation, write the plot
+    (and JSON). Returns the rows."""
+    check_args(args)
+    deltas = args.deltas if args.deltas is not None else log_grid(*args.delta_range, args.delta_points)
+    plot_path = os.path.join(base_config.out, "sweep.png") if args.plot is None else args.plot
+    plot_path = plot_path if extras.can_plot(plot_path, print_fn) else ""  # said before any run
+    rows = sweep(base_config, deltas, args.prune_ratios, args.random_ratios, args.seeds, train_fn=train_fn,
+                 log=print_fn)
+    print_fn(cmp.format_table(rows))
+    print_fn(recommendation(rows, args.tolerance))
+    if plot_path:
+        os.makedirs(os.path.dirname(plot_path) or ".", exist_ok=True)
+        print_fn(f"plot: {plot(rows, plot_path, args.tolerance)}")
+    if args.json:
+        print_fn(f"rows: {cmp.write_json(rows, args.json)}")
+    return rows

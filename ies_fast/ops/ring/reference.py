@@ -1,0 +1,123 @@
+"""Ring-buffer record and end-of-epoch Δ^N test, in plain torch.
+
+State layout (shared by every backend):
+
+* ``hist``  float32 ``[S, L]``, ``L`` = :func:`ies_fast.selectors.rule.history_length`
+  (``order + window + k - 1``, +1 for ``eligibility="official"``): the last ``L`` epoch losses
+  of each sample; slot ``count % L`` holds the current epoch's value, which is
+  ``-inf`` until the sample is observed (``NOT_SEEN``) and ``+inf`` once a
+  non-finite loss was observed (``NONFINITE``).
+* ``count`` uint8 ``[S]``: recorded epochs, kept in ``[0, 2L)`` (``L`` is
+  subtracted on reaching ``2L``), so ``count % L`` is the write slot and
+  ``count >= L`` means eligible.
+* ``mastered`` bool ``[S]``.
+"""
+from __future__ import annotations
+
+import torch
+
+NOT_SEEN = float("-inf")
+NONFINITE = float("inf")
+
+#: order of the statistics vector returned by :func:`close_epoch_torch`
+EPOCH_STATS = ("observed", "nonfinite", "mastered", "reincluded", "newly_mastered", "eligible")
+
+
+def record_torch(hist: torch.Tensor, count: torch.Tensor, loss: torch.Tensor, index: torch.Tensor) -> None:
+    """Max-reduce ``loss`` into the current-epoch slot of each ``index`` (no host sync).
+
+    ``index`` is int64; rows with ``index < 0`` are skipped. A non-finite loss is
+    recorded as ``NONFINITE``.
+    """
+    L = hist.shape[1]
+    skip = index < 0
+    safe = torch.where(skip, torch.zeros_like(index), index)
+    slot = count.index_select(0, safe).long() % L
+    value = loss.detach().float()
+    value = torch.where(torch.isfinite(value), value, torch.full_like(value, NONFINITE))
+    value = torch.where(skip, torch.full_like(value, NOT_SEEN), value)
+    hist.view(-1).scatter_reduce_(0, safe * L + slot, value, "amax", include_self=True)
+
+
+def chronological(hist: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``[S, L]`` view of the ring, oldest first, ending with slot ``(count - 1) % L``."""
+    L = hist.shape[1]
+    offsets = torch.arange(L, device=hist.device)
+    order = (count.long().unsqueeze(1) - L + offsets) % L
+    return hist.gather(1, order)
+
+
+def window_total(window_losses: torch.Tensor, order: int, window: int, k: int) -> torch.Tensor:
+    """``T`` of the decision arithmetic (:mod:`ies_fast.selectors.rule`) for each row of
+    chronologically ordered fp32 losses ``[S, order + window + k - 1]``: iterated
+    fp32 differences, each window's ``|Δ^order|`` added left to right, the ``k``
+    window sums added oldest first. Column loops, so the order of additions is fixed."""
+    d = window_losses
+    for _ in range(order):
+        d = d[:, 1:] - d[:, :-1]
+    a = d.abs()
+    total = None
+    for j in range(k):
+        s = a[:, j]
+        for i in range(1, window):
+            s = s + a[:, j + i]
+        total = s if total is None else total + s
+    return total
+
+
+def difference_score(window_losses: torch.Tensor, order: int) -> torch.Tensor:
+    """Mean ``|Δ^order|`` of each row (one window, k = 1): :func:`window_total` over
+    the window length. For benchmarks and inspection; decisions compare the total."""
+    window = window_losses.shape[1] - order
+    return window_total(window_losses, order, window, 1) / window
+
+
+def close_epoch_torch(
+    hist: torch.Tensor,
+    count: torch.Tensor,
+    mastered: torch.Tensor,
+    order: int,
+    window: int,
+    k: int,
+    threshold: float,
+) -> torch.Tensor:
+    """Fold the epoch's observations into the ring and recompute ``mastered`` in place:
+    an eligible sample (``count >= L``) is mastered iff :func:`window_total` of its
+    last ``order + window + k - 1`` losses is below the fp32 ``threshold``
+    (:func:`ies_fast.selectors.rule.decision_threshold`).
+
+    Returns an int64 tensor of :data:`EPOCH_STATS` on the state's device.
+    """
+    L = hist.shape[1]
+    span = order + window + k - 1
+    current = hist.gather(1, (count.long() % L).unsqueeze(1)).squeeze(1)
+    observed = current > NOT_SEEN
+    nonfinite = current == NONFINITE
+    finite = observed & ~nonfinite
+
+    new_count = count.long() + finite.long()
+    new_count = torch.where(new_count >= 2 * L, new_count - L, new_count)
+    new_count = torch.where(nonfinite, torch.zeros_like(new_count), new_count)
+
+    eligible = new_count >= L
+    losses = chronological(hist, new_count)[:, L - span:]
+    safe = torch.where(eligible.unsqueeze(1), losses, torch.zeros_like(losses))
+    passed = eligible & (window_total(safe, order, window, k) < threshold)  # threshold is an fp32 value
+
+    was_mastered = mastered.clone()
+    now = torch.where(finite, passed, torch.where(nonfinite, torch.zeros_like(passed), mastered))
+
+    count.copy_(new_count.to(count.dtype))
+    mastered.copy_(now)
+    hist.scatter_(1, (new_count % L).unsqueeze(1), NOT_SEEN)
+
+    return torch.stack(
+        [
+            observed.sum(),
+            nonfinite.sum(),
+            now.sum(),
+            (was_mastered & ~now).sum(),
+            (~was_mastered & now).sum(),
+            eligible.sum(),
+        ]
+    )

@@ -1,0 +1,103 @@
+"""Random removal: the control for any sample-selection method. Each epoch a fresh,
+uniformly random set of exactly ``round(ratio * num_samples)`` samples is left out
+(no reweighting). If IES or InfoBatch cannot beat this at the same saved
+fraction, their choice of samples adds nothing."""
+from __future__ import annotations
+
+import torch
+
+from ..io import state_checks as check
+from .infobatch import _check_fraction, _check_seed
+from .base import Selector
+
+TOTALS = ("backward_saved", "sample_epochs", "scored")
+
+
+class RandomRemoval(Selector):
+    """Leave out ``round(ratio * num_samples)`` random samples every epoch, epoch 0
+    included (Python's ``round``: halves go to the even count). The draw is a seeded
+    ``torch.randperm`` on the selector's device; the generator state is part of
+    :meth:`state_dict`, so a resumed run draws the same sets."""
+
+    KIND, VERSION, TOTALS = "RandomRemoval", 1, TOTALS
+
+    def __init__(self, num_samples: int, ratio: float, device=None, seed: int = 0, *, backend: str = "auto"):
+        super().__init__(num_samples, device, backend)
+        self.ratio = _check_fraction("ratio", ratio, 0.0, 1.0)
+        self.seed = _check_seed(seed)
+        self.num_removed = round(self.ratio * self.num_samples)
+        self.removed = torch.zeros(self.num_samples, dtype=torch.bool, device=self.device)
+        self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.seed)
+        self._draw()
+
+    def _draw(self) -> None:
+        perm = torch.randperm(self.num_samples, generator=self.generator, device=self.device)
+        self.removed.zero_()
+        self.removed[perm[: self.num_removed]] = True
+        self._invalidate()
+
+    def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
+        """Losses do not matter here; the inputs are still checked like every selector's."""
+        if not isinstance(per_sample_loss, torch.Tensor):
+            raise TypeError(f"per_sample_loss must be a torch.Tensor, got {type(per_sample_loss).__name__}")
+        if per_sample_loss.dim() != 1:
+            raise ValueError(f"per_sample_loss must be 1-D [B], got shape {tuple(per_sample_loss.shape)}")
+        index = self.check_index(index, per_sample_loss.numel())
+        if scoring:
+            self.count_scored(index.numel())
+
+    def record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
+        """Already-checked losses (the hook ``ies_fast.cross_entropy`` can use): ignored."""
+
+    def step(self) -> None:
+        """Close the epoch and draw the next epoch's removed set."""
+        self._report_deferred_errors()
+        self.totals[TOTALS.index("backward_saved")] += self.removed_mask().sum()
+        self.totals[TOTALS.index("sample_epochs")] += self.num_samples
+        self.totals[TOTALS.index("scored")] += self._pending_scored[0]
+        self._pending_scored.zero_()
+        self.epoch += 1
+        self._draw()
+
+    def removed_mask(self) -> torch.Tensor:
+        if not self.removal_enabled:
+            return torch.zeros_like(self.removed)
+        return self.removed
+
+    def state_dict(self) -> dict:
+        return {
+            **self._state_header(),
+            "ratio": self.ratio,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "removal_enabled": self.removal_enabled,
+            "removed": self.removed.clone(),
+            "totals": self.totals.clone(),
+            "rng": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`. ``num_samples`` and ``ratio`` must match this
+        object's; ``seed`` (and the generator) come from the state. The whole state is
+        checked first: a bad one raises ``ValueError`` naming the key and changes nothing."""
+        check.header(state, self.KIND, self.VERSION)
+        check.matches(state, "num_samples", self.num_samples)
+        check.matches(state, "ratio", self.ratio)
+        removed = check.tensor(state, "removed", (self.num_samples,), torch.bool)
+        if int(removed.sum()) != self.num_removed:
+            raise ValueError(f"state_dict['removed'] must mark exactly {self.num_removed} samples")
+        totals = check.tensor(state, "totals", (len(TOTALS),), torch.int64, low=0)
+        rng = check.generator_state(state, "rng", self.device)
+        seed, epoch = check.integer(state, "seed"), check.integer(state, "epoch")
+        removal_enabled = check.boolean(state, "removal_enabled")
+        self.removed.copy_(removed.to(self.device))
+        self.totals.copy_(totals.to(self.device))
+        self.generator.set_state(rng)
+        self.seed, self.epoch, self.removal_enabled = seed, epoch, removal_enabled
+        self._pending_scored.zero_()
+        self._invalidate()
+
+    def __repr__(self) -> str:
+        return f"RandomRemoval(num_samples={self.num_samples}, ratio={self.ratio}, device={self.device}, seed={self.seed})"

@@ -1,0 +1,146 @@
+"""IESCallback (ies_fast.integrations.lightning) on the bundled digits: samples are
+removed and the loader shrinks, reused and rebuilt loaders train alike, a run
+resumed from a Lightning checkpoint ends like an uninterrupted one, and a 2-process
+gloo DDP run keeps identical masks on both ranks."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+pytest.importorskip("lightning")
+pytest.importorskip("sklearn")
+import lightning  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+
+from ies_fast.integrations.lightning import IESCallback  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_ddp_worker import DELTA, DigitsMLP, trainer  # noqa: E402
+
+EPOCHS = 7
+
+
+def fit(epochs=EPOCHS, record="outputs", reload_every=0, callbacks=(), ckpt_path=None, **kwargs):
+    lightning.seed_everything(0, verbose=False)
+    ies = IESCallback(1500, delta=DELTA)
+    model = DigitsMLP(ies, record=record)
+    t = trainer(epochs, [ies, *callbacks], reload_dataloaders_every_n_epochs=reload_every, **kwargs)
+    t.fit(model, ckpt_path=ckpt_path)
+    return ies, model, t
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run, checkpointing after every epoch (at validation end,
+    i.e. before the callback closes the epoch)."""
+    ckpt_dir = tmp_path_factory.mktemp("ckpt")
+    kept = KeptCounts()
+    ies, model, t = fit(callbacks=[kept, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1)],
+                        record="cross_entropy", enable_checkpointing=True)
+    model.kept_after_epoch = kept.counts
+    return ies, model, t, ckpt_dir
+
+
+class KeptCounts(lightning.Callback):
+    """The kept count after each epoch (runs after IESCallback closed the epoch)."""
+
+    def __init__(self):
+        self.counts = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.counts.append(int(pl_module.ies.selector.kept_mask().sum()))
+
+
+def test_callback_removes_samples_and_feeds_only_kept_ones(reference):
+    ies, model, t, _ = reference
+    stats = ies.selector.stats()
+    assert stats["removed"] > 100 and stats["backward_saved_fraction"] > 0.01
+    # the loader followed the kept set every epoch; validation ran at every epoch's end
+    assert model.epoch_samples[0] == 1500 and model.epoch_samples[-1] < 1500
+    assert model.val_epochs == EPOCHS
+    assert 0 < float(t.callback_metrics["ies/kept_fraction"]) < 1
+    assert float(t.callback_metrics["ies/backward_saved_fraction"]) == pytest.approx(stats["backward_saved_fraction"])
+
+
+def test_epoch_sizes_follow_the_kept_counts(reference):
+    _, model, _, _ = reference
+    assert model.epoch_samples[1:] == model.kept_after_epoch[:-1] and min(model.kept_after_epoch) < 1500
+
+
+def test_rebuilt_loaders_train_like_a_reused_loader(reference):
+    ies, model, _ = fit(reload_every=1, record="cross_entropy")
+    ref_ies, ref_model, _, _ = reference
+    assert torch.equal(ies.selector.mastered_mask(), ref_ies.selector.mastered_mask())
+    assert model.epoch_samples == ref_model.epoch_samples
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_resume_from_a_lightning_checkpoint_restores_the_selector(reference):
+    ref_ies, ref_model, _, ckpt_dir = reference
+    (ckpt,) = sorted(Path(ckpt_dir).glob("epoch=3-*.ckpt"))
+    ies, model, _ = fit(record="cross_entropy", ckpt_path=str(ckpt))
+    assert torch.equal(ies.selector.hist, ref_ies.selector.hist)
+    assert torch.equal(ies.selector.mastered_mask(), ref_ies.selector.mastered_mask())
+    assert ies.selector.stats() == ref_ies.selector.stats()
+    assert model.epoch_samples == ref_model.epoch_samples[4:]
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bad_input_is_one_clear_error():
+    with pytest.raises(ValueError, match="num_samples"):
+        IESCallback()
+    with pytest.raises(ValueError, match="score_batch_size"):
+        IESCallback(10, score_batch_size=0)
+    ies = IESCallback(10)
+    with pytest.raises(ValueError, match="version"):
+        ies.load_state_dict({"version": 0})
+    with pytest.raises(ValueError, match="'open'"):
+        ies.load_state_dict({**ies.state_dict(), "open": None})
+
+
+def test_no_recorded_loss_is_an_error():
+    class Silent(DigitsMLP):
+        def training_step(self, batch, batch_idx):
+            x, y, _ = batch
+            return torch.nn.functional.cross_entropy(self(x), y)
+
+    lightning.seed_everything(0, verbose=False)
+    ies = IESCallback(1500)
+    with pytest.raises(RuntimeError, match="no per-sample loss"):
+        trainer(1, [ies], limit_val_batches=0).fit(Silent(ies))
+
+
+def test_a_training_set_without_indices_is_refused():
+    class NoIndex(DigitsMLP):
+        def train_dataloader(self):
+            return DataLoader(self.train_set, batch_size=64)
+
+    ies = IESCallback(1500)
+    with pytest.raises(TypeError, match="IndexedDataset"):
+        trainer(1, [ies], limit_val_batches=0).fit(NoIndex(ies))
+
+
+def test_ddp_two_processes_keep_identical_masks(tmp_path):
+    worker = Path(__file__).resolve().parents[1] / "lightning_ddp_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", str(worker),
+         str(tmp_path), str(EPOCHS)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(r0["mastered"], r1["mastered"]) and torch.equal(r0["hist"], r1["hist"])
+    assert int(r0["mastered"].sum()) > 0
+    # each rank trained half of the kept samples (padded to equal shards)
+    assert r0["epoch_samples"] == r1["epoch_samples"] and r0["epoch_samples"][0] == 750
+    assert r0["epoch_samples"][-1] < 750

@@ -1,0 +1,122 @@
+"""The package's shape (issue 21): no import cycle, the core never imports the app,
+the loss touches a selector only through the recording interface, old module paths
+still import with a DeprecationWarning. Read with ``ast``, no third-party tool."""
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ies_fast"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ies_fast module ``path`` imports (top-level and inside functions), resolved
+    to an existing module: ``from .x import y`` counts ``.x.y`` when that is a module."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("ies_fast"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("ies_fast"):
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in MODULES else target)
+    return {m for m in found if m in MODULES}
+
+
+FILES = {p: _module_name(p) for p in PACKAGE.rglob("*.py")}
+MODULES = set(FILES.values())
+GRAPH = {FILES[p]: _imports(p) for p in FILES}
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_graph_is_read():
+    assert "ies_fast.selectors.ies" in GRAPH["ies_fast.selectors.per_exit"]
+    assert "ies_fast.app.train.loop" in GRAPH["ies_fast.app.cli"]  # a lazy import inside a function
+
+
+def test_no_import_cycle_between_modules():
+    # a package's __init__ re-exporting its own modules is not a cycle of the layout
+    def edges(m):
+        return {t for t in GRAPH[m] if not (m.endswith("__init__") or _inside(m, t) and FILES_BY_NAME[t].name == "__init__.py")}
+
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = 1
+        for t in sorted(edges(m)):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+FILES_BY_NAME = {v: k for k, v in FILES.items()}
+
+
+def test_the_core_never_imports_the_app():
+    bad = sorted((m, t) for m, ts in GRAPH.items() for t in ts
+                 if not _inside(m, "ies_fast.app") and _inside(t, "ies_fast.app"))
+    assert not bad, bad
+
+
+def test_the_loss_touches_a_selector_only_through_the_recording_interface():
+    interface = {"check_index", "record", "ring", "count_scored", "defer_bad_targets", "num_exits"}
+    for path in (PACKAGE / "losses").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "selector":
+                assert node.attr in interface, f"{path.name}: selector.{node.attr}"
+        assert "ies_fast.selectors" not in " ".join(GRAPH[_module_name(path)])
+
+
+def test_ies_has_no_new_and_per_exit_comes_from_the_factory():
+    import ies_fast
+
+    assert "__new__" not in vars(ies_fast.IES)
+    sel = ies_fast.IES(6, num_exits=2, exit_reduction="per_exit", backend="torch")
+    assert type(sel) is ies_fast.PerExitIES and isinstance(sel, ies_fast.IES)
+    assert type(ies_fast.make_selector("ies", 6, num_exits=2, exit_reduction="per_exit")) is ies_fast.PerExitIES
+    assert type(ies_fast.make_selector("infobatch", 6, num_epochs=3)) is ies_fast.InfoBatch
+    assert type(ies_fast.IES(6)) is ies_fast.IES
+    with pytest.raises(ValueError, match="kind"):
+        ies_fast.make_selector("nope", 6)
+
+
+@pytest.mark.parametrize("old, name", [
+    ("ies_fast.selector", "IES"), ("ies_fast.loss", "cross_entropy"), ("ies_fast.criterion", "ReferenceCriterion"),
+    ("ies_fast.multi_exit", "MultiExitResNet"), ("ies_fast.multi_exit", "PerExitIES"),
+    ("ies_fast.checkpoint_io", "save_checkpoint"), ("ies_fast.train.config", "resolve"), ("ies_fast.cli", "main"),
+])
+def test_old_module_paths_import_with_a_deprecation_warning(old, name):
+    for m in [m for m in sys.modules if m == old or m.startswith(old + ".")]:
+        del sys.modules[m]
+    with pytest.warns(DeprecationWarning, match="moved to"):
+        module = importlib.import_module(old)
+    assert callable(getattr(module, name))
