@@ -103,3 +103,10 @@ def test_per_epoch_schedules_keep_working():
     assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(LR * 0.7**EPOCHS)  # one step per epoch
     starts = [lr for p, lr in zip(model.progress, model.lrs) if p == int(p)]
     assert starts == pytest.approx([LR * 0.7**e for e in range(EPOCHS)])
+
+
+def test_gradient_accumulation_counts_optimizer_steps():
+    ies, model, t = fit("linear", DELTA, accumulate_grad_batches=2)
+    assert model.planned == ies.planned_steps == EPOCHS * 12  # 24 batches -> 12 optimizer steps per epoch
+    assert t.global_step < model.planned and t.optimizers[0].param_groups[0]["lr"] == 0.0
+    assert model.lrs[-1] <= 2 / model.planned * LR  # the last kept step starts <= 2 planned steps from the end
