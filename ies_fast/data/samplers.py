@@ -16,7 +16,18 @@ from torch.utils.data import Sampler
 
 from ..io import state_checks as check
 
-__all__ = ["KeptSampler", "KeptBatchSampler", "ScoringSampler", "shard"]
+__all__ = ["KeptSampler", "KeptBatchSampler", "ScoringSampler", "shard", "check_seed"]
+
+# a seed and an epoch are int64s: ``seed + epoch`` then always fits torch.Generator.manual_seed
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int in the int64 range (what the shuffle's generator takes);
+    ``ValueError`` naming ``name`` otherwise (bools are refused)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not INT64_MIN <= seed <= INT64_MAX:
+        raise ValueError(f"{name} must be an int in [-2**63, 2**63 - 1], got {seed!r}")
+    return int(seed)
 
 
 def _check_selector(selector) -> None:
@@ -98,22 +109,29 @@ class KeptSampler(Sampler[int]):
     def __init__(self, selector, *, shuffle: bool = True, seed: int = 0, num_replicas: Optional[int] = None,
                  rank: Optional[int] = None, drop_last: bool = False):
         _check_selector(selector)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
         self.selector = selector
         self.shuffle = bool(shuffle)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.num_replicas, self.rank = _world(num_replicas, rank)
         self.drop_last = bool(drop_last)
         self._epoch: Optional[int] = None
+        self._skip = 0  # samples of this rank's epoch order the next iter() leaves out (a mid-epoch resume)
         self._host = _HostList()
 
     # ---- epoch ---------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch whose shuffle the next ``iter()`` draws (``seed + epoch``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= INT64_MAX:
+            raise ValueError(f"epoch must be an int in [0, 2**63 - 1], got {epoch!r}")
         self._epoch = epoch
+
+    def resume_at(self, position: int) -> None:
+        """Make the next ``iter()`` start at ``position`` of this rank's epoch order
+        (the samples before it were trained before a checkpoint); ``len()`` still
+        counts the whole epoch, as a resumed loop counts batches already done."""
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ValueError(f"position must be an int >= 0, got {position!r}")
+        self._skip = position
 
     @property
     def epoch(self) -> int:
@@ -133,7 +151,8 @@ class KeptSampler(Sampler[int]):
         return shard(kept, self.num_replicas, self.rank, self.drop_last)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices().tolist())
+        skip, self._skip = self._skip, 0
+        return iter(self.epoch_indices()[skip:].tolist())
 
     def __len__(self) -> int:
         n, R = self.kept().numel(), self.num_replicas
@@ -147,12 +166,23 @@ class KeptSampler(Sampler[int]):
         """Restore ``seed``, ``epoch`` and ``shuffle`` (these override the constructor's;
         ``shuffle`` may be absent). The whole state is checked first: a bad one raises
         ``ValueError`` naming the key and changes nothing."""
+        self.apply_state(self.checked_state(state))
+
+    def checked_state(self, state, where: str = "state_dict") -> dict:
+        """Validate ``state`` whole (nothing changes); returns what :meth:`apply_state` applies."""
         if not isinstance(state, dict):
-            raise ValueError(f"state_dict must be a dict from KeptSampler.state_dict(), got {type(state).__name__}")
-        seed = check.integer(state, "seed", low=-(2**63))
-        epoch = check.integer(state, "epoch", optional=True)
-        shuffle = check.boolean(state, "shuffle") if "shuffle" in state else self.shuffle
-        self.seed, self._epoch, self.shuffle = seed, epoch, shuffle
+            raise ValueError(f"{where} must be a dict from KeptSampler.state_dict(), got {type(state).__name__}")
+        seed = check.integer(state, "seed", low=INT64_MIN, where=where)
+        if seed > INT64_MAX:
+            raise ValueError(f"{where}['seed'] must be an int in [-2**63, 2**63 - 1], got {seed!r}")
+        epoch = check.integer(state, "epoch", optional=True, where=where)
+        if epoch is not None and epoch > INT64_MAX:
+            raise ValueError(f"{where}['epoch'] must be an int in [0, 2**63 - 1], got {epoch!r}")
+        shuffle = check.boolean(state, "shuffle", where) if "shuffle" in state else self.shuffle
+        return {"seed": seed, "epoch": epoch, "shuffle": shuffle}
+
+    def apply_state(self, values: dict) -> None:
+        self.seed, self._epoch, self.shuffle = values["seed"], values["epoch"], values["shuffle"]
 
 
 class KeptBatchSampler(Sampler[List[int]]):

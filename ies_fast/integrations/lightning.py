@@ -17,23 +17,35 @@ forward-only scoring pass over the removed samples, ``selector.step()``, and log
 ``ies/kept_fraction`` and ``ies/backward_saved_fraction``. Its state goes into
 Lightning checkpoints. Under the DDP strategy every rank scores its share of the
 removed samples and ``step()`` merges the ranks, so all hold the same mask.
+
+Per-step LR schedulers (``interval: "step"``) are stepped by epoch progress (see
+:meth:`IESCallback.scheduled_steps`): a schedule sized from
+``trainer.estimated_stepping_batches`` in ``configure_optimizers`` ends where it
+would without IES although IES epochs have fewer optimizer steps.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Callable, Optional
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
+from ..data.samplers import check_seed
 from ..selectors.ies import IES
 from ._batches import batch_index
 
 __all__ = ["IESCallback"]
 
 STATE_VERSION = 1
+HALF = Fraction(1, 2)
 
 
 def _shuffles(sampler) -> bool:
@@ -57,6 +69,16 @@ class IESCallback(Callback):
     Limits: one training ``DataLoader`` with a ``torch.utils.data.BatchSampler``
     (any ``batch_size``/``shuffle`` loader has one); ``limit_train_batches`` and
     ``val_check_interval`` as a fraction apply to the epoch's kept batches.
+
+    Per-step LR schedulers (``interval="step"``, ``frequency=1``) are stepped
+    extra times so that after each optimizer step they stand at
+    :meth:`scheduled_steps`: the run's progress mapped onto the plan
+    (``max_epochs`` full epochs, or ``max_steps``), as
+    ``trainer.estimated_stepping_batches`` computed it before the first epoch.
+    Read that property in ``configure_optimizers`` (as Lightning's docs do); later
+    in the run it reports ``max_epochs`` times the current epoch's kept batches,
+    because the callback sizes each epoch to its kept batches.
+    :attr:`planned_steps` holds the plan.
     """
 
     def __init__(self, num_samples: Optional[int] = None, *, delta: float = 1e-3, order: int = 2, window: int = 3,
@@ -67,8 +89,7 @@ class IESCallback(Callback):
             if num_samples is None:
                 raise ValueError("num_samples is required (the training set's length) unless a selector is given")
             selector = IES(num_samples, delta=delta, order=order, window=window, score_every=score_every)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
+        seed = check_seed(seed)
         if score_batch_size is not None and (isinstance(score_batch_size, bool) or not isinstance(score_batch_size, int)
                                              or score_batch_size < 1):
             raise ValueError(f"score_batch_size must be a positive int, got {score_batch_size!r}")
@@ -80,12 +101,40 @@ class IESCallback(Callback):
         self.log = log
         self._open = False  # an epoch was trained and not closed (scored + stepped) yet
         self._loader: Optional[DataLoader] = None
+        # the plan, from the loader as Lightning built it: (optimizer steps per full epoch, max_epochs, max_steps)
+        self._plan: Optional[tuple[int, int, int]] = None
+        self._warned_frequency = False
 
     # ---- placement ------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.selector.to(trainer.strategy.root_device)
 
     # ---- the epoch ---------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Resumed from a checkpoint written inside an epoch (``every_n_train_steps``,
+        ``val_check_interval`` < 1): Lightning calls no ``on_train_epoch_start`` for
+        the epoch it resumes, so put the epoch's kept sampler back here, at the first
+        batch not trained yet (the same kept order: ``seed + epoch``)."""
+        fit_loop = trainer.fit_loop
+        if not fit_loop.restarted_mid_epoch:
+            return
+        epoch_loop = fit_loop.epoch_loop
+        progress = epoch_loop.batch_progress
+        if epoch_loop.restarted_on_train_batch_end and progress.is_last_batch:
+            # written at the epoch's last batch: Lightning goes on with the next epoch (without its
+            # on_train_epoch_start) and would count the old epoch's batches as done in it
+            progress.increment_completed()
+            progress.reset_on_run()
+            epoch_loop.scheduler_progress.reset_on_run()
+            epoch_loop.automatic_optimization.optim_progress.reset_on_run()
+            epoch_loop.val_loop.batch_progress.total.reset()
+            epoch_loop.reset_restart_stage()
+            self.on_train_epoch_start(trainer, pl_module)
+            return
+        done = progress.current.completed + int(epoch_loop.restarted_on_train_batch_end)
+        self._loader = self._install(trainer, skip_batches=done)
+        self._open = True
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self._open:  # resumed from a checkpoint written before this callback closed its epoch
             self._close(trainer, pl_module)
@@ -95,14 +144,73 @@ class IESCallback(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if isinstance(outputs, Mapping) and self.loss_key in outputs:
             self.selector.observe(outputs[self.loss_key].detach(), batch_index(batch))
+        self._follow_schedules(trainer, pl_module, batch_idx)
+
+    # ---- per-step LR schedules ---------------------------------------------------------
+    @property
+    def planned_steps(self) -> Optional[int]:
+        """Optimizer steps the run was planned for without IES (what
+        ``trainer.estimated_stepping_batches`` said before the first epoch); ``None``
+        before the first epoch or when the run has no end."""
+        if self._plan is None:
+            return None
+        per_epoch, max_epochs, max_steps = self._plan
+        ends = [n for n in (max_epochs * per_epoch if max_epochs >= 0 else -1, max_steps) if n >= 0]
+        return min(ends) if ends else None
+
+    def scheduled_steps(self, global_step: int, epoch: int, steps_done: int, steps_in_epoch: int) -> Optional[int]:
+        """Where a per-step schedule sized for :attr:`planned_steps` should stand after
+        ``global_step`` optimizer steps, ``steps_done`` of the ``steps_in_epoch`` of
+        epoch ``epoch``: ``round(planned * fraction)``, the fraction being how far the
+        run is to whichever of ``max_epochs`` (epoch progress) and ``max_steps``
+        (optimizer steps) ends it. Without IES it is ``global_step``."""
+        planned = self.planned_steps
+        if planned is None:
+            return None
+        _, max_epochs, max_steps = self._plan
+        fraction = Fraction(0)
+        if max_epochs > 0 and steps_in_epoch > 0:
+            fraction = Fraction(epoch * steps_in_epoch + steps_done, steps_in_epoch * max_epochs)
+        if max_steps > 0:
+            fraction = max(fraction, Fraction(global_step, max_steps))
+        return math.floor(min(fraction, Fraction(1)) * planned + HALF)
+
+    def _follow_schedules(self, trainer, pl_module, batch_idx: int) -> None:
+        """After Lightning stepped the per-step schedulers once for this optimizer step,
+        step them on to :meth:`scheduled_steps` (no device read: host counters only)."""
+        if not pl_module.automatic_optimization:
+            return
+        configs = [c for c in trainer.lr_scheduler_configs if c.interval == "step" and not c.reduce_on_plateau]
+        if not configs:
+            return
+        if any(c.frequency != 1 for c in configs) and not self._warned_frequency:
+            self._warned_frequency = True
+            warnings.warn("IESCallback steps per-step LR schedulers by epoch progress only with frequency=1; "
+                          "schedulers with another frequency run by optimizer steps and end early under IES",
+                          stacklevel=2)
+        accumulate, batches = trainer.accumulate_grad_batches, trainer.num_training_batches
+        done = batch_idx + 1
+        if done % accumulate and done < batches:
+            return  # no optimizer step this batch: Lightning did not step the schedulers either
+        steps_in_epoch, steps_done = math.ceil(batches / accumulate), math.ceil(done / accumulate)
+        step, epoch = trainer.global_step, trainer.current_epoch
+        now = self.scheduled_steps(step, epoch, steps_done, steps_in_epoch)
+        before = self.scheduled_steps(step - 1, epoch, steps_done - 1, steps_in_epoch)
+        if now is None:
+            return
+        for config in configs:
+            if config.frequency == 1:
+                for _ in range(now - before - 1):
+                    pl_module.lr_scheduler_step(config.scheduler, None)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._open:
             self._close(trainer, pl_module)
 
-    def _install(self, trainer) -> DataLoader:
+    def _install(self, trainer, skip_batches: int = 0) -> DataLoader:
         """Put a KeptSampler for this epoch into the training loader (again if
-        Lightning rebuilt it) and size the epoch in the trainer's loops."""
+        Lightning rebuilt it) and size the epoch in the trainer's loops;
+        ``skip_batches``: the epoch's batches trained before a mid-epoch checkpoint."""
         loader = trainer.train_dataloader
         if not isinstance(loader, DataLoader) or not isinstance(loader.batch_sampler, BatchSampler):
             raise TypeError("IESCallback needs one training torch DataLoader with a batch_size (a BatchSampler), "
@@ -114,25 +222,36 @@ class IESCallback(Callback):
         batches = loader.batch_sampler
         sampler = batches.sampler
         if not (isinstance(sampler, KeptSampler) and sampler.selector is self.selector):
+            # the loader as Lightning built it, over the full data set: the plan
+            full = _parse_num_batches(RunningStage.TRAINING, len(batches), trainer.limit_train_batches)
+            max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+            self._plan = (math.ceil(full / trainer.accumulate_grad_batches), max_epochs, trainer.max_steps)
             sampler = KeptSampler(self.selector, shuffle=_shuffles(sampler), seed=self.seed)
             batches.sampler = sampler  # read when the epoch's iterator starts
         sampler.set_epoch(trainer.current_epoch)
+        if skip_batches:
+            sampler.resume_at(skip_batches * batches.batch_size)
         self._size_epoch(trainer, len(batches))
         return loader
 
     @staticmethod
-    def _size_epoch(trainer, num_batches: int) -> None:
-        """Tell the fit loop this epoch has ``num_batches`` (Lightning sized it when
-        it built the loader: end-of-epoch validation and the progress bar use it)."""
+    def _size_epoch(trainer, kept_batches: int) -> None:
+        """Tell the fit loop this epoch has ``kept_batches`` (``limit_train_batches``
+        applied to them); Lightning sized the epoch from the full loader when it built
+        it (epoch end, validation, progress bar use it)."""
         fit_loop = trainer.fit_loop
+        num_batches = _parse_num_batches(RunningStage.TRAINING, kept_batches, trainer.limit_train_batches)
+        combined = getattr(fit_loop, "_combined_loader", None)
+        if combined is not None:
+            combined.limits = [num_batches]  # the iterator stops here (was: the limit of the full loader)
         fit_loop.max_batches = num_batches
         interval = trainer.val_check_interval
         if isinstance(interval, float) and getattr(trainer, "val_check_batch", None) not in (None, float("inf")):
             trainer.val_check_batch = max(1, int(num_batches * interval))
         fetcher = getattr(fit_loop, "_data_fetcher", None)
         if fetcher is not None and fetcher.fetched == 0:
-            # the run's first epoch: Lightning made the iterator (and sized it, and workers may
-            # have prefetched) before the sampler was swapped; later epochs make theirs after
+            # the run's first epoch (or a resumed one): Lightning made the iterator (and sized it,
+            # and workers may have prefetched) before the sampler was swapped; later epochs make theirs after
             iter(fetcher)
 
     def _close(self, trainer, pl_module) -> None:
@@ -163,10 +282,25 @@ class IESCallback(Callback):
                 "seed": self.seed}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a :meth:`state_dict`: all of it is checked before anything is applied
+        (a bad state raises ``ValueError`` naming the key and changes nothing)."""
         if not isinstance(state_dict, dict) or state_dict.get("version") != STATE_VERSION:
             raise ValueError(f"IESCallback state must come from IESCallback.state_dict() (version {STATE_VERSION})")
-        if not isinstance(state_dict.get("open"), bool) or not isinstance(state_dict.get("seed"), int):
-            raise ValueError("IESCallback state needs a bool 'open' and an int 'seed'")
-        self.selector.load_state_dict(state_dict["selector"])  # validated whole before anything is applied
+        if not isinstance(state_dict.get("open"), bool):
+            raise ValueError(f"IESCallback state['open'] must be a bool, got {state_dict.get('open')!r}")
+        seed = check_seed(state_dict.get("seed"), "IESCallback state['seed']")
+        self.selector.load_state_dict(state_dict["selector"])  # checks the selector state whole, then applies it
         self._open = state_dict["open"]
-        self.seed = state_dict["seed"]
+        self.seed = seed
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Refuse to resume training from a checkpoint without this callback's state:
+        it would silently start the selector over (validate/test may load any)."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states and self._legacy_state_key not in states:
+            raise ValueError(
+                f"IESCallback: the checkpoint has no {self.state_key!r} callback state (it was written without "
+                "IESCallback), so resuming would silently start IES over. To start IES on these weights, load "
+                "them into the module (LightningModule.load_from_checkpoint) and call fit() without ckpt_path")
