@@ -230,3 +230,25 @@ def test_sweep_plot_keeps_its_labels_and_shows_a_zero_sd_baseline(figures):
             assert t.get_zorder() > star.get_zorder(), "the chosen δ's star does not cover its label"
     assert "mnist1d" in fig._suptitle.get_text() and "δ from 0.001" in fig._suptitle.get_text()
     assert all(not fig.legends[0].get_window_extent().overlaps(ax.get_window_extent()) for ax in fig.axes)
+
+
+def test_compare_and_sweep_titles_name_the_data_and_delta(monkeypatch, tmp_path):
+    import argparse
+
+    from ies_fast.train import compare as cmp
+    from ies_fast.train import sweep as sw
+    from ies_fast.train.config import TrainConfig, resolve
+
+    config = resolve(TrainConfig(dataset="digits", out=str(tmp_path)))
+    assert cmp.describe(config, "IES δ=0.0002") == "digits (mlp, 60 epochs), IES δ=0.0002"
+    titles = []
+    monkeypatch.setattr(cmp, "plot", lambda rows, path, title="": titles.append(title) or path)
+    monkeypatch.setattr(sw, "plot", lambda rows, path, tolerance, title="": titles.append(title) or path)
+    fake = lambda c: {"test_acc": 0.9, "backward_saved_fraction": 0.0 if c.selector == "none" else 0.5,
+                      "wall_time_s": 1.0}
+    for module, argv in ((cmp, ["--selectors", "none", "ies"]), (sw, ["--deltas", "1e-3", "1e-2"])):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        args = parser.parse_args([*argv, "--seeds", "0", "--plot", str(tmp_path / "p.png")])
+        module.run(args, config, train_fn=fake, print_fn=lambda *a: None)
+    assert titles == ["digits (mlp, 60 epochs), IES δ=0.0002", "digits (mlp, 60 epochs), IES δ from 0.001 to 0.01"]
