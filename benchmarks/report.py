@@ -77,7 +77,7 @@ def variant_notes(names) -> list[str]:
     notes = []
     for name in dict.fromkeys(names):
         base = name.split("[")[0]  # IES.step[native] -> IES.step
-        if base == "IES.step" or base == "IES":
+        if base in ("IES.step", "IES"):
             what = f"the selector on the {name[len(base) + 1:-1]} backend"
         else:
             what = VARIANTS.get(name)
@@ -180,7 +180,8 @@ def memory_section(results: list[dict]) -> list[str]:
     ]
     return ["#### Selector device memory", "",
             *table(["selector", "N", "order+window", "state B/sample", "with kept-index buffer B/sample",
-                    "kept_indices_padded() median"], rows), ""]
+                    "kept_indices_padded() median"], rows), "",
+            *variant_notes(r["variant"] for r in results)]
 
 
 SECTIONS = {"kernel": kernel_section, "compaction": compaction_section, "step": step_section,
