@@ -57,6 +57,35 @@ def header_lines(data: dict, label) -> list[str]:
     ]
 
 
+#: what each variant name in the tables runs (docs/benchmarks.md has the full list)
+VARIANTS = {
+    "fused_triton": "ies_fast.cross_entropy's fused Triton kernel (loss + ring write in one pass)",
+    "torch_eager": "F.cross_entropy, then the ring write as torch ops (the reference for 'vs torch eager')",
+    "torch_compile": "torch_eager under torch.compile (compile time excluded)",
+    "torch_eager_test": "torch_eager plus a per-step Δ^N test of the batch: more work than the fused kernel",
+    "native_record": "F.cross_entropy + the native ring write of ies_fast._C",
+    "liger": "Liger-Kernel's fused cross-entropy + the torch ring write",
+    "triton": "the Triton compaction kernel", "native": "ies_fast._C's compaction (CUB on CUDA, C++ on CPU)",
+    "nonzero": "torch.nonzero", "torch_cumsum": "the torch fallback (cumsum + scatter)",
+    "kept_indices": "IES.kept_indices(), what the samplers call",
+    "python_loop": "a per-sample Python loop over loss lists, like the official code's bookkeeping",
+}
+
+
+def variant_notes(names) -> list[str]:
+    """One line per variant name present in a table, saying what it runs."""
+    notes = []
+    for name in dict.fromkeys(names):
+        base = name.split("[")[0]  # IES.step[native] -> IES.step
+        if base in ("IES.step", "IES"):
+            what = f"the selector on the {name[len(base) + 1:-1]} backend"
+        else:
+            what = VARIANTS.get(name)
+        if what:
+            notes.append(f"`{name}`: {what}")
+    return ["Variants: " + "; ".join(notes) + ".", ""] if notes else []
+
+
 def kernel_section(results: list[dict]) -> list[str]:
     if not results:
         return []
@@ -77,10 +106,12 @@ def kernel_section(results: list[dict]) -> list[str]:
     return [
         "#### Fused loss + ring write (kernel throughput)",
         "",
-        f"Copy bandwidth measured in the same run: {fmt(copy, '.1f')} GB/s (read + write).",
+        f"Copy bandwidth measured in the same run: {fmt(copy, '.1f')} GB/s (read + write); "
+        "'of copy BW' = GB/s over it.",
         "",
         *table(["variant", "N", "C", "dtype", "pass", "median", "min", "GB/s", "of copy BW", "vs torch eager"], rows),
         "",
+        *variant_notes(r["variant"] for r in results),
     ]
 
 
@@ -92,7 +123,8 @@ def compaction_section(results: list[dict]) -> list[str]:
          "n/a (CPU)" if r.get("host_sync") is None else fmt(r["host_sync"])]
         for r in sorted(results, key=lambda r: (r["N"], r["variant"]))
     ]
-    return ["#### Compaction (keep mask → index list)", "", *table(["variant", "N", "median", "min", "host sync"], rows), ""]
+    return ["#### Compaction (keep mask → index list)", "", *table(["variant", "N", "median", "min", "host sync"], rows), "",
+            *variant_notes(r["variant"] for r in results)]
 
 
 def step_section(results: list[dict]) -> list[str]:
@@ -103,7 +135,8 @@ def step_section(results: list[dict]) -> list[str]:
         for r in sorted(results, key=lambda r: (r["N"], r["variant"]))
     ]
     return ["#### `IES.step()` vs a Python loop", "",
-            *table(["implementation", "N", "median", "min", "mastered", "ran on"], rows), ""]
+            *table(["implementation", "N", "median", "min", "mastered", "ran on"], rows), "",
+            *variant_notes(r["variant"] for r in results)]
 
 
 def epoch_section(results: list[dict]) -> list[str]:
@@ -126,7 +159,10 @@ def epoch_section(results: list[dict]) -> list[str]:
         f"Model: {', '.join(models)}; sampler: {', '.join(samplers)}. "
         "Speedup = median epoch at k = 1 / median epoch at k; ideal = 1 / (k + (1−k)·F_score/(F+B)); "
         "efficiency = speedup / ideal; efficiency (min) uses the fastest rounds. F, B, F_score in ms per sample "
-        "(median over batches).",
+        "(median over batches). An efficiency above 1.0 is not an error: the ideal counts only the per-sample "
+        "forward, backward and scoring costs, while the epoch also has costs that shrink with the kept set and "
+        "that the ideal leaves out (optimizer steps, batch loading), and per-batch medians differ from an "
+        "epoch's mix of batches; on a shared CPU, noise adds to it.",
         "",
         *table(["loader", "batch", "samples", "kept k", "epoch (median)", "min", "speedup", "ideal",
                 "efficiency", "efficiency (min)", "F", "B", "F_score"], rows),
@@ -144,7 +180,8 @@ def memory_section(results: list[dict]) -> list[str]:
     ]
     return ["#### Selector device memory", "",
             *table(["selector", "N", "order+window", "state B/sample", "with kept-index buffer B/sample",
-                    "kept_indices_padded() median"], rows), ""]
+                    "kept_indices_padded() median"], rows), "",
+            *variant_notes(r["variant"] for r in results)]
 
 
 SECTIONS = {"kernel": kernel_section, "compaction": compaction_section, "step": step_section,

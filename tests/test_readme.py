@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs as pasted (issue 14, point 1).
+"""Every ```python block of README.md (and of the docs in ``DOCS``) runs as pasted
+(issue 14, point 1).
 
 Each block runs in its own fresh interpreter (a subprocess in an empty temporary
 folder, CPU, TRITON_INTERPRET inherited from conftest) with a timeout. A block
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+#: docs whose blocks are held to the same rule (the README links to their complete scripts)
+DOCS = [README.parent / "docs" / "integrations.md"]
 TIMEOUT_S = 180  # a shared, loaded 2-core CI box; the blocks take a few seconds each
 
 _FENCE = re.compile(r"^```(\w*)\s*$")
@@ -53,7 +56,8 @@ def python_blocks(text: str) -> list:
     return blocks
 
 
-BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = python_blocks(README.read_text(encoding="utf-8")) + [
+    (f"{doc.stem}-{name}", code, marker) for doc in DOCS for name, code, marker in python_blocks(doc.read_text("utf-8"))]
 
 
 def _skip_reason(marker) -> str | None:

@@ -9,8 +9,9 @@ budget (default 9.5 minutes: a phase that would run past it is stopped and repor
 as such); on a CPU it runs the small sizes. It writes ``bench.json`` (every result,
 plus the device, driver, torch and Triton versions) and ``bench.md`` (the tables, and
 measured time over the bandwidth lower bound of each kernel), and with ``--readme``
-replaces the README's GPU table. It installs nothing: the suite needs the ``test``
-extra (pytest-benchmark) and a source checkout (``benchmarks/``).
+replaces the GPU table between the markers of a Markdown file (docs/benchmarks.md).
+It installs nothing: the suite needs the ``test`` extra (pytest-benchmark) and a
+source checkout (``benchmarks/``).
 """
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
-README_BEGIN = "<!-- ies-bench:begin (written by `ies-fast bench --readme README.md` on a GPU; do not edit) -->"
+#: the GPU table's place, in docs/benchmarks.md ("Summary of the CPU micro-benchmarks")
+README_BEGIN = "<!-- ies-bench:begin (written by `ies-fast bench --readme FILE` on a GPU; do not edit) -->"
 README_END = "<!-- ies-bench:end -->"
 
 #: (name, files, share of the time budget); run in this order, each in its own pytest process
 PHASES = (
     ("kernel", ("benchmarks/test_bench_kernel.py",), 0.35),
     ("compaction-step", ("benchmarks/test_bench_compaction.py", "benchmarks/test_bench_step.py"), 0.2),
-    ("no-sync", ("tests/test_no_sync_gpu.py",), 0.1),
+    ("no-sync", ("tests/ops/test_no_sync_gpu.py",), 0.1),
     ("epoch", ("benchmarks/test_bench_epoch.py",), 0.35),
 )
 #: at GPU sizes, the cases of a phase that fit the 10-minute budget (pytest -k); the
@@ -47,10 +49,15 @@ class BenchError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=("auto", "small", "gpu"), default="auto",
-                        help="benchmark sizes: 'gpu' (the issue's, needs CUDA), 'small' (CPU); auto picks by device")
+                        help="benchmark sizes: 'gpu' (the GPU sizes of docs/benchmarks.md, needs CUDA), 'small' (the "
+                             "CPU sizes CI runs); auto: gpu on a CUDA machine, else small")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
-    parser.add_argument("--readme", metavar="MD", help="replace the GPU table in this README (GPU results only)")
-    parser.add_argument("--budget", type=float, default=570.0, help="total seconds for all phases")
+    parser.add_argument("--readme", metavar="MD",
+                        help="replace the GPU table between the ies-bench markers of this Markdown file, e.g. "
+                             "docs/benchmarks.md (GPU results only)")
+    parser.add_argument("--budget", type=float, default=570.0,
+                        help="total seconds for all phases, shared out by phase; a phase that would overrun its share "
+                             "is stopped and reported as timed out (570 s keeps the command under 10 minutes)")
     parser.add_argument("--only", nargs="+", choices=[name for name, _, _ in PHASES], metavar="PHASE",
                         help=f"run only these phases: {', '.join(repr(n) for n, _, _ in PHASES)}")
 
@@ -159,14 +166,26 @@ def bound_rows(results: list[dict], copy_gbps: Optional[float]) -> list[list[str
     return rows
 
 
+def one_copy_bandwidth(results: list[dict], measured_here: float) -> tuple[float, str]:
+    """The one copy bandwidth a report uses, and where it was measured: the kernel
+    phase's (its GB/s column divides by it), else the one measured before the phases.
+    Two runs of the same copy differ (threads, caches, other load), so a report that
+    printed both would give two figures for one machine."""
+    suite = next((r["copy_gbps"] for r in results if r.get("copy_gbps")), None)
+    if suite:
+        return float(suite), "measured in the kernel phase"
+    return float(measured_here), "measured before the phases"
+
+
 def render(datas: list[dict], outcomes: list[tuple[str, str, float]], copy_gbps: float) -> str:
     report = _load("report")
     parts = [report.render(d) for d in datas]
     results = [r.get("extra_info", {}) for d in datas for r in d.get("benchmarks", [])]
+    copy_gbps, where = one_copy_bandwidth(results, copy_gbps)
     rows = bound_rows(results, copy_gbps)
     lines = ["#### Measured time over the bandwidth lower bound", "",
-             f"Bound = bytes the operation must move / the copy bandwidth measured in this run "
-             f"({copy_gbps:.1f} GB/s, read + write); 1.0× would be an operation at copy speed.", ""]
+             f"Bound = bytes the operation must move / the copy bandwidth ({copy_gbps:.1f} GB/s, read + write, "
+             f"{where}: the one figure of this report); 1.0× would be an operation at copy speed.", ""]
     if rows:
         lines += report.table(["bench", "variant", "shape", "bytes", "bound", "median", "median / bound"], rows)
     lines += ["", "#### Phases", ""]
@@ -203,7 +222,8 @@ def run(args) -> int:
             print(f"ies-fast bench: {name}: {outcome} ({seconds:.0f} s)", file=sys.stderr)
             if json_path.is_file():
                 datas.append(json.loads(json_path.read_text()))
-    merged = {"size": size, "copy_gbps": round(copy_gbps, 2), "phases": [dict(name=n, outcome=o, seconds=round(s, 1)) for n, o, s in outcomes],
+    all_results = [b.get("extra_info", {}) for d in datas for b in d.get("benchmarks", [])]
+    merged = {"size": size, "copy_gbps": round(one_copy_bandwidth(all_results, copy_gbps)[0], 2), "phases": [dict(name=n, outcome=o, seconds=round(s, 1)) for n, o, s in outcomes],
               "machine_info": datas[0].get("machine_info", {}) if datas else {},
               "benchmarks": [b for d in datas for b in d.get("benchmarks", [])]}
     (out / "bench.json").write_text(json.dumps(merged, indent=1))

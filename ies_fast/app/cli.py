@@ -24,28 +24,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="ies-fast", description="Instance-dependent Early Stopping for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="baseline vs IES on scikit-learn's bundled digits; prints a table, writes a plot")
-    demo.add_argument("--epochs", type=_positive_int, default=60)
-    demo.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds per arm")
+    demo = sub.add_parser("demo", help="baseline vs IES on scikit-learn's bundled digits; prints a table, writes a plot",
+                          formatter_class=arguments.HelpFormatter)
+    demo.add_argument("--epochs", type=_positive_int, default=60, help="epochs per run")
+    arguments.add_seed_arguments(demo)  # each seed runs both arms
     demo.add_argument("--delta", type=float, default=2e-4, help="IES threshold δ for the IES arm")
     demo.add_argument("--plot", default="ies_demo.png", help="PNG path ('' for none)")
+    recipes = dict(formatter_class=arguments.HelpFormatter, epilog=arguments.recipes_epilog())
     train = sub.add_parser("train", help="train one model with a sample selector (the paper's recipes by default)",
-                           formatter_class=arguments.HelpFormatter, epilog=arguments.recipes_epilog())
+                           **recipes)
     arguments.add_arguments(train)
     compare = sub.add_parser("compare", help="IES, InfoBatch, random removal and the baseline on the same data and seeds",
-                             formatter_class=arguments.HelpFormatter)
+                             **recipes)
     arguments.add_arguments(compare, for_compare=True)
     _compare.add_arguments(compare)
     sweep = sub.add_parser("sweep", help="IES over a δ grid, InfoBatch and random removal over ratios, several seeds: "
                                          "one table, a Pareto plot, the δ that saves most within --tolerance",
-                           formatter_class=arguments.HelpFormatter)
+                           **recipes)
     arguments.add_arguments(sweep, for_compare=True)
     _sweep.add_arguments(sweep)
     sub.add_parser("info", help="print ies_fast.backend_info() as JSON")
     from . import bench as _bench_mod
 
     _bench_mod.add_arguments(sub.add_parser("bench", help="run the benchmark suite (GPU sizes on CUDA, small on CPU); "
-                                            "writes bench.json, bench.md"))
+                                            "writes bench.json, bench.md", formatter_class=arguments.HelpFormatter))
     return parser
 
 
@@ -79,7 +81,7 @@ def _train(args, argv) -> int:
         if args.print_config:  # with --resume: what the resumed run would use
             if config.resume:
                 config = resumed_config(Trainer.read_resume_state(config)["config"], config, given_options(argv))
-            print(json.dumps(resolve(config).to_dict(), indent=2))
+            print(json.dumps(resolve(config, need_data=False).to_dict(), indent=2))  # the recipe, no data needed
             return 0
         trainer = Trainer(config, given=given_options(argv))
     except _setup_errors() as exc:
@@ -144,10 +146,14 @@ def _bench(args, argv) -> int:
 def _demo(args, argv) -> int:
     if args.delta < 0:
         return _error("--delta must be >= 0")
+    if len(args.seeds) == 1 and args.seeds[0] > 0 and any(a.startswith("--seeds") for a in argv):
+        # demo's --seeds used to be a count: say what it means now
+        print(f"ies-fast: note: --seeds lists seed values (it was a count in demo before): running seed "
+              f"{args.seeds[0]} only; --num-seeds {args.seeds[0]} runs seeds 0 .. {args.seeds[0] - 1}", file=sys.stderr)
     from .demo import DemoConfig, main as demo_main
 
     try:
-        demo_main(DemoConfig(epochs=args.epochs, delta=args.delta, seeds=tuple(range(args.seeds))), plot_path=args.plot)
+        demo_main(DemoConfig(epochs=args.epochs, delta=args.delta, seeds=tuple(args.seeds)), plot_path=args.plot)
     except ImportError as exc:  # a missing optional package, found before any training
         return _error(str(exc))
     return 0

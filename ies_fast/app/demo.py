@@ -110,7 +110,7 @@ def format_table(baseline: list, ies: list, epochs: int, num_train: int) -> str:
     return "\n".join(lines)
 
 
-def plot(baseline: list, ies: list, path: str) -> None:
+def plot(baseline: list, ies: list, path: str, delta: float = DemoConfig.delta) -> None:
     """Test accuracy per epoch of both arms and the samples IES excluded per epoch
     (count of the training set and fraction), each the mean over seeds with its
     min–max band."""
@@ -131,7 +131,7 @@ def plot(baseline: list, ies: list, path: str) -> None:
     excluded_panel(bottom, epochs, [r.removed_curve for r in ies], ies[0].num_train)
     bottom.set_xlabel("epoch")
     bottom.grid(alpha=0.3)
-    fig.suptitle(f"IES on sklearn digits ({len(ies)} seed{'s' if len(ies) != 1 else ''})")
+    fig.suptitle(f"IES (δ={delta:g}) on sklearn digits ({len(ies)} seed{'s' if len(ies) != 1 else ''})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -149,6 +149,6 @@ def main(config: DemoConfig = DemoConfig(), plot_path: str = "ies_demo.png") -> 
     ies = [run(config, config.delta, s, data) for s in config.seeds]
     print(format_table(baseline, ies, config.epochs, len(data[1])))
     if plot_path:
-        plot(baseline, ies, plot_path)
+        plot(baseline, ies, plot_path, config.delta)
         print(f"plot written to {plot_path}")
     return baseline, ies

@@ -37,11 +37,13 @@ def excluded_panel(ax, epochs: Sequence[int], excluded_runs: Sequence[Sequence[f
     frac.set_ylabel("excluded (%)")
 
 
-def save(fig, path: str, dpi: int = 100) -> str:
-    """Lay out ``fig``, write it to ``path`` (format from the extension), close it; returns ``path``."""
+def save(fig, path: str, dpi: int = 100, *, layout: bool = True) -> str:
+    """Lay out ``fig`` (unless the caller did: ``layout=False``), write it to ``path``
+    (format from the extension), close it; returns ``path``."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -11,7 +11,7 @@ the wrapped model, then ``selector.step()`` — so the loop only records losses:
     for x, y, index in loader:
         loss = train_set.update(F.cross_entropy(model(x), y, reduction="none"), index)   # 3
 
-This is the hand-wired loop of the README exactly (same masks, same model for
+This is the hand-wired loop of docs/integrations.md exactly (same masks, same model for
 the same seed; tested): closing epoch ``e`` at the start of epoch ``e + 1`` sees
 the same weights as closing it right after its last batch.
 

@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Callable, Optional
 
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn

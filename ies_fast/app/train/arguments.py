@@ -30,8 +30,28 @@ def recipes_epilog() -> str:
     rows = [[name, *(str(recipe.get(k, "-")) for k in keys)] for name, recipe in cfg.RECIPES.items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
-    return ("recipes (what a flag left out becomes; --print-config shows the full resolved config):\n  "
+    return ("recipes (what a flag left out becomes; `ies-fast train --dataset D --print-config` shows the full "
+            "resolved config):\n  "
             + "\n  ".join(lines) + "\nSGD momentum 0.9; exp schedule: x0.96 per epoch (--lr-gamma).")
+
+
+class _NumSeeds(argparse.Action):
+    """``--num-seeds N``: the seeds 0 .. N-1, stored where ``--seeds`` stores its list."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value < 1:
+            parser.error(f"argument {option_string}: must be a positive integer, got {value}")
+        setattr(namespace, self.dest, list(range(value)))
+
+
+def add_seed_arguments(parser, default=(0, 1, 2)) -> None:
+    """``--seeds S [S ...]`` (the seed values) or ``--num-seeds N`` (seeds 0 .. N-1),
+    with one meaning in ``demo``, ``compare`` and ``sweep``; both set ``args.seeds``."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--seeds", nargs="+", type=int, default=list(default), metavar="S",
+                       help="the seeds to run (default: " + " ".join(map(str, default)) + ")")
+    group.add_argument("--num-seeds", dest="seeds", type=int, action=_NumSeeds, metavar="N", default=argparse.SUPPRESS,
+                       help="run the seeds 0 .. N-1 (--num-seeds 3 is --seeds 0 1 2)")
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False) -> None:

@@ -18,6 +18,7 @@ import time
 from typing import Callable, Iterable, Optional, Sequence
 
 from ... import extras
+from .arguments import add_seed_arguments
 
 SELECTORS = ("none", "ies", "infobatch", "random")
 LABELS = {"none": "baseline", "ies": "IES", "infobatch": "InfoBatch", "random": "random removal"}
@@ -241,10 +242,26 @@ def format_table(rows: list) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list, path: str) -> str:
+#: one colour and marker per selector, shared by the compare and sweep plots
+COLORS = {"none": "tab:gray", "ies": "tab:blue", "infobatch": "tab:orange", "random": "tab:green"}
+MARKERS = {"none": "s", "ies": "o", "infobatch": "^", "random": "D"}
+
+
+def describe(config, delta_text: str = "") -> str:
+    """``digits (mlp, 60 epochs), IES δ=0.0002``: what a plot's title says the runs
+    trained on (from whichever of these fields ``config`` has)."""
+    model, epochs = getattr(config, "model", None), getattr(config, "epochs", None)
+    details = ", ".join(str(v) for v in (model, epochs and f"{epochs} epochs") if v)
+    text = f"{getattr(config, 'dataset', 'the data')}" + (f" ({details})" if details else "")
+    return f"{text}, {delta_text}" if delta_text else text
+
+
+def plot(rows: list, path: str, title: str = "") -> str:
     """One figure, two panels: test accuracy against backward passes saved (one point
-    per run, the selector's mean marked), and mean wall time per selector. Saved to
-    ``path`` (the format follows its extension); returns ``path``."""
+    per run, the selector's mean marked), and mean wall time per selector. Each
+    selector has its own marker and a small sideways offset, so that selectors at the
+    same saving (random removal is matched to IES's) stay visible; the legend sits
+    below the panels. ``title`` names the data and δ. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,27 +270,32 @@ def plot(rows: list, path: str) -> str:
     from ..plots import save
 
     agg = aggregate(rows)
-    colors = {"none": "tab:gray", "ies": "tab:blue", "infobatch": "tab:orange", "random": "tab:green"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for a in agg:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
+    spread = max((100 * r["backward_saved"] for r in rows), default=0.0) or 1.0
+    for i, a in enumerate(agg):
         rs = [r for r in rows if r["selector"] == a["selector"]]
-        c = colors[a["selector"]]
-        ax1.scatter([100 * r["backward_saved"] for r in rs], [100 * r["accuracy"] for r in rs], color=c, alpha=0.4, s=18)
+        c, m = COLORS[a["selector"]], MARKERS[a["selector"]]
+        dx = (i - (len(agg) - 1) / 2) * 0.015 * spread  # dodge: the same x would hide one selector behind another
+        ax1.scatter([100 * r["backward_saved"] + dx for r in rs], [100 * r["accuracy"] for r in rs], color=c,
+                    marker=m, alpha=0.4, s=18, zorder=3)
         ax1.errorbar(
-            100 * a["backward_saved"], 100 * a["accuracy"], xerr=100 * a["backward_saved_sd"], yerr=100 * a["accuracy_sd"],
-            fmt="o", color=c, capsize=3, label=a["label"],
+            100 * a["backward_saved"] + dx, 100 * a["accuracy"], xerr=100 * a["backward_saved_sd"],
+            yerr=100 * a["accuracy_sd"], fmt=m, color=c, capsize=3, ms=7, mfc="white", mew=1.5, zorder=4,
+            label=a["label"],
         )
-    ax1.set_xlabel("backward passes saved (%)")
+    ax1.set_xlabel("backward passes saved (%; selectors offset sideways)")
     ax1.set_ylabel("test accuracy (%)")
-    ax1.legend()
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, max(1, len(agg))), fontsize=8,
+               frameon=False)
     ax1.grid(alpha=0.3)
     labels = [a["label"] for a in agg]
     ax2.bar(labels, [a["wall_time_s"] for a in agg], yerr=[a["wall_time_sd"] for a in agg],
-            color=[colors[a["selector"]] for a in agg], capsize=3)
+            color=[COLORS[a["selector"]] for a in agg], capsize=3)
     ax2.set_ylabel("wall time (s)")
     ax2.grid(alpha=0.3, axis="y")
     seeds = max((a["seeds"] for a in agg), default=0)
-    fig.suptitle(f"selectors compared (mean ± sd over {seeds} seed{'s' if seeds != 1 else ''})")
+    head = f"selectors compared on {title}" if title else "selectors compared"
+    fig.suptitle(f"{head}\nmean ± sd over {seeds} seed{'s' if seeds != 1 else ''}", fontsize=11)
     return save(fig, path, dpi=120)
 
 
@@ -283,7 +305,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ``--epochs`` ..., come from the ``train`` subcommand's parser)."""
     parser.add_argument("--selectors", nargs="+", choices=SELECTORS, default=list(SELECTORS),
                         help="selectors to compare (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    add_seed_arguments(parser)
     parser.add_argument("--no-match-random", dest="match_random", action="store_false",
                         help="run random removal at --random-ratio instead of IES's saved fraction")
     parser.add_argument("--plot", default="compare.png", help="where to write the plot (default: compare.png; '' for none)")
@@ -298,7 +320,9 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
                    log=lambda m: print_fn(m))
     print_fn(format_table(rows))
     if plot_path:
-        print_fn(f"plot: {plot(rows, plot_path)}")
+        delta = getattr(base_config, "delta", None)
+        title = describe(base_config, f"IES δ={delta:g}" if isinstance(delta, (int, float)) else "")
+        print_fn(f"plot: {plot(rows, plot_path, title)}")
     if args.json:
         print_fn(f"rows: {write_json(rows, args.json)}")
     return rows

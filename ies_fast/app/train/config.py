@@ -35,7 +35,7 @@ RECIPES = {
     "synthetic": dict(model="resnet18", epochs=10, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
                       lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0, eligibility="paper"),
     "digits": dict(model="mlp", epochs=60, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=0.0,
-                   lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.0, eligibility="paper"),
+                   lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.05, eligibility="paper"),
     "mnist1d": dict(model="cnn1d", epochs=60, batch_size=100, optimizer="sgd", lr=0.05, weight_decay=0.0,
                     lr_schedule="constant", delta=1e-3, anneal=0.0, min_kept=0.05, eligibility="paper"),
 }
@@ -172,14 +172,15 @@ def _with_recipe(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
 
 
-def resolve(config: TrainConfig) -> TrainConfig:
-    """A copy of ``config`` with every ``None`` filled from the dataset's recipe."""
+def resolve(config: TrainConfig, *, need_data: bool = True) -> TrainConfig:
+    """A copy of ``config`` with every ``None`` filled from the dataset's recipe
+    (``need_data=False``: ``--data-dir`` may be missing, as for ``--print-config``)."""
     resolved = _with_recipe(config)
-    validate(resolved)
+    validate(resolved, need_data=need_data)
     return resolved
 
 
-def validate(c: TrainConfig) -> None:
+def validate(c: TrainConfig, *, need_data: bool = True) -> None:
     """Raise ``ValueError`` naming the first bad option of a resolved config."""
     _choice("dataset", c.dataset, DATASETS)
     _choice("selector", c.selector, SELECTORS)
@@ -214,7 +215,7 @@ def validate(c: TrainConfig) -> None:
     _number("random_ratio", c.random_ratio, 0.0, 1.0, open_high=True)
     if not all(isinstance(m, (int, float)) and 0 < m < 1 for m in c.lr_milestones):
         _fail("lr_milestones", f"must be fractions of the run in (0, 1); got {c.lr_milestones!r}")
-    if c.dataset in ("cifar10", "cifar100", "imagenet") and not c.data_dir:
+    if need_data and c.dataset in ("cifar10", "cifar100", "imagenet") and not c.data_dir:
         _fail("data_dir", f"is required for {c.dataset} (the folder holding the data set; see --help)")
     if c.loader == "dali" and c.dataset in ("digits", "mnist1d"):
         _fail("loader", f"dali needs an image data set (cifar10, cifar100, imagenet, synthetic); {c.dataset} is vectors")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import math
 import os
 import random
 import sys
@@ -152,9 +151,19 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 
 def _bar(total: int, enabled: bool, **kw):
+    """A tqdm bar on stderr, drawn only on a terminal: redirected to a file or a
+    pipe it would write escape codes, so there the epoch lines alone report."""
     from tqdm.auto import tqdm
 
+    enabled = enabled and _is_terminal(sys.stderr)
     return tqdm(total=total, disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 def _lock_run_folder(config: TrainConfig):
@@ -459,7 +468,8 @@ class Trainer:
                 self.files.write_json(self.files.summary, summary)
             if c.plot and self.history:
                 try:
-                    plot_history(self.history, self.files.plot, title=f"{c.selector} on {c.dataset} ({c.model})")
+                    what = f"IES δ={c.delta:g}" if c.selector == "ies" else c.selector
+                    plot_history(self.history, self.files.plot, title=f"{what} on {c.dataset} ({c.model})")
                 except ImportError:  # matplotlib is optional
                     pass
         return summary
@@ -489,8 +499,14 @@ class Trainer:
 def _epoch_line(row: dict, epochs: int, note: dict) -> str:
     return (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  test {100 * row['test_acc']:.2f}%  "
             f"kept {100 * row['kept_fraction']:.1f}%  saved {100 * row['backward_saved_fraction']:.1f}%  "
-            f"train {row['time_train_s']:.1f}s score {row['time_score_s']:.1f}s eval {row['time_eval_s']:.1f}s"
+            f"train {_seconds(row['time_train_s'])} score {_seconds(row['time_score_s'])} "
+            f"eval {_seconds(row['time_eval_s'])}"
             + "".join(f"  ({k.replace('_', ' ')}: {v})" for k, v in note.items()))
+
+
+def _seconds(t: float) -> str:
+    """A duration readable at any size: ``0.4ms``, ``12.3ms``, ``1.23s``, ``123.40s``."""
+    return f"{1e3 * t:.1f}ms" if t < 0.99995 else f"{t:.2f}s"
 
 
 def train(config: TrainConfig, *, given=None) -> dict:

@@ -17,6 +17,7 @@ import os
 from typing import Callable, Iterable, Optional
 
 from ... import extras
+from .arguments import add_seed_arguments
 from . import compare as cmp
 
 #: the config field a sweep varies for each selector, and its folder-name prefix
@@ -125,7 +126,7 @@ def recommendation(rows: list, tolerance: float = DEFAULT_TOLERANCE) -> str:
         if best is None:
             lines.append(f"{what}: no point stays within {tolerance:g} points of the baseline")
             continue
-        speed = f", {best['speedup']:.2f}x wall time" if best["speedup"] else ""
+        speed = f", speed-up {best['speedup']:.2f}x over the baseline (wall time)" if best["speedup"] else ""
         lines.append(f"{what} that saves most within {tolerance:g} points: {cmp.PARAM_NAMES[selector]}={best['param']:g} "
                      f"({100 * best['accuracy']:.2f} ± {100 * best['accuracy_sd']:.2f}%, "
                      f"{100 * best['backward_saved']:.1f}% backward saved{speed})")
@@ -142,11 +143,13 @@ def pareto_front(xs: list, ys: list, *, larger_x_better: bool) -> list:
     return sorted(front, key=lambda i: xs[i])
 
 
-def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE) -> str:
+def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE, title: str = "") -> str:
     """Two panels, test accuracy against backward samples saved and against wall
     time: each selector's points (mean ± sd over seeds, labelled with their
-    parameter), the baseline's mean ± sd band, the tolerance line, the Pareto
-    front over all points and the chosen δ (a star). Returns ``path``."""
+    parameter), the baseline's mean (a line, visible also when its sd is 0) and
+    ± sd band, the tolerance line, the Pareto front over all points and the chosen
+    δ (a star, drawn under the labels). The legend sits below the panels; ``title``
+    names the data. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,38 +160,45 @@ def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE) -> str:
     agg = cmp.aggregate(rows)
     base = next(a for a in agg if a["selector"] == "none")
     best = best_within(rows, tolerance)
-    colors = {"none": "tab:gray", "ies": "tab:blue", "infobatch": "tab:orange", "random": "tab:green"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
     panels = (("backward_saved", 100, "backward samples saved (%)", True), ("wall_time_s", 1, "wall time (s)", False))
     for ax, (key, scale, xlabel, larger_better) in zip(axes, panels):
         acc0, sd0 = 100 * base["accuracy"], 100 * base["accuracy_sd"]
-        ax.axhspan(acc0 - sd0, acc0 + sd0, color="tab:gray", alpha=0.2, label="baseline mean ± sd")
+        ax.axhline(acc0, color="tab:gray", lw=1.2, label="baseline mean ± sd")
+        if sd0 > 0:
+            ax.axhspan(acc0 - sd0, acc0 + sd0, color="tab:gray", alpha=0.2)
         ax.axhline(acc0 - tolerance, color="tab:gray", ls="--", lw=1, label=f"baseline − {tolerance:g} points")
-        for selector in colors:
+        if best is not None:
+            ax.plot(scale * best[key], 100 * best["accuracy"], marker="*", ms=16, color="tab:red", ls="none",
+                    alpha=0.6, zorder=2, label=f"chosen δ={best['param']:g}")
+        for selector, color in cmp.COLORS.items():
             pts = [a for a in agg if a["selector"] == selector]
             if not pts:
                 continue
             xs = [scale * a[key] for a in pts]
             xerr = [scale * a["backward_saved_sd" if key == "backward_saved" else "wall_time_sd"] for a in pts]
+            marker = cmp.MARKERS[selector]
             ax.errorbar(xs, [100 * a["accuracy"] for a in pts], xerr=xerr, yerr=[100 * a["accuracy_sd"] for a in pts],
-                        fmt="o-" if selector != "none" else "s", color=colors[selector], capsize=2, ms=4,
+                        fmt=marker + ("-" if selector != "none" else ""), color=color, capsize=2, ms=4, zorder=3,
                         label=cmp.LABELS[selector])
             for a, x in zip(pts, xs):
                 if a["param"] is not None:
                     ax.annotate(f"{a['param']:g}", (x, 100 * a["accuracy"]), textcoords="offset points",
-                                xytext=(3, 4), fontsize=7, color=colors[selector])
+                                xytext=(4, 5), fontsize=7, color=color, zorder=5,
+                                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7))
         xs, ys = [scale * a[key] for a in agg], [100 * a["accuracy"] for a in agg]
         front = pareto_front(xs, ys, larger_x_better=larger_better)
         ax.plot([xs[i] for i in front], [ys[i] for i in front], color="black", lw=0.8, ls=":", label="Pareto front")
-        if best is not None:
-            ax.plot(scale * best[key], 100 * best["accuracy"], marker="*", ms=14, color="tab:red", ls="none",
-                    label=f"chosen δ={best['param']:g}")
+        ax.margins(x=0.1, y=0.1)  # room for the labels of the outermost points
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"sweep: mean ± sd over {base['seeds']} seed{'s' if base['seeds'] != 1 else ''}")
-    return save(fig, path, dpi=90)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    seeds = f"mean ± sd over {base['seeds']} seed{'s' if base['seeds'] != 1 else ''}"
+    fig.suptitle(f"sweep on {title}: {seeds}" if title else f"sweep: {seeds}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return save(fig, path, dpi=90, layout=False)
 
 
 # ---- command line ---------------------------------------------------------------------
@@ -204,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="InfoBatch prune ratios (none given: no InfoBatch)")
     g.add_argument("--random-ratios", nargs="*", type=float, default=list(DEFAULT_RANDOM_RATIOS),
                    help="random removal ratios (none given: no random removal)")
-    g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of every point")
+    add_seed_arguments(g)
     g.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="accuracy points below the baseline's mean a chosen δ may lose")
     g.add_argument("--plot", default=None, help="Pareto plot (default: OUT/sweep.png; '' for none)")
@@ -236,7 +246,8 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
     print_fn(recommendation(rows, args.tolerance))
     if plot_path:
         os.makedirs(os.path.dirname(plot_path) or ".", exist_ok=True)
-        print_fn(f"plot: {plot(rows, plot_path, args.tolerance)}")
+        title = cmp.describe(base_config, f"IES δ from {min(deltas):g} to {max(deltas):g}")
+        print_fn(f"plot: {plot(rows, plot_path, args.tolerance, title)}")
     if args.json:
         print_fn(f"rows: {cmp.write_json(rows, args.json)}")
     return rows
