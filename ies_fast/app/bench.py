@@ -95,9 +95,34 @@ def check_can_run(size: str, readme: Optional[str], budget: float) -> str:
     if readme is not None:
         if size != "gpu":
             raise BenchError("--readme takes GPU results only (a measured GPU figure is one that ran on a GPU)")
-        if README_BEGIN not in Path(readme).read_text():
+        from ..io.run_folder import RunFolderError, read_bytes
+
+        try:  # a regular file only: a FIFO or a device named here would block or never end
+            text = read_bytes(readme, 16 * 2**20).decode("utf-8", errors="replace")
+        except (OSError, RunFolderError) as exc:
+            raise BenchError(f"--readme {readme}: {exc}") from None
+        if README_BEGIN not in text:
             raise BenchError(f"--readme {readme}: no '{README_BEGIN}' marker")
     return size
+
+
+def check_out(out: Path) -> None:
+    """``--out`` can take bench.json and bench.md (a folder, made if missing, that can be
+    written; no link or folder at those names); raises :class:`BenchError` before any work."""
+    from ..io.run_folder import RunFolderError, check_slot
+
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is a file; it must name a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("bench.json", "bench.md"):
+            check_slot(out / name)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except RunFolderError as exc:
+        raise BenchError(f"--out {exc}") from None
+    except OSError as exc:
+        raise BenchError(f"--out {out} is not writable: {exc.strerror or exc}") from None
 
 
 def run_phase(files, size: str, json_path: Path, timeout: float, select: Optional[str] = None) -> tuple[str, float]:
@@ -200,9 +225,11 @@ def write_readme(path: Path, table: str) -> None:
 
 
 def run(args) -> int:
+    from ..io.run_folder import write_text
+
     size = check_can_run(args.size, args.readme, args.budget)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
     phases = [p for p in PHASES if not args.only or p[0] in args.only]
     total_share = sum(share for _, _, share in phases)
     deadline = time.perf_counter() + args.budget
@@ -226,9 +253,9 @@ def run(args) -> int:
     merged = {"size": size, "copy_gbps": round(one_copy_bandwidth(all_results, copy_gbps)[0], 2), "phases": [dict(name=n, outcome=o, seconds=round(s, 1)) for n, o, s in outcomes],
               "machine_info": datas[0].get("machine_info", {}) if datas else {},
               "benchmarks": [b for d in datas for b in d.get("benchmarks", [])]}
-    (out / "bench.json").write_text(json.dumps(merged, indent=1))
+    write_text(out / "bench.json", json.dumps(merged, indent=1))
     text = render(datas, outcomes, copy_gbps)
-    (out / "bench.md").write_text(text)
+    write_text(out / "bench.md", text)
     if args.readme:
         write_readme(Path(args.readme), text)
     print(text)

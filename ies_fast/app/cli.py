@@ -17,6 +17,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _out_per_dataset(parser: argparse.ArgumentParser, command: str) -> None:
+    """``--out`` of ``compare``/``sweep`` defaults to ``runs/<command>-<dataset>`` (:func:`_default_out`)."""
+    parser.set_defaults(out=None)
+    for action in parser._actions:
+        if action.dest == "out":
+            action.help = f"folder of the runs, one sub-folder per run (default: runs/{command}-DATASET)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train import arguments
     from .train import compare as _compare
@@ -38,11 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                              **recipes)
     arguments.add_arguments(compare, for_compare=True)
     _compare.add_arguments(compare)
+    _out_per_dataset(compare, "compare")
     sweep = sub.add_parser("sweep", help="IES over a δ grid, InfoBatch and random removal over ratios, several seeds: "
                                          "one table, a Pareto plot, the δ that saves most within --tolerance",
                            **recipes)
     arguments.add_arguments(sweep, for_compare=True)
     _sweep.add_arguments(sweep)
+    _out_per_dataset(sweep, "sweep")
     sub.add_parser("info", help="print ies_fast.backend_info() as JSON")
     from . import bench as _bench_mod
 
@@ -62,9 +72,18 @@ SETUP_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
 def _setup_errors():
     from ..io.checkpoint import CheckpointError
+    from ..io.run_folder import RunFolderError
     from .train.loop import RunError
 
-    return SETUP_ERRORS + (RunError, CheckpointError)
+    return SETUP_ERRORS + (RunError, CheckpointError, RunFolderError)
+
+
+def _default_out(args) -> None:
+    """``compare`` and ``sweep`` keep each data set's runs in its own folder
+    (``runs/compare-digits``, ``runs/sweep-mnist1d``) unless ``--out`` says otherwise,
+    so two README commands in a row never resume each other's runs."""
+    if args.out is None:
+        args.out = f"runs/{args.command}-{args.dataset}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -90,7 +109,7 @@ def _train(args, argv) -> int:
 
     try:
         summary = trainer.run()
-    except RunError as exc:  # e.g. a full disk: the message names the folder and the bytes needed
+    except RunError as exc:  # e.g. a full disk or a planted link: the message names the folder
         return _error(_first_line(exc))
     finally:
         trainer.release_run_lock()
@@ -105,11 +124,12 @@ def _compare(args) -> int:
     from .train.arguments import config_from_args
     from .train.config import resolve
 
+    _default_out(args)
     try:
         base = resolve(config_from_args(args, progress=False, plot=True))
-    except ValueError as exc:
-        return _error(str(exc))
-    _cmp.run(args, base)  # each run in OUT/<selector>-seed<seed>
+        _cmp.run(args, base)  # each run in OUT/<selector>-seed<seed>
+    except _setup_errors() as exc:  # bad options, an unusable --out, a run folder written with other options
+        return _error(_first_line(exc))
     return 0
 
 
@@ -118,6 +138,7 @@ def _sweep(args, argv) -> int:
     from .train.arguments import config_from_args
     from .train.config import resolve
 
+    _default_out(args)
     try:
         base = resolve(config_from_args(args, progress=False, plot=True))
         _sw.check_args(args)

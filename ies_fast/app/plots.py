@@ -39,11 +39,13 @@ def excluded_panel(ax, epochs: Sequence[int], excluded_runs: Sequence[Sequence[f
 
 def save(fig, path: str, dpi: int = 100, *, layout: bool = True) -> str:
     """Lay out ``fig`` (unless the caller did: ``layout=False``), write it to ``path``
-    (format from the extension), close it; returns ``path``."""
+    (format from the extension; atomic, never through a symlink), close it; returns ``path``."""
     import matplotlib.pyplot as plt
+
+    from ..io.run_folder import save_figure
 
     if layout:
         fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    save_figure(fig, path, dpi=dpi)
     plt.close(fig)
     return path

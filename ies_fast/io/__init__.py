@@ -1,3 +1,5 @@
 """Reading and writing what outlives a process: checkpoints (``checkpoint.py``,
 verified before anything is loaded), the validation of saved states
-(``state_checks.py``), and the process group (``distributed.py``)."""
+(``state_checks.py``), the process group (``distributed.py``), and run-folder file IO
+that treats what it reads as untrusted (``run_folder.py``: no write through a link,
+regular files only, bounded JSON)."""

@@ -35,6 +35,8 @@ import warnings
 
 import torch
 
+from . import run_folder
+
 try:
     import fcntl
 except ImportError:  # not POSIX: temp files are then removed without the liveness check
@@ -100,8 +102,8 @@ def remove_stale_temp_files(path) -> list:
     removed = []
     for tmp in glob.glob(_tmp_pattern(os.fspath(path))):
         try:
-            fd = os.open(tmp, os.O_RDONLY)
-        except OSError:
+            fd, _ = run_folder.open_regular(tmp)  # a FIFO or link of that name is left alone, unopened
+        except (OSError, run_folder.RunFolderError):
             continue
         try:
             if _try_lock(fd):  # nobody writes it: a live save holds its lock until the rename
@@ -125,19 +127,6 @@ def _open_locked_tmp(path: str, directory: str) -> tuple:
         os.close(fd)
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # ---- the file format --------------------------------------------------------------------
 def _encode(payload: bytes) -> bytes:
     header = json.dumps({"format": FORMAT, "payload_bytes": len(payload),
@@ -147,37 +136,55 @@ def _encode(payload: bytes) -> bytes:
 
 def _read_verified(path: str) -> memoryview:
     """The payload of ``path`` after checking magic, header, length and digest; nothing
-    is unpickled here."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    is unpickled here. Only a regular file is opened (never a link, FIFO or device),
+    and the header's length is checked against the file's size before the payload
+    is read."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd, st = run_folder.open_regular(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path!r} does not exist") from None
+    except run_folder.RunFolderError as exc:
+        raise CheckpointError(f"checkpoint {exc}") from None
+    try:
+        return _read_fd(fd, st.st_size, path)
     except OSError as exc:
         raise CheckpointError(f"checkpoint {path!r} cannot be read: {exc}") from exc
-    if not raw.startswith(MAGIC):
-        old = " (an older ies_fast checkpoint or a plain torch.save file; it is not unpickled)" if raw[:2] == b"PK" else ""
-        raise CheckpointError(f"checkpoint {path!r} is not an ies_fast checkpoint ({FORMAT}){old}")
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, file_size: int, path: str) -> memoryview:
     start = len(MAGIC) + _LEN.size
-    if len(raw) < start:
+    head = run_folder.read_exactly(fd, start, path)
+    if not head.startswith(MAGIC):
+        old = " (an older ies_fast checkpoint or a plain torch.save file; it is not unpickled)" if head[:2] == b"PK" else ""
+        raise CheckpointError(f"checkpoint {path!r} is not an ies_fast checkpoint ({FORMAT}){old}")
+    if len(head) < start:
         raise CheckpointError(f"checkpoint {path!r} is truncated (no header)")
-    (header_len,) = _LEN.unpack_from(raw, len(MAGIC))
-    if header_len > MAX_HEADER_BYTES or len(raw) < start + header_len:
+    (header_len,) = _LEN.unpack_from(head, len(MAGIC))
+    if header_len > MAX_HEADER_BYTES or file_size < start + header_len:
         raise CheckpointError(f"checkpoint {path!r} is truncated or corrupted (bad header length {header_len})")
+    raw_header = run_folder.read_exactly(fd, header_len, path)
     try:
-        header = json.loads(raw[start:start + header_len].decode())
+        header = json.loads(raw_header.decode())
         size, digest = int(header["payload_bytes"]), str(header["sha256"])
         if header["format"] != FORMAT:
             raise ValueError(f"format {header['format']!r}")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path!r} has a corrupted header: {exc}") from None
-    payload = memoryview(raw)[start + header_len:]
-    if len(payload) != size:
-        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupted: payload has {len(payload)} bytes, "
+    have = file_size - start - header_len
+    if have != size:
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupted: payload has {have} bytes, "
                               f"header says {size}")
+    if size > run_folder.memory_bytes():
+        raise CheckpointError(f"checkpoint {path!r} claims a {size}-byte payload, more than this machine's memory: "
+                              f"refused unread")
+    payload = run_folder.read_exactly(fd, size, path)
+    if len(payload) != size or os.read(fd, 1):
+        raise CheckpointError(f"checkpoint {path!r} changed while it was read")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CheckpointError(f"checkpoint {path!r} is corrupted: SHA-256 of its payload does not match")
-    return payload
+    return memoryview(payload)
 
 
 def _unpickle(payload, path: str, map_location):
@@ -196,6 +203,8 @@ def save_checkpoint(obj, path) -> None:
     check_plain(obj)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    run_folder.check_slot(path)  # a planted link or FIFO is refused, never written through
+    run_folder.check_slot(path + PREV_SUFFIX)
     remove_stale_temp_files(path)
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -207,7 +216,7 @@ def save_checkpoint(obj, path) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-            if os.path.exists(path):
+            if os.path.lexists(path):
                 # keep the last good file only: a damaged current file is not promoted
                 try:
                     _read_verified(path)
@@ -215,7 +224,7 @@ def save_checkpoint(obj, path) -> None:
                 except CheckpointError:
                     pass
             os.replace(tmp, path)  # still under the temp file's lock
-        _fsync_dir(directory)
+        run_folder.fsync_dir(directory)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

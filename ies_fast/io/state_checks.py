@@ -15,6 +15,10 @@ import torch
 
 _MISSING = object()
 
+#: the largest ``epoch`` a state may hold: epochs are added to int32 due epochs
+#: (the scoring schedule) and to seeds, and no run has a billion epochs
+MAX_EPOCH = 2**30
+
 
 def _get(state: dict, key: str, where: str):
     value = state.get(key, _MISSING)
@@ -29,7 +33,7 @@ def header(state, kind: str, version: int, where: str = "state_dict") -> dict:
         raise ValueError(f"{where} must be a dict from {kind}.state_dict(), got {type(state).__name__}")
     if state.get("kind") != kind:
         raise ValueError(f"{where}['kind'] is {state.get('kind')!r}: not a {kind} state")
-    if state.get("version") != version:
+    if type(state.get("version")) is not int or state.get("version") != version:
         raise ValueError(f"{where}['version'] {state.get('version')!r} is not supported (expected {version})")
     return state
 
@@ -44,14 +48,44 @@ def matches(state: dict, key: str, mine, where: str = "state_dict", default=_MIS
         raise ValueError(f"{where}[{key!r}]={value!r} does not match this object's {key}={mine!r}")
 
 
-def integer(state: dict, key: str, low: int = 0, where: str = "state_dict", optional: bool = False) -> Optional[int]:
-    """An int ``>= low`` (``None`` allowed with ``optional``)."""
+def integer(state: dict, key: str, low: int = 0, where: str = "state_dict", optional: bool = False,
+            high: Optional[int] = None) -> Optional[int]:
+    """An int in ``[low, high]`` (``None`` allowed with ``optional``)."""
     value = _get(state, key, where)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{where}[{key!r}] must be an int >= {low}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{where}[{key!r}] must be an int {span}, got {value!r}")
     return int(value)
+
+
+def epoch(state: dict, key: str = "epoch", where: str = "state_dict") -> int:
+    """An epoch counter: an int in ``[0, MAX_EPOCH]``."""
+    return integer(state, key, where=where, high=MAX_EPOCH)
+
+
+def totals(values: torch.Tensor, names, epochs: int, num_samples: int, where: str = "state_dict",
+           key: str = "totals", bounded=("backward_saved",)) -> None:
+    """The running totals of a selector agree with each other: ``sample_epochs`` is at
+    most ``epochs * num_samples`` (one per sample per closed epoch), and each total
+    named in ``bounded`` (counted once per sample per closed epoch, as the samples
+    saved) is at most ``sample_epochs``."""
+    t = dict(zip(names, values.tolist()))
+    sample_epochs = t["sample_epochs"]
+    if sample_epochs > epochs * num_samples:
+        raise ValueError(f"{where}[{key!r}]: sample_epochs={sample_epochs} exceeds epoch * num_samples = "
+                         f"{epochs} * {num_samples}")
+    for name in bounded:
+        if t[name] > sample_epochs:
+            raise ValueError(f"{where}[{key!r}]: {name}={t[name]} exceeds sample_epochs={sample_epochs}")
+
+
+def at_most(values: torch.Tensor, names, high: int, where: str, key: str) -> None:
+    """Every counter of ``values`` (named ``names``) is at most ``high``."""
+    for name, value in zip(names, values.tolist()):
+        if value > high:
+            raise ValueError(f"{where}[{key!r}]: {name}={value} exceeds {high}")
 
 
 def number(state: dict, key: str, low: float = 0.0, where: str = "state_dict") -> float:

@@ -48,6 +48,26 @@ def _check_own_args(input, target, reduction, sample_weight, lse_square_scale, s
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
 
 
+#: F's message for a class-index target of another integer type, by dtype
+_TORCH_TYPE_NAMES = {torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.bool: "Bool"}
+
+
+def _check_index_and_target(index, target) -> None:
+    """``index``, our third positional, is not F's ``weight`` (a float tensor there
+    would be silently taken for indices) and holds data; class-index targets are
+    int64 or uint8, as F requires (it raises the same RuntimeError)."""
+    if isinstance(index, torch.Tensor):
+        if index.is_floating_point() or index.is_complex():
+            raise TypeError(f"index must hold the samples' integer dataset indices, got a {index.dtype} tensor: "
+                            f"ies_fast.cross_entropy's third positional argument is index, where F.cross_entropy's "
+                            f"is weight (pass class weights as weight=...)")
+        if index.device.type == "meta":
+            raise ValueError("index is on the meta device (no data): it must hold the samples' dataset indices")
+    if not target.is_floating_point() and target.dtype not in (torch.int64, torch.uint8):
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got "
+                           f"{_TORCH_TYPE_NAMES.get(target.dtype, str(target.dtype))}")
+
+
 def _check_like_torch(input, target, weight, ignore_index, label_smoothing):
     """Raise what F.cross_entropy raises for these shapes/dtypes/options, without
     touching data (it runs on meta tensors): the kernel path's argument checks."""
@@ -210,6 +230,7 @@ def cross_entropy(
     (torch math; the ring write is the selector's own op), ``triton``.
     """
     _check_own_args(input, target, reduction, sample_weight, lse_square_scale, softcap)
+    _check_index_and_target(index, target)
     if selector is not None and index is None:
         raise ValueError("index is required when a selector is given (the samples' dataset indices)")
     if selector is not None and getattr(selector, "num_exits", 1) > 1:
@@ -221,7 +242,7 @@ def cross_entropy(
     if unbatched:  # F's [C] logits with a 0-D index target or [C] probabilities
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     if not target.is_floating_point() and target.dtype != torch.int64:
-        target = target.long()  # int32 accepted too; uint8 would index weight as a mask
+        target = target.long()  # uint8 (F takes it) would index weight as a mask
 
     if backend in ("auto", "torch") and input.device.type == "cpu":
         op = "torch"  # the CPU loss is torch math on every non-Triton backend (saves a resolve per call)

@@ -37,6 +37,21 @@ class Ring(NamedTuple):
     backend: str
 
 
+def _check_fits(num_samples: int, bytes_per_sample: int, device: torch.device, what: str) -> None:
+    """Raise ``ValueError`` naming ``num_samples`` when ``what``'s per-sample state
+    would not fit in ``device``'s memory (rather than an allocator's message)."""
+    need = num_samples * bytes_per_sample
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        from ..io.run_folder import memory_bytes
+
+        have = memory_bytes()
+    if need > have:
+        raise ValueError(f"num_samples={num_samples}: {what} needs at least {need} bytes ({need / 2**30:.1f} GiB) "
+                         f"of per-sample state, more than the {have / 2**30:.1f} GiB of {device}")
+
+
 class Selector:
     """Base class: subclasses set ``num_samples``, ``device``, ``backend`` and ``epoch``."""
 
@@ -52,6 +67,8 @@ class Selector:
     def __init__(self, num_samples: int, device=None, backend: str = "auto"):
         self.num_samples = _check_positive_int("num_samples", num_samples)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type == "meta":
+            raise ValueError("device='meta' holds no data: a selector keeps per-sample state on a real device")
         if backend not in _backend.BACKENDS:
             raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
         self.backend = backend
@@ -203,6 +220,8 @@ class Selector:
             raise TypeError(f"index must be a torch.Tensor of sample indices, got {type(index).__name__}")
         if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"index must hold integers (int64 preferred), got dtype {index.dtype}")
+        if index.device.type == "meta":
+            raise ValueError("index is on the meta device (no data): it must hold the samples' dataset indices")
         if index.dim() != 1 or index.numel() != length:
             raise ValueError(f"index must be 1-D with one entry per sample ({length}), got shape {tuple(index.shape)}")
         if index.dtype != torch.int64 or index.device != self.device:

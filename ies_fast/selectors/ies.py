@@ -14,7 +14,7 @@ from ..ops import dispatch
 from ..losses.exits import check_exit_config, reduce_exits
 from ..ops.ring.reference import EPOCH_STATS, NOT_SEEN
 from .schedule import ScoringSchedule
-from .base import Ring, Selector, _check_positive_int
+from .base import Ring, Selector, _check_fits, _check_positive_int
 
 #: running totals kept on device (no host sync while training)
 TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "reincluded", "scored")
@@ -94,6 +94,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         super().__init__(num_samples, device, backend)
         self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
         L = check_rule(order, window, k, eligibility)  # the ring length
+        _check_fits(num_samples, 4 * L + 2, self.device, "IES")  # hist, count and mastered at least
         decision_threshold(delta, window)  # rejects a bad delta, or one that rounds to 0
         self.delta = float(delta)
         self.order, self.window, self.k, self.eligibility = order, window, k, eligibility
@@ -302,8 +303,10 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
             raise ValueError(f"{where}['delta']: {exc}") from None
         values = {
             "delta": delta,
-            "score_every": check.integer(state, "score_every", low=1, where=where),
-            "epoch": check.integer(state, "epoch", where=where),
+            "score_every": check.integer(state, "score_every", low=1, where=where,
+                                         high=self.scoring_schedule.max_interval  # backoff: the first interval
+                                         if self.scoring_schedule.policy == "backoff" else check.MAX_EPOCH),
+            "epoch": check.epoch(state, where=where),
             "removal_enabled": check.boolean(state, "removal_enabled", where),
             # +inf / -inf are the ring's sentinels (NONFINITE / NOT_SEEN); NaN is never stored
             "hist": check.tensor(state, "hist", (S, L), torch.float32, where, no_nan=True),
@@ -317,7 +320,23 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
             "scoring_schedule": state.get("scoring_schedule", {"policy": "every"}),
         }
         self.scoring_schedule.check_state(values["scoring_schedule"])
+        self._check_relations(values, where)
         return values
+
+    def _check_relations(self, values: dict, where: str) -> None:
+        """What relates the fields: only a sample with a full history (``count >= L``)
+        can be mastered, only a mastered one replayed; the totals agree with the
+        epoch (:func:`ies_fast.state_checks.totals`); the last epoch's counts are of
+        at most ``num_samples`` samples."""
+        early = values["mastered"] & (values["count"] < self.history_length)
+        if bool(early.any()):
+            raise ValueError(f"{where}['mastered'] marks {int(early.sum())} samples with fewer than "
+                             f"{self.history_length} recorded losses ('count') as mastered")
+        if values["replay"].numel() and bool((values["replay"] & ~values["mastered"]).any()):
+            raise ValueError(f"{where}['replay'] marks samples that are not mastered")
+        check.totals(values["totals"], TOTALS, values["epoch"], self.num_samples, where,
+                     bounded=("backward_saved", "nonfinite", "reincluded"))
+        check.at_most(values["last"], EPOCH_STATS, self.num_samples, where, "last")
 
     def _apply_state(self, values: dict) -> None:
         for name in ("hist", "count", "mastered", "totals", "last", "replay"):

@@ -259,8 +259,10 @@ class InfoBatch(Selector):
         if bool((tensors["_fresh"] == math.inf).any()):
             raise ValueError("state_dict['fresh'] holds +inf (non-finite losses are never recorded)")
         rng = check.generator_state(state, "rng", self.device)
-        seed, epoch = check.integer(state, "seed"), check.integer(state, "epoch")
+        seed, epoch = check.integer(state, "seed", high=2**64 - 1), check.epoch(state)
         removal_enabled = check.boolean(state, "removal_enabled")
+        check.totals(tensors["totals"], TOTALS, epoch, N)
+        check.at_most(tensors["last"], LAST, N, "state_dict", "last")
         for name, t in tensors.items():
             getattr(self, name).copy_(t.to(self.device))
         self.generator.set_state(rng)

@@ -158,7 +158,8 @@ class PerExitIES(IES):
                              f"exit_weights={self.exit_weights!r}")
         mastered = check.tensor(state, "mastered", (self.num_samples,), torch.bool)
         totals = check.tensor(state, "totals", (len(TOTALS),), torch.int64, low=0)
-        epoch, removal_enabled = check.integer(state, "epoch"), check.boolean(state, "removal_enabled")
+        epoch, removal_enabled = check.epoch(state), check.boolean(state, "removal_enabled")
+        check.totals(totals, TOTALS, epoch, self.num_samples)
         if "exits" not in state:
             raise ValueError("state_dict['exits'] is missing")
         inner = self.exits._checked_state(state["exits"], where="state_dict['exits']")

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from ..io.state_checks import MAX_EPOCH
+
 POLICIES = ("every", "backoff")
 #: largest ``max_interval`` (fits int16 after doubling)
 MAX_INTERVAL = 1 << 14
@@ -87,6 +89,11 @@ class ScoringSchedule:
         checked = [("policy", self.policy)]
         if self.policy == "backoff":
             checked.append(("max_interval", self.max_interval))
+        elif "max_interval" in state:  # unused by "every", but a state holds a valid one
+            m = state["max_interval"]
+            if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_INTERVAL:
+                raise ValueError(f"state_dict['scoring_schedule']['max_interval'] must be an int in "
+                                 f"[1, {MAX_INTERVAL}], got {m!r}")
         for key, mine in checked:
             if state.get(key) != mine:
                 raise ValueError(f"state_dict['scoring_schedule'][{key!r}] is {state.get(key)!r}, "
@@ -100,6 +107,9 @@ class ScoringSchedule:
             interval = state["interval"]
             if bool(((interval < 1) | (interval > self.max_interval)).any()):
                 raise ValueError(f"state_dict['scoring_schedule']['interval'] must lie in [1, {self.max_interval}]")
+            high = MAX_EPOCH + self.max_interval  # due epochs are int32: a larger one would wrap
+            if bool(((state["next_due"] < 0) | (state["next_due"] > high)).any()):
+                raise ValueError(f"state_dict['scoring_schedule']['next_due'] must lie in [0, {high}]")
 
     def load_state_dict(self, state: dict) -> None:
         """Apply a state already checked by :meth:`check_state`."""

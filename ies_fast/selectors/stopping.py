@@ -149,7 +149,7 @@ class PatienceStopper:
         check.header(state, "PatienceStopper", self.VERSION)
         check.matches(state, "monitor", list(self.monitor))
         check.matches(state, "mode", self.mode)
-        checks = check.integer(state, "checks")
+        checks = check.integer(state, "checks", high=check.MAX_EPOCH)
         best_check = check.integer(state, "best_check", low=1, optional=True)
         if best_check is not None and best_check > checks:
             raise ValueError(f"state_dict['best_check']={best_check} is beyond state_dict['checks']={checks}")
@@ -161,7 +161,8 @@ class PatienceStopper:
         for name in self.monitor:
             if best[name] is not None:
                 check.number(best, name, low=-math.inf, where="state_dict['best']")
-            check.integer(wait, name, where="state_dict['wait']")
+            if check.integer(wait, name, where="state_dict['wait']") > checks:
+                raise ValueError(f"state_dict['wait'][{name!r}]={wait[name]} is beyond state_dict['checks']={checks}")
         best_state = state.get("best_state")
         if best_state is not None and not (isinstance(best_state, dict) and all(
                 isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in best_state.items())):

@@ -157,7 +157,7 @@ def _bench_data(copy_gbps=31.5):
 
 
 def test_bench_report_gives_one_bandwidth_and_explains_its_terms():
-    from ies_fast import bench
+    from ies_fast.app import bench
 
     text = bench.render([_bench_data(31.5)], [("kernel", "ok", 1.0)], copy_gbps=44.9)
     assert "31.5 GB/s" in text and "44.9" not in text, "one copy bandwidth: the kernel phase's"

@@ -212,15 +212,21 @@ def test_own_arguments_name_themselves():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_integer_targets_of_any_width(backend):
-    """uint8 and int32 targets with class weights: indices, never a mask (F itself
-    takes uint8 only without weight=, int32 not at all; accepting them is harmless)."""
+    """uint8 targets with class weights: indices, never a mask; int32, int16, int8
+    and bool targets raise F's own RuntimeError (issue 23: they were silently taken)."""
     gen = torch.Generator().manual_seed(47)
     x = logits_like((6, 4, 3), torch.float32, gen)
     t = torch.randint(0, 4, (6, 3), generator=gen)
     w = torch.rand(4, generator=gen) + 0.1
     want = F.cross_entropy(x, t, weight=w)
-    for dtype in (torch.uint8, torch.int32, torch.int64):
+    for dtype in (torch.uint8, torch.int64):
         torch.testing.assert_close(ies_fast.cross_entropy(x, t.to(dtype), weight=w, backend=backend), want)
+    for dtype in (torch.int32, torch.int16, torch.int8, torch.bool):
+        with pytest.raises(RuntimeError) as theirs:
+            F.cross_entropy(x, t.to(dtype), weight=w)
+        with pytest.raises(RuntimeError) as ours:
+            ies_fast.cross_entropy(x, t.to(dtype), weight=w, backend=backend)
+        assert str(ours.value) == str(theirs.value)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -14,10 +14,13 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from typing import Callable, Iterable, Optional, Sequence
 
 from ... import extras
+from ...io import run_folder
+from ...io.run_folder import RunFolderError
 from .arguments import add_seed_arguments
 
 SELECTORS = ("none", "ies", "infobatch", "random")
@@ -56,10 +59,17 @@ def _finite(value, low: float, high: float = math.inf) -> bool:
 
 
 def _read_json(path: str):
+    """The JSON in ``path``; ``None`` when it is missing or its content is not
+    valid (said in one line: the point is run again). Raises
+    :class:`~ies_fast.io.run_folder.RunFolderError` for a link, FIFO, folder or
+    device at ``path``: that point is skipped."""
+    run_folder.check_slot(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return run_folder.read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, RunFolderError) as exc:
+        print(f"ies-fast: {exc}; that run is started again", file=sys.stderr)
         return None
 
 
@@ -95,9 +105,11 @@ def run_in_subfolder(config, folder: Optional[str] = None) -> dict:
     own folder ``OUT/<folder>`` (default ``<selector>-seed<seed>``). A run finished
     there is read back from its JSON files (:func:`read_finished_run`), an
     interrupted one is resumed from its checkpoint, otherwise a new one starts."""
+    from .logs import RunFiles
     from .loop import train
 
     out = os.path.join(config.out, folder or f"{config.selector}-seed{config.seed}")
+    RunFiles(out).check()  # a planted link or FIFO: the point is skipped (RunFolderError)
     finished = read_finished_run(out, config)
     if finished is not None:
         return finished
@@ -167,7 +179,11 @@ def compare(
             config = with_changes(base_config, **changes)
             if log:
                 log(f"compare: {LABELS[selector]} seed {seed} ...")
-            row = run_one(config, train_fn)
+            try:
+                row = run_one(config, train_fn)
+            except RunFolderError as exc:
+                (log or print)(f"compare: {LABELS[selector]} seed {seed} skipped: {exc}")
+                continue
             if selector == "ies":
                 ies_saved[seed] = round(row["backward_saved"], 4)
             rows.append(row)
@@ -315,7 +331,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] = None, print_fn=print) -> list:
     """What ``ies-fast compare`` does once its training config is built: run,
     print the table, write the plot (and JSON). Returns the rows."""
+    check_output("--json", args.json)
     plot_path = args.plot if extras.can_plot(args.plot, print_fn) else ""  # before any run
+    check_output("--plot", plot_path)
     rows = compare(base_config, args.selectors, args.seeds, match_random=args.match_random, train_fn=train_fn,
                    log=lambda m: print_fn(m))
     print_fn(format_table(rows))
@@ -330,6 +348,23 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
 
 def write_json(rows: list, path: str) -> str:
     """Write ``rows`` (each with its run's summary) as JSON to ``path``; returns ``path``."""
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=2, default=lambda o: o if isinstance(o, (int, float, str)) else repr(o))
-    return path
+    return run_folder.write_json(path, rows, indent=2,
+                                 default=lambda o: o if isinstance(o, (int, float, str)) else repr(o))
+
+
+def check_output(option: str, path: Optional[str]) -> None:
+    """Raise ``ValueError`` naming ``option`` when the file ``path`` cannot be written
+    there (a folder, a link, a missing or read-only folder): before any run."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; it must name a file")
+    try:
+        run_folder.check_slot(path)
+    except RunFolderError as exc:
+        raise ValueError(f"{option} {exc}") from None
+    directory = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(directory):  # made when the file is written
+        directory = os.path.dirname(directory)
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise ValueError(f"{option} {path}: {directory} is not a writable folder")

@@ -7,8 +7,11 @@ holds (an epoch cut short by a crash leaves no row)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+
+from ...io import run_folder
 
 #: the columns of a log row, in order
 COLUMNS = (
@@ -30,12 +33,22 @@ class RunFiles:
         self.config = os.path.join(out, "config.json")
         self.plot = os.path.join(out, "curves.png")
 
+    def check(self) -> None:
+        """Raise :class:`~ies_fast.io.run_folder.RunFolderError` when one of the run's
+        file names (``run.lock`` and the checkpoint's ``.prev`` included) holds a
+        symlink, folder, FIFO or anything but a regular file: said before any work."""
+        run_folder.check_folder(self.out)
+        for path in (self.checkpoint, self.checkpoint + ".prev", self.jsonl, self.csv, self.summary, self.config,
+                     self.plot, os.path.join(self.out, "run.lock")):
+            run_folder.check_slot(path)
+
     def _write(self, path: str, write) -> None:
+        """Write what ``write(f)`` writes to a text buffer into ``path`` (atomic, never
+        through a symlink: :mod:`ies_fast.io.run_folder`)."""
         os.makedirs(self.out, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
+        buf = io.StringIO(newline="")
+        write(buf)
+        run_folder.write_text(path, buf.getvalue())
 
     def write_rows(self, rows: list) -> None:
         self._write(self.jsonl, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows))
@@ -53,8 +66,8 @@ class RunFiles:
 
 def read_rows(path: str) -> list:
     """The rows of a ``log.jsonl``."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = run_folder.read_bytes(path, run_folder.MAX_JSON_BYTES).decode("utf-8")
+    return [run_folder.parse_json(line, path) for line in text.splitlines() if line.strip()]
 
 
 def plot_history(rows: list, path: str, title: str = "") -> str:
@@ -77,6 +90,6 @@ def plot_history(rows: list, path: str, title: str = "") -> str:
     bottom.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    run_folder.save_figure(fig, path, dpi=100)  # savefig(path) would follow a planted link
     plt.close(fig)
     return path

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from ... import IES, InfoBatch, RandomRemoval, cross_entropy
 from ...io import distributed as dist_utils
 from ...io.checkpoint import load_checkpoint, save_checkpoint
+from ...io.run_folder import RunFolderError
 from ...selectors.scoring import score
 from ...selectors.stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
 from .logs import RunFiles, plot_history
-from .run_lock import RunFolderBusy, RunLock
+from .run_lock import RunFolderBusy, RunLock, RunLockError
 from .schedule import EpochSchedule
 
 class RunError(RuntimeError):
@@ -180,19 +181,47 @@ def _lock_run_folder(config: TrainConfig):
         return RunLock(out).acquire()
     except RunFolderBusy as exc:
         raise RunError(str(exc)) from None
-    except OSError:
-        return None  # not writable: reported by the run's checks
+    except (RunLockError, OSError) as exc:
+        _check_out(out)  # a folder nobody may write: said as such
+        raise RunError(str(exc) if isinstance(exc, RunLockError) else
+                       f"--out {out}: cannot take the run lock: {exc.strerror or exc}") from None
+
+
+def _missing_folders(path: str) -> list:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while path and not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_if_empty(folders: list) -> None:
+    """Remove the folders a failed start created (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def _holds_run_lock(init):
     """Wrap ``Trainer.__init__``: lock ``--out`` first, and let go of it if setting up fails."""
     @functools.wraps(init)
     def locked_init(self, config, **kwargs):
-        self._run_lock = _lock_run_folder(config)
+        if not config.resume:
+            resolve(config)  # bad options: a ValueError before anything is created
+        made = _missing_folders(config.out) if config.out else []
         try:
+            self._run_lock = _lock_run_folder(config)
             init(self, config, **kwargs)
         except BaseException:
             self.release_run_lock()
+            _remove_if_empty(made)  # nothing left behind by a run that never started
             raise
     return locked_init
 
@@ -223,6 +252,10 @@ class Trainer:
         self.files = RunFiles(c.out)
         if self.main:
             _check_out(c.out)
+            try:
+                self.files.check()
+            except RunFolderError as exc:
+                raise RunError(str(exc)) from None
         _seed_everything(c.seed, c.deterministic)
         self.data = load_dataset(c.dataset, c.data_dir, seed=c.seed, synthetic_size=c.synthetic_size,
                                  synthetic_classes=c.synthetic_classes, image_size=c.image_size)
@@ -308,6 +341,8 @@ class Trainer:
         :class:`RunError` naming the folder and the bytes a checkpoint needs."""
         try:
             yield
+        except RunFolderError as exc:  # a planted link or FIFO where a run file goes
+            raise RunError(str(exc)) from None
         except (OSError, RuntimeError) as exc:
             if not _is_disk_full(exc):
                 raise
@@ -469,7 +504,8 @@ class Trainer:
             if c.plot and self.history:
                 try:
                     what = f"IES δ={c.delta:g}" if c.selector == "ies" else c.selector
-                    plot_history(self.history, self.files.plot, title=f"{what} on {c.dataset} ({c.model})")
+                    with self._disk_full_is_run_error("writing the plot"):
+                        plot_history(self.history, self.files.plot, title=f"{what} on {c.dataset} ({c.model})")
                 except ImportError:  # matplotlib is optional
                     pass
         return summary

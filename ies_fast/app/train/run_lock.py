@@ -10,7 +10,10 @@ the path and tries again, so two runs never both hold the lock.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Optional
+
+from ...io.run_folder import RunFolderError, check_slot
 
 try:
     import fcntl
@@ -22,6 +25,14 @@ FILENAME = "run.lock"
 
 class RunFolderBusy(RuntimeError):
     """Another live process holds the run folder's lock."""
+
+
+class RunLockError(RuntimeError):
+    """The lock cannot be taken: ``run.lock`` is a folder, a symlink, a FIFO, a file
+    this user cannot open, or the folder cannot hold it. A run never goes on unlocked."""
+
+
+_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class RunLock:
@@ -38,12 +49,13 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         """Take the lock (creating ``out`` if needed) or raise :class:`RunFolderBusy`
-        naming the folder and the holder's pid."""
+        naming the folder and the holder's pid, or :class:`RunLockError` when the
+        lock file cannot be made, opened or is not a regular file."""
         if self._fd is not None or fcntl is None:
             return self
         os.makedirs(self.out, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -61,6 +73,24 @@ class RunLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
+
+    def _open(self) -> int:
+        """The lock file, opened without following a link or blocking on a FIFO."""
+        def refuse(why: str) -> RunLockError:
+            return RunLockError(f"--out {self.out}: cannot take the run lock {self.path}: {why}; remove it or "
+                                f"choose another --out")
+        try:
+            check_slot(self.path)
+            fd = os.open(self.path, _FLAGS, 0o644)
+        except RunFolderError as exc:
+            raise refuse("it is not a regular file (" + str(exc).split(" is ", 1)[-1].split(" where")[0] + ")") from None
+        except OSError as exc:
+            raise refuse(exc.strerror or str(exc)) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped in after the check
+            os.close(fd)
+            raise refuse("it is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
 
     def _is_current(self, fd: int) -> bool:
         try:

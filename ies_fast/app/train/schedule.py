@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from ...io import state_checks as check
+
 KINDS = ("exp", "multistep", "linear", "cosine", "constant")
 
 
@@ -70,8 +72,22 @@ class EpochSchedule:
         return {"kind": self.kind, "epochs": self.epochs, "progress": self.progress, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` of the same kind and epochs. The whole state is
+        checked first (progress in ``[0, epochs]``, one finite ``base_lr >= 0`` per
+        param group): a bad one raises ``ValueError`` naming the key and changes nothing."""
+        if not isinstance(state, dict):
+            raise ValueError(f"schedule state must be a dict from EpochSchedule.state_dict(), got {type(state).__name__}")
         if state.get("kind") != self.kind or state.get("epochs") != self.epochs:
             raise ValueError(f"schedule state is for kind={state.get('kind')!r}, epochs={state.get('epochs')!r}; "
                              f"this run has kind={self.kind!r}, epochs={self.epochs}")
-        self.base_lrs = list(state["base_lrs"])
-        self.set_progress(state["progress"])
+        progress = check.number(state, "progress", where="schedule state")
+        if progress > self.epochs:
+            raise ValueError(f"schedule state['progress']={progress} is beyond epochs={self.epochs}")
+        base_lrs = state.get("base_lrs")
+        if not isinstance(base_lrs, list) or len(base_lrs) != len(self.optimizer.param_groups):
+            raise ValueError(f"schedule state['base_lrs'] must be a list of {len(self.optimizer.param_groups)} "
+                             f"learning rates (one per param group), got {base_lrs!r}")
+        base_lrs = [check.number(dict(enumerate(base_lrs)), i, where="schedule state['base_lrs']")
+                    for i in range(len(base_lrs))]
+        self.base_lrs = base_lrs
+        self.set_progress(progress)

@@ -17,6 +17,7 @@ import os
 from typing import Callable, Iterable, Optional
 
 from ... import extras
+from ...io.run_folder import RunFolderError
 from .arguments import add_seed_arguments
 from . import compare as cmp
 
@@ -93,7 +94,11 @@ def sweep(base_config, deltas: Iterable[float] = log_grid(*DEFAULT_DELTA_RANGE, 
         for seed in seeds:
             if log:
                 log(f"sweep: {cmp.point_label(selector, value)} seed {seed} ({len(rows) + 1}/{total}) ...")
-            row = cmp.run_one(cmp.with_changes(base_config, seed=seed, **changes), train_fn)
+            try:
+                row = cmp.run_one(cmp.with_changes(base_config, seed=seed, **changes), train_fn)
+            except RunFolderError as exc:  # a planted link or FIFO in that point's folder
+                (log or print)(f"sweep: {cmp.point_label(selector, value)} seed {seed} skipped: {exc}")
+                continue
             row["param"] = value
             rows.append(row)
     return rows
@@ -219,7 +224,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="accuracy points below the baseline's mean a chosen δ may lose")
     g.add_argument("--plot", default=None, help="Pareto plot (default: OUT/sweep.png; '' for none)")
     g.add_argument("--json", default=None, help="also write the rows (each with its run's summary) as JSON here")
-    parser.set_defaults(out="runs/sweep")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -240,8 +244,12 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
     deltas = args.deltas if args.deltas is not None else log_grid(*args.delta_range, args.delta_points)
     plot_path = os.path.join(base_config.out, "sweep.png") if args.plot is None else args.plot
     plot_path = plot_path if extras.can_plot(plot_path, print_fn) else ""  # said before any run
+    cmp.check_output("--json", args.json)
+    cmp.check_output("--plot", plot_path)
     rows = sweep(base_config, deltas, args.prune_ratios, args.random_ratios, args.seeds, train_fn=train_fn,
                  log=print_fn)
+    if not any(r["selector"] == "none" for r in rows):
+        raise ValueError("every baseline run was skipped: the sweep has nothing to compare against")
     print_fn(cmp.format_table(rows))
     print_fn(recommendation(rows, args.tolerance))
     if plot_path:
