@@ -58,9 +58,8 @@ def read_idx(path: str) -> np.ndarray:
 
 def find_idx(folder: str, stem: str) -> Optional[str]:
     """``folder/stem`` or ``folder/stem.gz`` (the first that exists), else ``None``.
-    Also accepts the ``stem`` with its last ``-`` replaced by ``.`` (some mirrors
-    name them ``train-images.idx3-ubyte``)."""
-    dotted = stem[::-1].replace("-", ".", 1)[::-1]
+    Also accepts ``-idx`` written ``.idx`` (some mirrors name them ``train-images.idx3-ubyte``)."""
+    dotted = stem.replace("-idx", ".idx")
     for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
