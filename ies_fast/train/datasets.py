@@ -162,8 +162,7 @@ def _grey(name: str, train: tuple, test: tuple, *, hflip: bool) -> TrainData:
     for split, y in (("train", y_train), ("test", y_test)):
         if len(y) and (y.min() < 0 or y.max() > 9):
             raise ValueError(f"{name} {split} labels must be 0..9; got {int(y.min())}..{int(y.max())}")
-    pixels = torch.from_numpy(x_train).double()
-    mean, std = pixels.mean().item(), pixels.std().item()
+    mean, std = float(x_train.mean(dtype=np.float64)), float(x_train.std(dtype=np.float64))
     to_nhwc = lambda x: torch.from_numpy(np.ascontiguousarray(x[..., None]))
     return TrainData(name, "image", 10, (1, 28, 28), to_nhwc(x_train), torch.from_numpy(y_train),
                      to_nhwc(x_test), torch.from_numpy(y_test), mean=(mean,), std=(std,), hflip=hflip, crop_padding=2)
