@@ -411,7 +411,7 @@ class Trainer:
         lr = self.schedule.get_last_lr()[0]
         bar = _bar(len(self.batches), progress, desc=f"epoch {epoch + 1}", leave=False, position=1)
         bar.set_postfix(kept=f"{kept / self.num_samples:.1%}", **self._warmup_note(epoch))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         row = self._train_epoch(epoch, bar)
         bar.close()
         _sync(self.device)
@@ -436,6 +436,9 @@ class Trainer:
             "backward_saved": stats["backward_saved"], "backward_saved_fraction": stats["backward_saved_fraction"],
             "removal_enabled": bool(stats["removal_enabled"]),
             "time_train_s": t1 - t0, "time_score_s": t2 - t1, "time_eval_s": t3 - t2, "time_epoch_s": t3 - t0,
+            # CPU seconds of the whole process in the epoch: unlike wall time, not inflated by other
+            # programs on a shared machine (includes loader threads; GPU time does not show)
+            "time_cpu_s": time.process_time() - cpu0,
         }
         return row
 
@@ -497,6 +500,7 @@ class Trainer:
             "train_time_s": sum(r["time_train_s"] for r in h),
             "score_time_s": sum(r["time_score_s"] for r in h),
             "eval_time_s": sum(r["time_eval_s"] for r in h),
+            "cpu_time_s": sum(r.get("time_cpu_s", float("nan")) for r in h),
             "world_size": self.world,
             "out": self.config.out,
             "history": h,

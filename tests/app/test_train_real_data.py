@@ -42,6 +42,7 @@ def check_run(summary: dict, n: int) -> dict:
     rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     for r in rows:
         assert len(r["kept_fraction_by_class"]) == 10
+        assert 0 < r["time_cpu_s"] and summary["cpu_time_s"] > 0
     cols = read_samples(os.path.join(out, "samples.parquet"))
     assert list(cols) == list(COLUMNS)
     assert all(len(v) == n for v in cols.values())
