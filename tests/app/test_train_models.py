@@ -52,10 +52,20 @@ def test_vector_models_forward(name, shape):
 
 
 def test_model_names():
-    assert model_names() == ["resnet18", "resnet34", "vgg16", "mlp", "cnn1d"]
+    assert model_names() == ["resnet8", "resnet18", "resnet34", "vgg16", "mlp", "cnn1d"]
     for name in model_names():
         shape = (40,) if name == "cnn1d" else (3, 32, 32)
         build_model(name, 10, shape)
+
+
+def test_resnet8_size_and_layout():
+    # the Fashion-MNIST / MNIST recipes' small residual CNN: 28x28 grey in, 10 classes out
+    model = built("resnet8", 10, (1, 28, 28))
+    assert n_params(model) == 77_754
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 1
+    assert [b.conv1.out_channels for b in model.layers] == [16, 32, 64]
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_resnet18_size_and_layout():
@@ -90,7 +100,7 @@ def test_backward():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"model must be one of resnet18, resnet34, vgg16, mlp, cnn1d.*'foo'"):
+    with pytest.raises(ValueError, match=r"model must be one of resnet8, resnet18, resnet34, vgg16, mlp, cnn1d.*'foo'"):
         build_model("foo", 10, (3, 32, 32))
     with pytest.raises(ValueError, match=r"'resnet50'"):
         build_model("resnet50", 10, (3, 32, 32))  # ImageNet only

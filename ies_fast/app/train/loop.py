@@ -33,7 +33,17 @@ from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
 from .logs import RunFiles, plot_history
 from .run_lock import RunFolderBusy, RunLock, RunLockError
+from .samples import SampleRecord, write_samples
 from .schedule import EpochSchedule
+
+def _adapted_data(data, config: TrainConfig):
+    """``data`` cut to ``--subset`` and with ``--label-noise`` flips (seeded by ``--seed``)."""
+    from .datasets import label_noise, subset
+
+    if config.subset is not None:
+        data = subset(data, config.subset)
+    return label_noise(data, config.label_noise, config.seed)
+
 
 class RunError(RuntimeError):
     """A run cannot start or resume as asked (message fit for a one-line CLI error)."""
@@ -259,12 +269,14 @@ class Trainer:
         _seed_everything(c.seed, c.deterministic)
         self.data = load_dataset(c.dataset, c.data_dir, seed=c.seed, synthetic_size=c.synthetic_size,
                                  synthetic_classes=c.synthetic_classes, image_size=c.image_size)
+        self.data = _adapted_data(self.data, c)
         self.num_samples = self.data.num_train
         self.model = build_model(c.model, self.data.num_classes, self.data.input_shape,
                                  imagenet=c.dataset == "imagenet").to(self.device)
-        if self.device.type == "cuda" and self.data.kind != "vector":
+        if self.data.kind != "vector":  # channels-last convolutions are faster on CPUs too
             self.model = self.model.to(memory_format=torch.channels_last)
         self.selector = make_selector(c, self.num_samples, self.device)
+        self.samples = SampleRecord(self.data.train_y, self.data.num_classes, self.device, self.data.true_train_y)
         self.optimizer = make_optimizer(c, self.model)
         self.schedule = EpochSchedule(self.optimizer, c.lr_schedule, c.epochs, gamma=c.lr_gamma,
                                       milestones=c.lr_milestones)
@@ -311,6 +323,8 @@ class Trainer:
         if self.stopper is not None and state.get("stopper") is not None:
             self.stopper.load_state_dict(state["stopper"])
         self.batches.sampler.load_state_dict(state["sampler"])
+        if state.get("samples") is not None:
+            self.samples.load_state_dict(state["samples"])
         _set_rng_state(state["rng"], self.device)
         self.history = state["history"]
         self.start_epoch = state["epoch"] + 1
@@ -329,6 +343,7 @@ class Trainer:
             "selector": self.selector.state_dict(),
             "stopper": self.stopper.state_dict() if self.stopper is not None else None,
             "sampler": self.batches.sampler.state_dict(),
+            "samples": self.samples.state_dict(),
             "rng": _rng_state(self.device),
             "history": self.history,
             "world_size": self.world,
@@ -355,6 +370,7 @@ class Trainer:
         with self._disk_full_is_run_error(f"after epoch {epoch + 1}"):
             self._checkpoint(epoch)
             self.files.write_rows(self.history)
+            write_samples(self.samples.columns(self.selector), self.config.out)
 
     def _warmup_note(self, epochs_done: int) -> dict:
         """``{"warming_up": ...}`` while IES cannot remove anything yet: a sample
@@ -435,17 +451,19 @@ class Trainer:
             sel.set_removal(False)  # annealing: the last epochs on the full data
         self.batches.set_epoch(epoch)
         kept = int(sel.kept_mask().sum())  # one read per epoch
+        kept_by_class = self.samples.start_epoch(epoch, sel)
         self._warn_if_kept_below_batch(epoch, kept)
         lr = self.schedule.get_last_lr()[0]
         bar = _bar(len(self.batches), progress, desc=f"epoch {epoch + 1}", leave=False, position=1)
         bar.set_postfix(kept=f"{kept / self.num_samples:.1%}", **self._warmup_note(epoch))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         row = self._train_epoch(epoch, bar)
         bar.close()
         _sync(self.device)
         t1 = time.perf_counter()
         autocast_dtype = torch.bfloat16 if c.amp else None
         score(sel, self.net, self.batches.score(), device=self.device, autocast_dtype=autocast_dtype)
+        self.samples.observe_epoch(sel)
         sel.step()
         stats = sel.stats()
         _sync(self.device)
@@ -456,13 +474,16 @@ class Trainer:
             dist_utils.assert_selector_in_sync(sel)
         row = {
             "epoch": epoch + 1, "lr": lr, "num_samples": self.num_samples, **row,
-            "kept": kept, "kept_fraction": kept / self.num_samples,
+            "kept": kept, "kept_fraction": kept / self.num_samples, "kept_fraction_by_class": kept_by_class.tolist(),
             "mastered": stats.get("mastered", stats.get("removed", 0)),
             "reincluded": stats.get("reincluded", 0), "scored": stats["scored_total"],
             "backward_samples": sum(r["kept"] for r in self.history) + kept,
             "backward_saved": stats["backward_saved"], "backward_saved_fraction": stats["backward_saved_fraction"],
             "removal_enabled": bool(stats["removal_enabled"]),
             "time_train_s": t1 - t0, "time_score_s": t2 - t1, "time_eval_s": t3 - t2, "time_epoch_s": t3 - t0,
+            # CPU seconds of the whole process in the epoch: unlike wall time, not inflated by other
+            # programs on a shared machine (includes loader threads; GPU time does not show)
+            "time_cpu_s": time.process_time() - cpu0,
         }
         return row
 
@@ -526,6 +547,7 @@ class Trainer:
             "train_time_s": sum(r["time_train_s"] for r in h),
             "score_time_s": sum(r["time_score_s"] for r in h),
             "eval_time_s": sum(r["time_eval_s"] for r in h),
+            "cpu_time_s": sum(r.get("time_cpu_s", float("nan")) for r in h),
             "world_size": self.world,
             "out": self.config.out,
             "history": h,
