@@ -25,9 +25,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def recipes_epilog() -> str:
     """The per-dataset recipes as the table that ends ``ies-fast train --help``."""
     keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "delta", "anneal",
-            "min_kept", "eligibility")
+            "min_kept", "eligibility", "score_policy")
     head = ["dataset", *(cfg.flag(k)[2:] for k in keys)]
-    rows = [[name, *(str(recipe.get(k, "-")) for k in keys)] for name, recipe in cfg.RECIPES.items()]
+    rows = [[name, *(str(recipe.get(k, "every" if k == "score_policy" else "-")) for k in keys)] for name, recipe in cfg.RECIPES.items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     return ("recipes (what a flag left out becomes; `ies-fast train --dataset D --print-config` shows the full "
@@ -117,10 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     sel.add_argument("--anneal", type=float, default=None,
          help=f"fraction of the last epochs trained on the full data {RECIPE}")
     sel.add_argument("--score-every", type=int, default=1, help="re-score removed samples every s epochs")
-    sel.add_argument("--score-policy", choices=cfg.SCORE_POLICIES, default="every",
+    sel.add_argument("--score-policy", choices=cfg.SCORE_POLICIES, default=None,
          help="every: re-score every removed sample every --score-every epochs (the paper's); backoff: a sample's "
               "interval starts at --score-every and doubles while it stays mastered, up to --score-max-interval, "
-              "and starts over when it comes back (docs/semantics.md)")
+              f"and starts over when it comes back (docs/semantics.md) {RECIPE}")
     sel.add_argument("--score-max-interval", type=int, default=8, help="backoff: the longest re-scoring interval, in epochs")
     sel.add_argument("--min-kept", type=float, default=None,
          help="collapse guard: train at least this fraction of the samples every epoch, filling up with random "
