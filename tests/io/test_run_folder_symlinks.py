@@ -1,6 +1,6 @@
 """No symlink planted in a run folder leads to a write outside it (issue 23): at the
 names ``train`` writes (its files, their old temporary names, ``run.lock``,
-``curves.png``, the checkpoint's), at a ``sweep``/``compare`` point's folder and
+``curves.png``, ``samples.parquet``, the checkpoint's), at a ``sweep``/``compare`` point's folder and
 their ``--json``/``--plot`` files, and at ``bench``'s outputs. A link where a file
 goes is refused in one line (exit 2), before the run; a link at any other name is
 left alone. The file the link points to is never changed."""
@@ -20,9 +20,10 @@ TINY = ["--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4",
 PRECIOUS = "precious: not the run's to write\n"
 
 #: names train writes through a temporary file: links at the old fixed temporary names are never followed
-TEMP_NAMES = ["summary.json.tmp", "config.json.tmp", "log.jsonl.tmp", "log.csv.tmp"]
+TEMP_NAMES = ["summary.json.tmp", "config.json.tmp", "log.jsonl.tmp", "log.csv.tmp", "samples.parquet.tmp"]
 #: names where train expects its own regular file: a link there is refused before the run
-FILE_NAMES = ["run.lock", "curves.png", "summary.json", "config.json", "log.jsonl", "log.csv", "checkpoint.pt.prev"]
+FILE_NAMES = ["run.lock", "curves.png", "summary.json", "config.json", "log.jsonl", "log.csv", "checkpoint.pt.prev",
+              "samples.parquet", "samples.csv"]
 
 
 def _plant(folder: Path, name: str, outside: Path) -> Path:

@@ -32,6 +32,8 @@ class RunFiles:
         self.summary = os.path.join(out, "summary.json")
         self.config = os.path.join(out, "config.json")
         self.plot = os.path.join(out, "curves.png")
+        #: the per-sample table (:func:`..samples.write_samples`; CSV when pyarrow is missing)
+        self.samples = (os.path.join(out, "samples.parquet"), os.path.join(out, "samples.csv"))
 
     def check(self) -> None:
         """Raise :class:`~ies_fast.io.run_folder.RunFolderError` when one of the run's
@@ -39,7 +41,7 @@ class RunFiles:
         symlink, folder, FIFO or anything but a regular file: said before any work."""
         run_folder.check_folder(self.out)
         for path in (self.checkpoint, self.checkpoint + ".prev", self.jsonl, self.csv, self.summary, self.config,
-                     self.plot, os.path.join(self.out, "run.lock")):
+                     self.plot, *self.samples, os.path.join(self.out, "run.lock")):
             run_folder.check_slot(path)
 
     def _write(self, path: str, write) -> None:
