@@ -2,7 +2,7 @@
 resume may use.
 
 ``ies_selector.pt`` is written with :func:`ies_fast.io.checkpoint.save_checkpoint`
-(temporary file, fsync, ``os.replace``: a symlink at the path is replaced, never
+(temporary file, fsync, ``os.replace``: a symlink at the path is refused, never
 written through) and read back only after its header, length and SHA-256 verify,
 with ``torch.load(weights_only=True)``. It is written before the Trainer's
 ``trainer_state.json``, and the Trainer writes that file last, after the weights,

@@ -21,6 +21,7 @@ from hf_tiny import SIGKILL_RUN, make_trainer, same_run  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from ies_fast.io.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from ies_fast.io.run_folder import RunFolderError  # noqa: E402
 from ies_fast.integrations._hf_checkpoint import newest_complete_checkpoint  # noqa: E402
 from ies_fast.integrations.huggingface import STATE_FILE  # noqa: E402
 
@@ -148,10 +149,13 @@ def test_the_selector_file_is_replaced_atomically_never_written_through_a_link(c
     target.write_bytes(b"keep me")
     (folder / STATE_FILE).unlink()
     (folder / STATE_FILE).symlink_to(target)
+    with pytest.raises(RunFolderError, match=f"{STATE_FILE} is a symlink where a file is expected: refused"):
+        trainer.save_selector(str(folder))  # a planted link is refused (docs/security.md), never written through
+    assert target.read_bytes() == b"keep me"
+    (folder / STATE_FILE).unlink()
     trainer.save_selector(str(folder))
-    assert target.read_bytes() == b"keep me" and not (folder / STATE_FILE).is_symlink()
     assert load_checkpoint(folder / STATE_FILE)["epochs_closed"] == 0
-    assert not list(folder.glob("*.tmp"))
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
 
 
 def test_an_incomplete_checkpoint_is_refused_or_skipped(checkpoint, tmp_path):
