@@ -103,3 +103,13 @@ def test_readme_python_block_runs_as_pasted(code, marker, tmp_path):
     if reason:
         pytest.skip(reason)
     run_block(code, tmp_path)
+
+
+def test_every_test_file_the_docs_name_exists():
+    """The docs point readers at the tests that check a claim; a moved test file
+    leaves the pointer dangling (the layout moved every test once)."""
+    root = README.parent
+    docs = [README, *sorted((root / "docs").glob("*.md"))]
+    named = {(d.name, m) for d in docs for m in re.findall(r"\btests/[\w/]*\w+\.py\b", d.read_text())}
+    missing = sorted(f"{doc}: {path}" for doc, path in named if not (root / path).is_file())
+    assert not missing, "docs name test files that do not exist:\n" + "\n".join(missing)
