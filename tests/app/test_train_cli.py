@@ -168,7 +168,9 @@ def test_help_shows_defaults_once_and_the_recipes(capsys):
     assert digits[:10] == ["digits", "mlp", "60", "64", "sgd", "0.05", "0.0", "constant", "0.0002", "0.0"]
     from ies_fast.app.train.config import RECIPES
 
-    assert digits[10:] == [str(RECIPES["digits"]["min_kept"]), RECIPES["digits"]["eligibility"]]
+    assert digits[10:] == [str(RECIPES["digits"]["min_kept"]), RECIPES["digits"]["eligibility"], "every"]
+    mnist1d = next(l.split() for l in recipes.splitlines() if l.strip().startswith("mnist1d "))
+    assert mnist1d[8] == "0.01" and mnist1d[-1] == "backoff"  # the measured winner (docs/training.md)
 
 
 def test_print_config_shows_the_recipe_before_a_run(capsys, tmp_path):
