@@ -148,3 +148,26 @@ def test_read_finished_run_rejects_another_runs_config_and_broken_files(tmp_path
     (tmp_path / "ies-seed0" / "config.json").write_text("[1, 2")
     assert cmp.read_finished_run(out, config) is None
     assert cmp.read_finished_run(str(tmp_path / "missing"), config) is None
+
+
+def test_cpu_clock_compares_the_runs_cpu_seconds(tmp_path):
+    """``--clock cpu``: on a shared machine the wall time measures the neighbours; the
+    table, speed-up and plot then use each run's ``cpu_time_s``."""
+    base = fake_train([])
+
+    def train(config):
+        summary = base(config)
+        summary["cpu_time_s"] = 100.0 * (1 - summary["backward_saved_fraction"]) + 3 * config.seed  # not the wall time
+        return summary
+
+    rows = cmp.compare(FakeConfig(), seeds=(0, 1, 2), train_fn=train)
+    agg = {a["selector"]: a for a in cmp.aggregate(rows, "cpu")}
+    assert agg["none"]["wall_time_s"] == pytest.approx(103.0)
+    assert agg["ies"]["speedup"] == pytest.approx(103.0 / 63.0)
+    lines = cmp.format_table(rows, "cpu").splitlines()
+    assert "CPU time (s)" in lines[0] and "103.00 ± 3.00" in lines[2]
+    assert "wall time (s)" in cmp.format_table(rows).splitlines()[0]
+    assert cmp.plot(rows, str(tmp_path / "cpu.png"), clock="cpu").endswith("cpu.png")
+    old = cmp.compare(FakeConfig(), seeds=(0,), train_fn=base)  # runs from before cpu_time_s was recorded
+    with pytest.raises(ValueError, match="--clock cpu: a run's summary has no cpu_time_s"):
+        cmp.format_table(old, "cpu")

@@ -32,6 +32,11 @@ PARAM_NAMES = {"none": "", "ies": "δ", "infobatch": "prune", "random": "ratio"}
 ACCURACY_KEYS = ("test_acc", "test_accuracy", "accuracy", "acc", "val_acc", "final_test_acc")
 SAVED_KEYS = ("backward_saved_fraction", "backward_saved")
 TIME_KEYS = ("wall_time_s", "wall_time", "train_time_s", "train_time", "wall_s", "time_s")
+CPU_TIME_KEYS = ("cpu_time_s",)
+#: ``--clock``: which time the table and plot compare (cpu: the process's CPU seconds,
+#: which neighbours on a shared machine do not inflate)
+CLOCKS = ("wall", "cpu")
+_CLOCK_LABEL = {"wall": "wall time", "cpu": "CPU time"}
 
 
 def _pick(summary: dict, keys: Sequence[str]):
@@ -120,9 +125,10 @@ def run_in_subfolder(config, folder: Optional[str] = None) -> dict:
 
 def run_one(config, train_fn: Callable) -> dict:
     """Run one configuration with ``train_fn`` and read its summary into a row:
-    ``selector, seed, accuracy, backward_saved, wall_time_s, random_ratio, summary``
+    ``selector, seed, accuracy, backward_saved, wall_time_s, cpu_time_s, random_ratio, summary``
     (``accuracy`` and ``backward_saved`` are fractions in [0, 1]; ``wall_time_s`` the
-    summary's training time when it has one, else the measured duration of the call)."""
+    summary's training time when it has one, else the measured duration of the call;
+    ``cpu_time_s`` the run's CPU seconds, None when the summary has none)."""
     start = time.perf_counter()
     summary = train_fn(config)
     elapsed = time.perf_counter() - start
@@ -138,6 +144,7 @@ def run_one(config, train_fn: Callable) -> dict:
         "accuracy": accuracy / 100 if accuracy > 1.0 else accuracy,
         "backward_saved": _pick(summary, SAVED_KEYS) or 0.0,
         "wall_time_s": wall if wall is not None else elapsed,
+        "cpu_time_s": _pick(summary, CPU_TIME_KEYS),
         "random_ratio": getattr(config, "random_ratio", None) if config.selector == "random" else None,
         "summary": summary,
     }
@@ -203,20 +210,30 @@ def point_label(selector: str, param=None) -> str:
     return LABELS[selector] if param is None else f"{LABELS[selector]} {PARAM_NAMES[selector]}={param:g}"
 
 
-def aggregate(rows: list) -> list:
+def _times(rows: list, clock: str) -> list:
+    """The ``clock`` time of each row (``ValueError`` when a run did not record it)."""
+    key = f"{clock}_time_s"
+    times = [r.get(key) for r in rows]
+    if any(t is None for t in times):
+        raise ValueError(f"--clock {clock}: a run's summary has no {key} (written by ies-fast train since issue 24)")
+    return times
+
+
+def aggregate(rows: list, clock: str = "wall") -> list:
     """One dict per selector, or per (selector, ``param``) for a sweep's rows, in
     first-seen order: mean and sd over seeds of each column, and the speed-up in
-    wall time over the baseline when it ran."""
+    ``clock`` time (wall or cpu; the keys stay ``wall_time_s``/``wall_time_sd``) over
+    the baseline when it ran."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["selector"], r.get("param")), []).append(r)
-    base = [r["wall_time_s"] for (selector, _), rs in groups.items() if selector == "none" for r in rs]
+    base = [t for (selector, _), rs in groups.items() if selector == "none" for t in _times(rs, clock)]
     base_time = statistics.fmean(base) if base else None
     out = []
     for (selector, param), rs in groups.items():
         acc, acc_sd = _mean_sd([r["accuracy"] for r in rs])
         saved, saved_sd = _mean_sd([r["backward_saved"] for r in rs])
-        wall, wall_sd = _mean_sd([r["wall_time_s"] for r in rs])
+        wall, wall_sd = _mean_sd(_times(rs, clock))
         out.append(
             {
                 "selector": selector,
@@ -235,11 +252,12 @@ def aggregate(rows: list) -> list:
     return out
 
 
-def format_table(rows: list) -> str:
+def format_table(rows: list, clock: str = "wall") -> str:
     """A plain-text table, one line per selector: accuracy, backward passes saved and
-    wall time as mean ± sd over the seeds, and the wall-time speed-up over the baseline."""
-    agg = aggregate(rows)
-    header = ("selector", "seeds", "test accuracy (%)", "backward saved (%)", "wall time (s)", "speed-up")
+    ``clock`` time (wall or CPU) as mean ± sd over the seeds, and the speed-up in that
+    time over the baseline."""
+    agg = aggregate(rows, clock)
+    header = ("selector", "seeds", "test accuracy (%)", "backward saved (%)", f"{_CLOCK_LABEL[clock]} (s)", "speed-up")
     lines = [header]
     for a in agg:
         lines.append(
@@ -272,9 +290,9 @@ def describe(config, delta_text: str = "") -> str:
     return f"{text}, {delta_text}" if delta_text else text
 
 
-def plot(rows: list, path: str, title: str = "") -> str:
+def plot(rows: list, path: str, title: str = "", clock: str = "wall") -> str:
     """One figure, two panels: test accuracy against backward passes saved (one point
-    per run, the selector's mean marked), and mean wall time per selector. Each
+    per run, the selector's mean marked), and mean ``clock`` time per selector. Each
     selector has its own marker and a small sideways offset, so that selectors at the
     same saving (random removal is matched to IES's) stay visible; the legend sits
     below the panels. ``title`` names the data and δ. Returns ``path``."""
@@ -285,7 +303,7 @@ def plot(rows: list, path: str, title: str = "") -> str:
 
     from ..plots import save
 
-    agg = aggregate(rows)
+    agg = aggregate(rows, clock)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
     spread = max((100 * r["backward_saved"] for r in rows), default=0.0) or 1.0
     for i, a in enumerate(agg):
@@ -307,7 +325,7 @@ def plot(rows: list, path: str, title: str = "") -> str:
     labels = [a["label"] for a in agg]
     ax2.bar(labels, [a["wall_time_s"] for a in agg], yerr=[a["wall_time_sd"] for a in agg],
             color=[COLORS[a["selector"]] for a in agg], capsize=3)
-    ax2.set_ylabel("wall time (s)")
+    ax2.set_ylabel(f"{_CLOCK_LABEL[clock]} (s)")
     ax2.grid(alpha=0.3, axis="y")
     seeds = max((a["seeds"] for a in agg), default=0)
     head = f"selectors compared on {title}" if title else "selectors compared"
@@ -324,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed_arguments(parser)
     parser.add_argument("--no-match-random", dest="match_random", action="store_false",
                         help="run random removal at --random-ratio instead of IES's saved fraction")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="the time the table and plot compare: wall, or cpu (the runs' CPU seconds: what "
+                             "neighbours on a shared machine do not inflate; one thread per run)")
     parser.add_argument("--plot", default="compare.png", help="where to write the plot (default: compare.png; '' for none)")
     parser.add_argument("--json", default=None, help="also write the rows (with each run's summary) as JSON here")
 
@@ -336,11 +357,12 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
     check_output("--plot", plot_path)
     rows = compare(base_config, args.selectors, args.seeds, match_random=args.match_random, train_fn=train_fn,
                    log=lambda m: print_fn(m))
-    print_fn(format_table(rows))
+    clock = getattr(args, "clock", "wall")
+    print_fn(format_table(rows, clock))
     if plot_path:
         delta = getattr(base_config, "delta", None)
         title = describe(base_config, f"IES δ={delta:g}" if isinstance(delta, (int, float)) else "")
-        print_fn(f"plot: {plot(rows, plot_path, title)}")
+        print_fn(f"plot: {plot(rows, plot_path, title, clock=clock)}")
     if args.json:
         print_fn(f"rows: {write_json(rows, args.json)}")
     return rows
