@@ -119,7 +119,7 @@ def plot(baseline: list, ies: list, path: str, delta: float = DemoConfig.delta) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import excluded_panel, seed_band
+    from .plots import excluded_panel, save, seed_band
 
     epochs = list(range(1, len(ies[0].acc_curve) + 1))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
@@ -132,9 +132,7 @@ def plot(baseline: list, ies: list, path: str, delta: float = DemoConfig.delta) 
     bottom.set_xlabel("epoch")
     bottom.grid(alpha=0.3)
     fig.suptitle(f"IES (δ={delta:g}) on sklearn digits ({len(ies)} seed{'s' if len(ies) != 1 else ''})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)  # atomic, never through a planted link (ies_fast.io.run_folder)
 
 
 def main(config: DemoConfig = DemoConfig(), plot_path: str = "ies_demo.png") -> tuple[list, list]:

@@ -146,3 +146,18 @@ def test_hf_selector_state_is_never_written_through_a_link_nor_read_from_a_fifo(
     (folder / hf.STATE_FILE).unlink()
     hf.write_state(str(folder), state)
     assert hf.read_state(str(folder))["epochs_closed"] == 0
+
+def test_demo_plot_is_never_written_through_a_link(tmp_path):
+    pytest.importorskip("matplotlib")
+    import types
+
+    from ies_fast.app import demo
+
+    run = types.SimpleNamespace(acc_curve=[0.5, 0.7, 0.8], removed_curve=[0, 3, 5], num_train=10)
+    outside = _plant(tmp_path, "ies_demo.png", tmp_path / "outside.txt")
+    with pytest.raises(Exception, match="is a symlink where a file is expected: refused"):
+        demo.plot([run], [run], str(tmp_path / "ies_demo.png"))
+    assert outside.read_text() == PRECIOUS
+    (tmp_path / "ies_demo.png").unlink()
+    demo.plot([run], [run], str(tmp_path / "ies_demo.png"))
+    assert (tmp_path / "ies_demo.png").stat().st_size > 1000
