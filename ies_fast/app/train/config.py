@@ -44,7 +44,8 @@ RECIPES = {
     # sized so that `ies-fast compare` (4 selectors x 3 seeds) fits an hour on a 2-core CPU
     # (docs/training.md, docs/benchmarks.md)
     "fashion-mnist": dict(model="resnet8", epochs=15, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                          lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper"),
+                          lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper",
+                          score_policy="backoff"),
     "mnist": dict(model="resnet8", epochs=8, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
                   lr_schedule="cosine", delta=1e-2, anneal=0.0, min_kept=0.0, eligibility="paper"),
 }
