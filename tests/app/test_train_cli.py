@@ -173,6 +173,8 @@ def test_help_shows_defaults_once_and_the_recipes(capsys):
     assert mnist1d[8] == "0.01" and mnist1d[-1] == "backoff"  # the measured winners (docs/training.md)
     fashion = next(l.split() for l in recipes.splitlines() if l.strip().startswith("fashion-mnist "))
     assert fashion[8] == "0.1" and fashion[-1] == "backoff"
+    mnist = next(l.split() for l in recipes.splitlines() if l.strip().startswith("mnist "))
+    assert mnist[8] == "0.1" and mnist[-1] == "backoff"
 
 
 def test_print_config_shows_the_recipe_before_a_run(capsys, tmp_path):

@@ -47,7 +47,8 @@ RECIPES = {
                           lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper",
                           score_policy="backoff"),
     "mnist": dict(model="resnet8", epochs=8, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                  lr_schedule="cosine", delta=1e-2, anneal=0.0, min_kept=0.0, eligibility="paper"),
+                  lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper",
+                  score_policy="backoff"),
 }
 
 
