@@ -32,6 +32,7 @@ from ...selectors.stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
 from .logs import RunFiles, plot_history
+from .resume_checks import ResumeStateError, check_resume_state, check_top
 from .run_lock import RunFolderBusy, RunLock, RunLockError
 from .samples import SampleRecord, write_samples
 from .schedule import EpochSchedule
@@ -312,10 +313,19 @@ class Trainer:
         if not found:
             what = "does not exist" if not os.path.exists(config.out) else "holds no checkpoint.pt"
             raise RunError(f"--resume: {config.out} {what}; leave out --resume to start a new run there")
-        return load_checkpoint(path, fallback=True, map_location="cpu")
+        state = load_checkpoint(path, fallback=True, map_location="cpu")
+        try:
+            return check_top(state)
+        except ResumeStateError as exc:
+            raise RunError(f"cannot resume {config.out}: {exc}") from None
 
     def _restore(self, state: dict) -> None:
+        """Apply a checkpoint after checking all of it (:mod:`.resume_checks`)."""
         path = self.files.checkpoint
+        try:
+            check_resume_state(state, self)
+        except ResumeStateError as exc:
+            raise RunError(f"cannot resume {self.config.out}: {exc}") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
