@@ -156,3 +156,15 @@ def test_run_rows_reader_refuses_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "log.jsonl")
     with pytest.raises(Exception, match="log.jsonl is a FIFO where a file is expected: refused"):
         read_rows(str(tmp_path / "log.jsonl"))
+
+
+@pytest.mark.parametrize("key", ["wall_time_s", "cpu_time_s"])
+@pytest.mark.parametrize("value", ["1e308", "NaN", "Infinity", "-1.5", "1e7"])
+def test_a_summary_time_out_of_range_runs_the_point_again(tmp_path, key, value):
+    """Times are finite and 0 <= t < 1e7 s (issue 31): 1e308 overflowed the table's
+    sd, NaN and Infinity crashed it, a negative one printed a negative speed-up."""
+    config, out = _finished_point(tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    text = json.dumps({**summary, key: 0.0})
+    (out / "summary.json").write_text(text.replace(f'"{key}": 0.0', f'"{key}": {value}'))
+    assert cmp.read_finished_run(str(out), config) is None

@@ -32,6 +32,7 @@ from ...selectors.stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
 from .logs import RunFiles, plot_history
+from .out_checks import OutFolderError, check_out_folder
 from .resume_checks import ResumeStateError, check_resume_state, check_top
 from .run_lock import RunFolderBusy, RunLock, RunLockError
 from .samples import SampleRecord, write_samples
@@ -133,9 +134,11 @@ def _check_backend(requested: str, device: torch.device) -> None:
 
 
 def _check_out(out: str) -> None:
-    """Fail before any work if ``--out`` is a file or cannot be written."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RunError(f"--out {out} is a file; it must name a folder")
+    """Fail before any work if ``--out`` is a file, lies under one, or cannot be written."""
+    try:
+        check_out_folder(out)
+    except OutFolderError as exc:
+        raise RunError(str(exc)) from None
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -156,9 +159,10 @@ def _state_nbytes(obj) -> int:
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC, or torch.save's zip writer failing mid-file (how a full disk shows up there)."""
+    """ENOSPC, EDQUOT or EFBIG (``ulimit -f``: Python ignores SIGXFSZ, so the write fails),
+    or torch.save's zip writer failing mid-file (how a full disk shows up there)."""
     if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     return isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "file write failed" in str(exc))
 
 
@@ -372,7 +376,9 @@ class Trainer:
             if not _is_disk_full(exc):
                 raise
             need = _state_nbytes([self.model.state_dict(), self.optimizer.state_dict(), self.selector.state_dict()])
-            raise RunError(f"--out {self.config.out}: no space left on the device {when}: a checkpoint needs about "
+            full = ("the file size limit (ulimit -f) is reached" if getattr(exc, "errno", None) == errno.EFBIG
+                    else "no space left on the device")
+            raise RunError(f"--out {self.config.out}: {full} {when}: a checkpoint needs about "
                            f"{need / 2**20:.1f} MiB ({need} bytes) free (the last complete checkpoint is kept)") from None
 
     def _save_epoch(self, epoch: int) -> None:
