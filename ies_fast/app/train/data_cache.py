@@ -115,7 +115,9 @@ def remove_entry(paths: dict) -> None:
 
 
 def write_entry(paths: dict, images: np.ndarray, labels: np.ndarray) -> None:
-    """The two ``.npy`` files, then the sidecar naming their sizes and digests."""
+    """The two ``.npy`` files, then the sidecar naming their sizes and digests (the
+    temporary files of killed writes in the cache removed first)."""
+    run_folder.remove_stale_temps(os.path.dirname(paths["entry"]))
     entry = {}
     for name, array in (("images", images), ("labels", labels.astype(np.int64))):
         data = npy_bytes(array)
