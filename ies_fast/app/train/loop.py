@@ -31,10 +31,11 @@ from ...selectors.scoring import score
 from ...selectors.stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
+from .interrupt import signals_deferred
 from .logs import RunFiles, plot_history
 from .out_checks import OutFolderError, check_out_folder
 from .resume_checks import ResumeStateError, check_resume_state, check_top
-from .run_lock import RunFolderBusy, RunLock, RunLockError
+from .run_lock import RunFolderBusy, RunLock, RunLockError, stale_lock_line
 from .samples import SampleRecord, write_samples
 from .schedule import EpochSchedule
 
@@ -193,13 +194,17 @@ def _lock_run_folder(config: TrainConfig):
     if config.resume and not os.path.isdir(out):
         return None  # nothing to resume: reported without creating the folder
     try:
-        return RunLock(out).acquire()
+        lock = RunLock(out).acquire()
     except RunFolderBusy as exc:
         raise RunError(str(exc)) from None
     except (RunLockError, OSError) as exc:
         _check_out(out)  # a folder nobody may write: said as such
         raise RunError(str(exc) if isinstance(exc, RunLockError) else
                        f"--out {out}: cannot take the run lock: {exc.strerror or exc}") from None
+    stale = stale_lock_line(lock)
+    if stale:
+        print(f"ies-fast: {stale}", file=sys.stderr)
+    return lock
 
 
 def _missing_folders(path: str) -> list:
@@ -293,6 +298,8 @@ class Trainer:
         self.stopped = False
         if resume_state is not None:
             self._restore(resume_state)
+        self.epoch_running = None  #: the epoch (from 0) being trained, for the interrupted line
+        self.saved_epochs = self.start_epoch  #: epochs the checkpoint on disk holds
         net = torch.compile(self.model) if c.compile else self.model
         self.net = dist_utils.wrap_model(net, self.device)
 
@@ -382,9 +389,10 @@ class Trainer:
                            f"{need / 2**20:.1f} MiB ({need} bytes) free (the last complete checkpoint is kept)") from None
 
     def _save_epoch(self, epoch: int) -> None:
-        """Checkpoint and logs after ``epoch``."""
-        with self._disk_full_is_run_error(f"after epoch {epoch + 1}"):
+        """Checkpoint and logs after ``epoch`` (SIGINT/SIGTERM wait until they are written)."""
+        with self._disk_full_is_run_error(f"after epoch {epoch + 1}"), signals_deferred():
             self._checkpoint(epoch)
+            self.saved_epochs = epoch + 1
             self.files.write_rows(self.history)
             write_samples(self.samples.columns(self.selector), self.config.out)
 
@@ -522,6 +530,7 @@ class Trainer:
         for epoch in range(self.start_epoch, end):
             if self.stopped:
                 break
+            self.epoch_running = epoch
             row = self._epoch(epoch, progress)
             self.history.append(row)
             self.stopped = self._should_stop(row)
