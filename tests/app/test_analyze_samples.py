@@ -2,7 +2,6 @@
 precision/recall and per-class removal rates on a hand-made table."""
 import importlib.util
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -59,20 +58,13 @@ def test_analyze_hand_made_table():
 
 # ---- hostile run folders (issue 31): one line and exit 2, never a hang or a traceback ----
 @pytest.fixture
-def run_dir(tmp_path):
-    """A run folder as ``ies-fast train`` writes it (samples.parquet, log.jsonl), under an alarm."""
+def run_dir(tmp_path, no_hang):
+    """A run folder as ``ies-fast train`` writes it (samples.parquet, log.jsonl), under conftest's alarm."""
     from ies_fast.app.train.samples import write_samples
 
-    def hung(signum, frame):
-        raise TimeoutError("analyze_samples blocked")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
     write_samples(hand_made_columns(), str(tmp_path))
     (tmp_path / "log.jsonl").write_text('{"epoch": 1}\n' * 5)
-    yield tmp_path
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    return tmp_path
 
 
 def _one_line(capsys, folder, *needles):

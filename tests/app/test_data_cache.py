@@ -5,7 +5,6 @@ nothing blocks, no foreign data is returned."""
 import hashlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -20,23 +19,19 @@ from ies_fast.app.train.data_cache import cached_pixel_csv, entry_paths  # noqa:
 
 
 @pytest.fixture(autouse=True)
-def no_hang():
-    def hung(signum, frame):
-        raise TimeoutError("blocked on a cache file")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+def _alarm(no_hang):
+    """Every test here under conftest's alarm: a blocking read fails it."""
 
 
 @pytest.fixture
 def csv(tmp_path):
+    """``(csv path, images, labels, cache folder, the entry's paths)`` of a 6-row CSV."""
     rng = np.random.default_rng(7)
     x, y = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), rng.integers(0, 10, 6)
     write_csv(tmp_path / "d.csv", x, y)
-    return str(tmp_path / "d.csv"), x, y
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    return str(tmp_path / "d.csv"), x, y, str(cache), entry_paths(str(tmp_path / "d.csv"), str(cache), 28)
 
 
 def _npy(path, array):
@@ -54,48 +49,36 @@ def _rebuilt(capsys, got, x, y, paths):
 
 
 def test_planted_links_are_never_written_through(tmp_path, csv, capsys):
-    path, x, y = csv
-    cache = tmp_path / "cache"
-    cache.mkdir()
+    path, x, y, cache, paths = csv
     victim = tmp_path / "victim"
     victim.write_text("mine")
-    paths = entry_paths(path, str(cache), 28)
     for p in paths.values():  # the entry's names and the old fixed temporary names
         os.symlink(victim, p)
         os.symlink(victim, f"{p}.{os.getpid()}.tmp.npy")
-    _rebuilt(capsys, cached_pixel_csv(path, str(cache)), x, y, paths)
+    _rebuilt(capsys, cached_pixel_csv(path, cache), x, y, paths)
     assert victim.read_text() == "mine"
 
 
 @pytest.mark.parametrize("sidecar", [False, True])
 def test_foreign_npy_is_not_used(tmp_path, csv, capsys, sidecar):
-    path, x, y = csv
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    paths = entry_paths(path, str(cache), 28)
+    path, x, y, cache, paths = csv
     if sidecar:  # a real entry's sidecar, then the arrays replaced
-        cached_pixel_csv(path, str(cache))
+        cached_pixel_csv(path, cache)
         capsys.readouterr()
     _npy(paths["images"], np.zeros((6, 28, 28), np.uint8))
     _npy(paths["labels"], np.full(6, 7, np.int64))
-    _rebuilt(capsys, cached_pixel_csv(path, str(cache)), x, y, paths)
+    _rebuilt(capsys, cached_pixel_csv(path, cache), x, y, paths)
 
 
 def test_fifo_at_an_entry_does_not_block(tmp_path, csv, capsys):
-    path, x, y = csv
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    paths = entry_paths(path, str(cache), 28)
+    path, x, y, cache, paths = csv
     os.mkfifo(paths["images"])
-    _rebuilt(capsys, cached_pixel_csv(path, str(cache)), x, y, paths)
+    _rebuilt(capsys, cached_pixel_csv(path, cache), x, y, paths)
 
 
 def test_header_claiming_terabytes_is_refused_unread(tmp_path, csv, capsys):
     """Even with a sidecar whose digest matches the file, the header's shape must fit the file."""
-    path, x, y = csv
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    paths = entry_paths(path, str(cache), 28)
+    path, x, y, cache, paths = csv
     header = {"descr": "|u1", "fortran_order": False, "shape": (12 * 2**40 // 784, 28, 28)}
     with open(paths["images"], "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
@@ -105,7 +88,7 @@ def test_header_claiming_terabytes_is_refused_unread(tmp_path, csv, capsys):
         data = Path(paths[name]).read_bytes()
         entry[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     Path(paths["entry"]).write_text(json.dumps(entry))
-    _rebuilt(capsys, cached_pixel_csv(path, str(cache)), x, y, paths)
+    _rebuilt(capsys, cached_pixel_csv(path, cache), x, y, paths)
 
 
 def test_train_mnist_with_a_planted_cache(tmp_path, csv, capsys, monkeypatch):
@@ -114,12 +97,9 @@ def test_train_mnist_with_a_planted_cache(tmp_path, csv, capsys, monkeypatch):
     from ies_fast.app.cli import main
     from ies_fast.app.train import datasets as ds
 
-    path, x, y = csv
-    cache = tmp_path / "cache"
-    cache.mkdir()
+    path, x, y, cache, paths = csv
     monkeypatch.setattr(ds, "mnist_csv_files", lambda: (path, path))
-    monkeypatch.setattr(ds, "CACHE_DIR", str(cache))
-    paths = entry_paths(path, str(cache), 28)
+    monkeypatch.setattr(ds, "CACHE_DIR", cache)
     os.mkfifo(paths["images"])
     _npy(paths["labels"], np.full(6, 7, np.int64))
     code = main(["train", "--dataset", "mnist", "--model", "mlp", "--epochs", "1", "--batch-size", "8",

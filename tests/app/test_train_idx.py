@@ -127,21 +127,6 @@ def test_csv_cache_is_npy_and_used(tmp_path, monkeypatch):
 
 
 # ---- hostile IDX files (issue 31): header first, bounded streaming, regular files only ----
-@pytest.fixture
-def no_hang():
-    """Fail (not hang) when a read blocks, e.g. on a FIFO nobody writes."""
-    import signal
-
-    def hung(signum, frame):
-        raise TimeoutError("blocked on a data file")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 def test_idx_gzip_bomb_is_refused_without_inflating_it(tmp_path):
     """A small header followed by 64 MiB of zeros (64 KiB compressed): refused after
     reading what the header promises, never holding the whole stream."""

@@ -4,7 +4,6 @@ whole, never waited on. Every test runs under an alarm, so a blocking open fails
 the test instead of hanging it."""
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,21 +18,9 @@ from ies_fast.app.train import compare as cmp  # noqa: E402
 from ies_fast.app.train.config import TrainConfig, resolve  # noqa: E402
 
 
-class Hung(BaseException):
-    """Raised by the alarm: not an OSError, so no ``except OSError`` swallows it."""
-
-
 @pytest.fixture(autouse=True)
-def no_hang():
-    """Fail (not hang) when something blocks, e.g. opening a FIFO nobody writes."""
-    def hung(signum, frame):
-        raise Hung("blocked on a run-folder file")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+def _alarm(no_hang):
+    """Every test here under conftest's alarm: a blocking open fails the test instead of hanging it."""
 
 
 def _finished_point(tmp_path):
