@@ -93,8 +93,9 @@ def check_optimizer(state, optimizer: torch.optim.Optimizer) -> None:
     shapes = {}
     for i, (theirs, mine) in enumerate(zip(state["param_groups"], groups)):
         where = f"optimizer param_groups[{i}]"
-        if not isinstance(theirs, dict) or set(theirs) != set(mine) or not isinstance(theirs["params"], list) \
-                or len(theirs["params"]) != len(mine["params"]):
+        # the hyperparameter keys may differ between torch versions: torch keeps its defaults for missing ones
+        if not isinstance(theirs, dict) or not isinstance(theirs.get("params"), list) \
+                or len(theirs["params"]) != len(mine["params"]) or not all(isinstance(k, str) for k in theirs):
             raise ResumeStateError(f"the checkpoint's {where} does not fit this run's optimizer")
         for key, value in theirs.items():
             if key == "params":
