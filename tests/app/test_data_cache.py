@@ -109,3 +109,14 @@ def test_train_mnist_with_a_planted_cache(tmp_path, csv, capsys, monkeypatch):
     assert sum("rebuilt" in line for line in err.splitlines()) == 1, err
     data = ds.load_dataset("mnist")
     np.testing.assert_array_equal(data.train_y.numpy(), y)
+
+
+def test_a_folder_at_an_entry_is_said_and_left(tmp_path, csv, capsys):
+    """A folder where a cache file goes cannot be replaced: the CSV's data is used,
+    and the one line says the entry was not rewritten."""
+    path, x, y, cache, paths = csv
+    os.mkdir(paths["images"])
+    got = cached_pixel_csv(path, cache)
+    np.testing.assert_array_equal(got[0], x)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be rewritten" in err[0] and "folder" in err[0], err

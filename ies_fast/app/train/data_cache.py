@@ -132,17 +132,20 @@ def cached_pixel_csv(path: str, cache_dir: str, *, side: int = 28):
     and cached (an entry that fails a check is rebuilt, said in one line; an
     unwritable cache only costs the parse next time)."""
     paths = entry_paths(path, cache_dir, side)
+    bad = None
     try:
         return load_entry(paths, side)
     except CacheEntryError as exc:
         if str(exc) != "no entry" or any(os.path.lexists(paths[n]) for n in ("images", "labels")):
-            print(f"ies-fast: data cache entry for {os.path.basename(path)} is bad ({exc}); rebuilt from {path}",
-                  file=sys.stderr)
+            bad = str(exc)
     images, labels = read_pixel_csv(path, side=side)
     try:
         os.makedirs(cache_dir, exist_ok=True)
         remove_entry(paths)
         write_entry(paths, images, labels)
-    except (OSError, RunFolderError):
-        pass
+        done = f"rebuilt from {path}"
+    except (OSError, RunFolderError) as exc:
+        done = f"read from {path}; the entry cannot be rewritten ({exc})"
+    if bad is not None:
+        print(f"ies-fast: data cache entry for {os.path.basename(path)} is bad ({bad}); {done}", file=sys.stderr)
     return images, labels

@@ -2,10 +2,11 @@
 run's lifetime.
 
 The kernel drops an ``flock`` when its process dies, so a lock left by a killed run
-never blocks the next one: its ``run.lock`` file remains, holding the dead run's pid,
-and the next run takes it over and says so (:func:`stale_lock_line`). A finished run removes the file while still holding the lock; a process that
-opened the old file in that moment notices the file it locked is no longer the one at
-the path and tries again, so two runs never both hold the lock.
+never blocks the next one: its ``run.lock`` file remains, holding the dead run's
+pid, and the next run takes it over and says so (:func:`stale_lock_line`). A
+finished run removes the file while still holding the lock; a process that opened
+the old file in that moment notices the file it locked is no longer the one at the
+path and tries again, so two runs never both hold the lock.
 """
 from __future__ import annotations
 
