@@ -15,9 +15,10 @@ import threading
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived (a BaseException, like KeyboardInterrupt: no
-    ``except Exception`` swallows it)."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived. A KeyboardInterrupt: no ``except Exception``
+    swallows it, and code that expects Ctrl-C (a DataLoader worker, which inherits
+    this handler) treats it as one."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
