@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..selectors.base import Selector
 from ..selectors.ies import IES
 from .datasets import IndexedDataset, check_length
 from .samplers import KeptSampler, ScoringSampler
@@ -129,7 +130,9 @@ class IESDataset(IndexedDataset):
     * ``sampler``: the kept samples of the current epoch (seeded shuffle
       ``seed + epoch``, DDP-sharded like ``DistributedSampler``); iterating it
       starts an epoch, closing the previous one first (:meth:`end_epoch`).
-    * :meth:`update` records a batch's per-sample losses and returns their mean.
+    * :meth:`update` records a batch's per-sample losses and returns the loss to
+      backpropagate: their mean, weighted by the selector's ``loss_weights``
+      (InfoBatch up-weights kept low-loss samples; IES does not).
     * :meth:`end_epoch` runs the scoring pass and ``step()`` now (call it after the
       last epoch if you read ``selector.stats()``; a no-op when nothing is open).
 
@@ -137,7 +140,8 @@ class IESDataset(IndexedDataset):
     batches of ``score_batch_size``, from ``score_dataset`` (default: ``dataset``;
     pass the evaluation-transform twin when training augments) with
     ``score_fn(output, target) -> [B]`` (default cross-entropy). The IES arguments
-    are :class:`ies_fast.IES`'s; or pass a ready ``selector``. Only ``dataset``
+    are :class:`ies_fast.IES`'s; or pass a ready ``selector`` (any
+    :class:`ies_fast.Selector`). Only ``dataset``
     travels to DataLoader worker processes.
 
     Dict items: ``ds[i]`` is the item with ``"index": i`` added (batches are dicts;
@@ -150,7 +154,7 @@ class IESDataset(IndexedDataset):
     """
 
     def __init__(self, dataset, model: torch.nn.Module, *, delta: float = 1e-3, order: int = 2, window: int = 3,
-                 score_every: int = 1, device=None, selector: Optional[IES] = None, shuffle: bool = True,
+                 score_every: int = 1, device=None, selector: Optional[Selector] = None, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, score_batch_size: int = 256,
                  score_fn: Optional[Callable] = None, score_dataset=None, input_key: str = "input",
                  target_key: str = "target"):
@@ -159,6 +163,8 @@ class IESDataset(IndexedDataset):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(score_batch_size, bool) or not isinstance(score_batch_size, int) or score_batch_size < 1:
             raise ValueError(f"score_batch_size must be a positive int, got {score_batch_size!r}")
+        if selector is not None and not isinstance(selector, Selector):
+            raise TypeError(f"selector must be an ies_fast Selector (IES, InfoBatch, ...), got {type(selector).__name__}")
         if selector is None:
             if device is None:
                 device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -190,13 +196,14 @@ class IESDataset(IndexedDataset):
     # ---- the loop's calls -----------------------------------------------------------
     def update(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Record ``per_sample_loss`` (``[B]``, one per row of the batch whose dataset
-        indices are ``index``) and return its mean, the loss to backpropagate."""
+        indices are ``index``) and return the loss to backpropagate: its mean, each row
+        weighted by the selector's ``loss_weights`` (:meth:`Selector.training_loss`)."""
         if not isinstance(per_sample_loss, torch.Tensor) or per_sample_loss.dim() != 1:
             raise ValueError("per_sample_loss must be a 1-D tensor [B] (use reduction='none')")
         self.selector.observe(per_sample_loss.detach(), index)
         self._seen += per_sample_loss.shape[0]
         self._batches += 1
-        return per_sample_loss.mean()
+        return self.selector.training_loss(per_sample_loss, index)
 
     # ---- progress (for per-step schedules) ----------------------------------------------
     @property

@@ -7,8 +7,10 @@
     trainer.fit(model, DataLoader(IndexedDataset(train_set), batch_size=64, shuffle=True))
 
 The module's ``training_step`` gets batches ``(x, y, index)`` and either returns
-``{"loss": losses.mean(), "per_sample_loss": losses}`` or records the losses
-itself with ``ies_fast.cross_entropy(logits, y, index, selector=ies.selector)``.
+``{"loss": losses.mean(), "per_sample_loss": losses}``, or returns
+``ies.update(losses, index)`` (records them and returns the selector's weighted
+mean: needed for a selector that reweights the loss, such as InfoBatch), or records
+the losses itself with ``ies_fast.cross_entropy(logits, y, index, selector=ies.selector)``.
 
 Each training epoch the callback puts a :class:`ies_fast.data.KeptSampler` into
 the training ``DataLoader``'s batch sampler (whether Lightning reuses the loader or
@@ -38,6 +40,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
 from ..data.samplers import check_seed
+from ..selectors.base import Selector
 from ..selectors.ies import IES
 from ._batches import batch_index
 
@@ -58,7 +61,10 @@ class IESCallback(Callback):
     """Instance-dependent Early Stopping for ``lightning.Trainer``.
 
     ``num_samples`` is the training set's length; ``delta``, ``order``, ``window``,
-    ``score_every`` are :class:`ies_fast.IES`'s (or pass a ready ``selector``).
+    ``score_every`` are :class:`ies_fast.IES`'s (or pass a ready ``selector``, any
+    :class:`ies_fast.Selector`; one that reweights the loss, such as InfoBatch,
+    needs ``training_step`` to return :meth:`update`'s loss, and the returned-dict
+    way of recording is refused for it).
     ``seed`` seeds the kept samples' shuffle (``seed + epoch``).
     ``loss_key`` names the per-sample losses in ``training_step``'s returned dict.
     The scoring pass forwards ``pl_module(x)`` in batches of ``score_batch_size``
@@ -81,9 +87,11 @@ class IESCallback(Callback):
     """
 
     def __init__(self, num_samples: Optional[int] = None, *, delta: float = 1e-3, order: int = 2, window: int = 3,
-                 score_every: int = 1, selector: Optional[IES] = None, seed: int = 0,
+                 score_every: int = 1, selector: Optional[Selector] = None, seed: int = 0,
                  loss_key: str = "per_sample_loss", score_batch_size: Optional[int] = None,
                  score_fn: Optional[Callable] = None, log: bool = True):
+        if selector is not None and not isinstance(selector, Selector):
+            raise TypeError(f"selector must be an ies_fast Selector (IES, InfoBatch, ...), got {type(selector).__name__}")
         if selector is None:
             if num_samples is None:
                 raise ValueError("num_samples is required (the training set's length) unless a selector is given")
@@ -140,8 +148,20 @@ class IESCallback(Callback):
         self._loader = self._install(trainer)
         self._open = True
 
+    def update(self, per_sample_loss, index):
+        """Record ``per_sample_loss`` (``[B]``, rows of the samples ``index``) and return
+        the loss for ``training_step`` to return: their mean, each row weighted by the
+        selector's ``loss_weights`` (:meth:`ies_fast.Selector.training_loss`)."""
+        self.selector.observe(per_sample_loss.detach(), index)
+        return self.selector.training_loss(per_sample_loss, index)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if isinstance(outputs, Mapping) and self.loss_key in outputs:
+            if self.selector.REWEIGHTS:
+                raise ValueError(
+                    f"IESCallback: {type(self.selector).__name__} reweights the loss, which the {self.loss_key!r} "
+                    "returned by training_step cannot apply (the loss was already backpropagated): return "
+                    "ies.update(per_sample_losses, index) from training_step instead")
             self.selector.observe(outputs[self.loss_key].detach(), batch_index(batch))
         self._follow_schedules(trainer, pl_module, batch_idx)
 
@@ -264,7 +284,7 @@ class IESCallback(Callback):
         self.selector.step()
         self._open = False
         stats = self.selector.stats()  # one read per epoch
-        if stats["observed"] == 0:
+        if stats.get("observed", 1) == 0:  # the selectors that count observations (IES)
             raise RuntimeError(
                 f"IESCallback: no per-sample loss was recorded this epoch: return {{'loss': ..., "
                 f"'{self.loss_key}': per_sample_losses}} from training_step, or call "

@@ -63,6 +63,9 @@ class Selector:
     device: torch.device
     backend: str = "auto"
     epoch: int = 0
+    #: whether :meth:`loss_weights` may return weights other than 1 (wrappers that cannot
+    #: reweight the training loss refuse such a selector by name)
+    REWEIGHTS: bool = False
 
     def __init__(self, num_samples: int, device=None, backend: str = "auto"):
         self.num_samples = _check_positive_int("num_samples", num_samples)
@@ -127,6 +130,15 @@ class Selector:
         InfoBatch rescales kept low-loss samples; IES does not."""
         return None
 
+    def training_loss(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The batch's loss to backpropagate: the mean of ``per_sample_loss`` ``[B]``
+        times :meth:`loss_weights` (the plain mean when the selector does not reweight).
+        The wrappers use it so that any selector trains with its own weighting."""
+        weights = self.loss_weights(index)
+        if weights is None:
+            return per_sample_loss.mean()
+        return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()
+
     def needs_scoring(self) -> bool:
         """Whether a forward-only scoring pass over :meth:`scoring_mask` should run this epoch."""
         return False
@@ -180,6 +192,23 @@ class Selector:
         """Restore a :meth:`state_dict`: validate all of it first, then apply (a bad state
         raises ``ValueError`` naming the key and changes nothing)."""
         raise NotImplementedError
+
+    def to(self, device) -> "Selector":
+        """Move the per-sample state (every tensor attribute) to ``device``; returns
+        ``self``. A selector that draws from a ``torch.Generator`` (InfoBatch,
+        RandomRemoval) cannot carry its random stream to another device: build it there."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        if isinstance(getattr(self, "generator", None), torch.Generator):
+            raise ValueError(f"{type(self).__name__} draws from a random generator on {self.device}, which cannot "
+                             f"move to {device}: build it with device={str(device)!r}")
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        self.device = device
+        self._invalidate()
+        return self
 
     # ---- the mask and the index list -------------------------------------------------
 

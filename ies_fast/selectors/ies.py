@@ -349,11 +349,8 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
 
     def to(self, device) -> "IES":
         """Move the state to ``device`` (returns ``self``)."""
-        self.device = torch.device(device)
-        for name in ("hist", "count", "mastered", "totals", "last", "replay", "_pending_scored", "_deferred_errors"):
-            setattr(self, name, getattr(self, name).to(self.device))
+        super().to(device)
         self.scoring_schedule.to(self.device)
-        self._invalidate()
         return self
 
     def __repr__(self) -> str:

@@ -60,6 +60,7 @@ class InfoBatch(Selector):
     """
 
     KIND, VERSION, TOTALS = "InfoBatch", 1, TOTALS
+    REWEIGHTS = True
 
     def __init__(
         self,
