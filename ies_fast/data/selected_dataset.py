@@ -21,13 +21,13 @@ early: :meth:`IESDataset.schedule` steps it by epoch progress instead (see
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..progress import batch_count, position, progress
 from ..selectors.base import Selector
 from ..selectors.ies import IES
 from .datasets import IndexedDataset, check_length
@@ -73,36 +73,37 @@ class ProgressScheduler:
 
     :meth:`step` (call it where the loop called ``scheduler.step()``, after each
     ``optimizer.step()``; one optimizer step per batch) steps ``scheduler`` until it
-    has taken :meth:`target` steps: ``e * P + round(b * P / K)`` in epoch ``e``
-    after ``b`` of its ``K`` kept batches, ``P`` being a full epoch's batches. The
-    schedule is at step ``e * P`` exactly when epoch ``e`` starts, and in between
-    moves ``P / K`` steps per batch; without IES (``K = P``) it steps once per batch,
-    as it would unwrapped. Any scheduler works (it is only ever stepped forward, one
-    ``step()`` at a time). Build it after restoring a checkpoint taken between
-    epochs: it starts from the restored dataset's epoch."""
+    has taken :meth:`target` steps: :func:`ies_fast.progress.position` at the
+    progress ``e + b / K`` (epoch ``e``, ``b`` of its ``K`` kept batches done), i.e.
+    ``e * P + round(b * P / K)``, ``P`` being a full epoch's batches. Without IES
+    (``K = P``) it steps once per batch, as it would unwrapped. Any scheduler works
+    (it is only ever stepped forward, one ``step()`` at a time). Build it after
+    restoring a checkpoint: it starts from the restored dataset's epoch, and
+    :meth:`step` refuses to follow a dataset restored after it was built (the jump
+    would step the scheduler once per planned step in between)."""
 
     def __init__(self, scheduler, dataset: "IESDataset", loader: DataLoader):
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"scheduler must have a step() method, got {type(scheduler).__name__}")
         if not isinstance(loader, DataLoader) or loader.batch_size is None or loader.sampler is not dataset.sampler:
             raise ValueError("loader must be the training DataLoader(dataset, batch_size=..., sampler=dataset.sampler)")
-        sampler, n = dataset.sampler, len(dataset)
-        per_rank = n // sampler.num_replicas if sampler.drop_last else math.ceil(n / sampler.num_replicas)
-        full = per_rank // loader.batch_size if loader.drop_last else math.ceil(per_rank / loader.batch_size)
+        sampler = dataset.sampler
+        per_rank = batch_count(len(dataset), sampler.num_replicas, sampler.drop_last)
         self.scheduler, self.dataset, self.loader = scheduler, dataset, loader
-        self.steps_per_epoch = max(1, full)
+        self.steps_per_epoch = max(1, batch_count(per_rank, loader.batch_size, loader.drop_last))
+        self._restores = dataset._restores
         self.steps = self.target()
 
     def target(self) -> int:
         """The steps the schedule should have taken by now."""
-        ds, per_epoch = self.dataset, self.steps_per_epoch
-        done = int(ds.selector.epoch) * per_epoch
-        kept = len(self.loader)
-        if not ds._open or kept == 0:
-            return done
-        return done + (min(ds._batches, kept) * per_epoch + kept // 2) // kept
+        ds = self.dataset
+        done = ds._batches if ds._open else 0
+        return position(progress(int(ds.selector.epoch), done, len(self.loader)), self.steps_per_epoch)
 
     def step(self) -> None:
+        if self.dataset._restores != self._restores:
+            raise RuntimeError("the dataset was restored (load_state_dict) after this schedule was built: "
+                               "build the schedule (ds.schedule(...)) after restoring the checkpoint")
         target = self.target()
         while self.steps < target:
             self.scheduler.step()
@@ -184,6 +185,7 @@ class IESDataset(IndexedDataset):
         self.sampler = _EpochSampler(self, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self._open = False  # an epoch has started and was not closed yet
         self._seen = self._batches = 0  # rows and batches given to update() in the open epoch (host counts)
+        self._restores = 0  # load_state_dict calls (a ProgressScheduler built before one refuses to step)
 
     @staticmethod
     def _with_index(item, index: int):
@@ -213,10 +215,7 @@ class IESDataset(IndexedDataset):
         epochs run however much IES shrank them: a schedule written as a function of
         progress ends where it would without IES (:meth:`schedule` does this for a
         ``torch.optim.lr_scheduler`` sized in steps)."""
-        epoch, total = int(self.selector.epoch), len(self.sampler)
-        if not self._open or total == 0:
-            return float(epoch)
-        return epoch + min(self._seen, total) / total
+        return float(progress(int(self.selector.epoch), self._seen if self._open else 0, len(self.sampler)))
 
     def schedule(self, scheduler, loader: DataLoader) -> ProgressScheduler:
         """``scheduler``, sized for the full data set (``len(loader)`` steps per epoch
@@ -274,6 +273,7 @@ class IESDataset(IndexedDataset):
         self.sampler.apply_state(sampler)  # cannot fail: checked above
         self._open = state["open"]
         self._seen = self._batches = 0
+        self._restores += 1
 
     def __getstate__(self) -> dict:
         # DataLoader workers need the items only, never the model or the selector

@@ -50,6 +50,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging as hf_logging
 
 from ..data import KeptSampler
+from .. import progress as _progress
 from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
 from ..selectors.base import Selector
 from ..selectors.ies import IES
@@ -237,7 +238,7 @@ class IESTrainer(Trainer):
     # ---- progress and the schedule ---------------------------------------------------
     def progress(self) -> float:
         """Epochs done: closed epochs plus the done fraction of the current one's kept steps."""
-        return self._epochs_closed + min(1.0, self._steps_in_epoch / self._epoch_batches)
+        return float(_progress.progress(self._epochs_closed, self._steps_in_epoch, self._epoch_batches))
 
     def _schedule_position(self) -> float:
         """Where the schedule planned without IES is: progress x full steps per epoch."""

@@ -27,10 +27,8 @@ would without IES although IES epochs have fewer optimizer steps.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
-from fractions import Fraction
 from typing import Callable, Optional
 
 from lightning.pytorch.callbacks import Callback
@@ -40,6 +38,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
 from ..data.samplers import check_seed
+from ..progress import batch_count, planned_steps, position, progress
 from ..selectors.base import Selector
 from ..selectors.ies import IES
 from ._batches import batch_index
@@ -47,7 +46,6 @@ from ._batches import batch_index
 __all__ = ["IESCallback"]
 
 STATE_VERSION = 1
-HALF = Fraction(1, 2)
 
 
 def _shuffles(sampler) -> bool:
@@ -171,28 +169,20 @@ class IESCallback(Callback):
         """Optimizer steps the run was planned for without IES (what
         ``trainer.estimated_stepping_batches`` said before the first epoch); ``None``
         before the first epoch or when the run has no end."""
-        if self._plan is None:
-            return None
-        per_epoch, max_epochs, max_steps = self._plan
-        ends = [n for n in (max_epochs * per_epoch if max_epochs >= 0 else -1, max_steps) if n >= 0]
-        return min(ends) if ends else None
+        return None if self._plan is None else planned_steps(*self._plan)
 
     def scheduled_steps(self, global_step: int, epoch: int, steps_done: int, steps_in_epoch: int) -> Optional[int]:
         """Where a per-step schedule sized for :attr:`planned_steps` should stand after
         ``global_step`` optimizer steps, ``steps_done`` of the ``steps_in_epoch`` of
-        epoch ``epoch``: ``round(planned * fraction)``, the fraction being how far the
-        run is to whichever of ``max_epochs`` (epoch progress) and ``max_steps``
-        (optimizer steps) ends it. Without IES it is ``global_step``."""
-        planned = self.planned_steps
-        if planned is None:
+        epoch ``epoch`` (:func:`ies_fast.progress.position`): ``round(planned *
+        fraction)``, the fraction being how far the run is to whichever of
+        ``max_epochs`` (epoch progress) and ``max_steps`` (optimizer steps) ends it.
+        Without IES it is ``global_step``."""
+        if self.planned_steps is None:
             return None
-        _, max_epochs, max_steps = self._plan
-        fraction = Fraction(0)
-        if max_epochs > 0 and steps_in_epoch > 0:
-            fraction = Fraction(epoch * steps_in_epoch + steps_done, steps_in_epoch * max_epochs)
-        if max_steps > 0:
-            fraction = max(fraction, Fraction(global_step, max_steps))
-        return math.floor(min(fraction, Fraction(1)) * planned + HALF)
+        per_epoch, max_epochs, max_steps = self._plan
+        return position(progress(epoch, steps_done, steps_in_epoch), per_epoch, max_epochs=max_epochs,
+                        max_steps=max_steps, global_step=global_step)
 
     def _follow_schedules(self, trainer, pl_module, batch_idx: int) -> None:
         """After Lightning stepped the per-step schedulers once for this optimizer step,
@@ -211,7 +201,7 @@ class IESCallback(Callback):
         done = batch_idx + 1
         if done % accumulate and done < batches:
             return  # no optimizer step this batch: Lightning did not step the schedulers either
-        steps_in_epoch, steps_done = math.ceil(batches / accumulate), math.ceil(done / accumulate)
+        steps_in_epoch, steps_done = batch_count(batches, accumulate), batch_count(done, accumulate)
         step, epoch = trainer.global_step, trainer.current_epoch
         now = self.scheduled_steps(step, epoch, steps_done, steps_in_epoch)
         before = self.scheduled_steps(step - 1, epoch, steps_done - 1, steps_in_epoch)
@@ -244,7 +234,7 @@ class IESCallback(Callback):
             # the loader as Lightning built it, over the full data set: the plan
             full = _parse_num_batches(RunningStage.TRAINING, len(batches), trainer.limit_train_batches)
             max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-            self._plan = (math.ceil(full / trainer.accumulate_grad_batches), max_epochs, trainer.max_steps)
+            self._plan = (batch_count(full, trainer.accumulate_grad_batches), max_epochs, trainer.max_steps)
             sampler = KeptSampler(self.selector, shuffle=_shuffles(sampler), seed=self.seed)
             batches.sampler = sampler  # read when the epoch's iterator starts
         sampler.set_epoch(trainer.current_epoch)

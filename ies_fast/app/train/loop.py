@@ -27,6 +27,7 @@ from ... import IES, InfoBatch, RandomRemoval, cross_entropy
 from ...io import distributed as dist_utils
 from ...io.checkpoint import load_checkpoint, save_checkpoint
 from ...io.run_folder import RunFolderError
+from ...progress import progress as epoch_progress
 from ...selectors.scoring import score
 from ...selectors.stopping import PatienceStopper, all_mastered
 from .batches import make_batches
@@ -410,7 +411,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.schedule.set_progress(epoch + (i + 1) / max(steps, 1))
+            self.schedule.set_progress(float(epoch_progress(epoch, i + 1, steps)))
             n = index.shape[0]
             seen += n
             loss_sum += loss.detach().double() * n
