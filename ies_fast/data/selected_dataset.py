@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import check_int
 from ..progress import batch_count, position, progress
 from ..selectors.base import Selector
 from ..selectors.ies import IES
@@ -162,8 +163,7 @@ class IESDataset(IndexedDataset):
         super().__init__(dataset)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(score_batch_size, bool) or not isinstance(score_batch_size, int) or score_batch_size < 1:
-            raise ValueError(f"score_batch_size must be a positive int, got {score_batch_size!r}")
+        check_int("score_batch_size", score_batch_size, min=1)
         if selector is not None and not isinstance(selector, Selector):
             raise TypeError(f"selector must be an ies_fast Selector (IES, InfoBatch, ...), got {type(selector).__name__}")
         if selector is None:

@@ -36,8 +36,9 @@ from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batch
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
+from ..checks import check_int, integer
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
-from ..data.samplers import check_seed
+from ..data.samplers import INT64_MAX, INT64_MIN, check_seed
 from ..progress import batch_count, planned_steps, position, progress
 from ..selectors.base import Selector
 from ..selectors.ies import IES
@@ -95,9 +96,8 @@ class IESCallback(Callback):
                 raise ValueError("num_samples is required (the training set's length) unless a selector is given")
             selector = IES(num_samples, delta=delta, order=order, window=window, score_every=score_every)
         seed = check_seed(seed)
-        if score_batch_size is not None and (isinstance(score_batch_size, bool) or not isinstance(score_batch_size, int)
-                                             or score_batch_size < 1):
-            raise ValueError(f"score_batch_size must be a positive int, got {score_batch_size!r}")
+        if score_batch_size is not None:
+            check_int("score_batch_size", score_batch_size, min=1)
         self.selector = selector
         self.seed = seed
         self.loss_key = loss_key
@@ -297,7 +297,7 @@ class IESCallback(Callback):
             raise ValueError(f"IESCallback state must come from IESCallback.state_dict() (version {STATE_VERSION})")
         if not isinstance(state_dict.get("open"), bool):
             raise ValueError(f"IESCallback state['open'] must be a bool, got {state_dict.get('open')!r}")
-        seed = check_seed(state_dict.get("seed"), "IESCallback state['seed']")
+        seed = integer(state_dict, "seed", low=INT64_MIN, high=INT64_MAX, where="IESCallback state")
         self.selector.load_state_dict(state_dict["selector"])  # checks the selector state whole, then applies it
         self._open = state_dict["open"]
         self.seed = seed

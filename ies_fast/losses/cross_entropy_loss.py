@@ -3,13 +3,13 @@ each sample's loss in a selector, and :func:`causal_lm_cross_entropy` for
 language-model logits ``[B, T, V]``."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .. import backend as _backend
+from ..checks import check_float
 from ..ops import dispatch as _dispatch
 from ..ops.cross_entropy.reference import (
     PositionLosses,
@@ -38,14 +38,9 @@ def _check_own_args(input, target, reduction, sample_weight, lse_square_scale, s
         B = input.shape[0] if input.dim() > 1 else 1
         if not isinstance(sample_weight, torch.Tensor) or tuple(sample_weight.shape) != (B,):
             raise ValueError(f"sample_weight must be a tensor of shape ({B},), one weight per sample")
-    if isinstance(lse_square_scale, bool) or not isinstance(lse_square_scale, (int, float)) or not (
-        math.isfinite(lse_square_scale) and lse_square_scale >= 0
-    ):
-        raise ValueError(f"lse_square_scale must be a finite number >= 0, got {lse_square_scale!r}")
-    if softcap is not None and (
-        isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not (math.isfinite(softcap) and softcap > 0)
-    ):
-        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    check_float("lse_square_scale", lse_square_scale, min=0)
+    if softcap is not None:
+        check_float("softcap", softcap, min=0, min_open=True)
 
 
 #: F's message for a class-index target of another integer type, by dtype

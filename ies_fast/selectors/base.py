@@ -1,6 +1,6 @@
 """What every sample selector shares: the keep mask, the kept index list built on
 device, input checks on ``index``, the recording interface a loss uses, and the
-``state_dict`` contract (the checks are in :mod:`ies_fast.io.state_checks`).
+``state_dict`` contract (the checks are in :mod:`ies_fast.checks`).
 
 Concrete selectors (:class:`ies_fast.IES`, :class:`ies_fast.InfoBatch`,
 :class:`ies_fast.RandomRemoval`) implement ``observe``, ``record``, ``step``,
@@ -18,13 +18,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import backend as _backend
+from ..checks import check_int
 from ..ops import dispatch
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class Ring(NamedTuple):
@@ -35,21 +30,6 @@ class Ring(NamedTuple):
     hist: torch.Tensor
     count: torch.Tensor
     backend: str
-
-
-def _check_fits(num_samples: int, bytes_per_sample: int, device: torch.device, what: str) -> None:
-    """Raise ``ValueError`` naming ``num_samples`` when ``what``'s per-sample state
-    would not fit in ``device``'s memory (rather than an allocator's message)."""
-    need = num_samples * bytes_per_sample
-    if device.type == "cuda":
-        have = torch.cuda.get_device_properties(device).total_memory
-    else:
-        from ..io.run_folder import memory_bytes
-
-        have = memory_bytes()
-    if need > have:
-        raise ValueError(f"num_samples={num_samples}: {what} needs at least {need} bytes ({need / 2**30:.1f} GiB) "
-                         f"of per-sample state, more than the {have / 2**30:.1f} GiB of {device}")
 
 
 class Selector:
@@ -68,7 +48,7 @@ class Selector:
     REWEIGHTS: bool = False
 
     def __init__(self, num_samples: int, device=None, backend: str = "auto"):
-        self.num_samples = _check_positive_int("num_samples", num_samples)
+        self.num_samples = check_int("num_samples", num_samples, min=1)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if self.device.type == "meta":
             raise ValueError("device='meta' holds no data: a selector keeps per-sample state on a real device")
@@ -172,7 +152,7 @@ class Selector:
         return {}
 
     def _state_header(self) -> dict:
-        """What every ``state_dict`` starts with (checked by ``state_checks.header``)."""
+        """What every ``state_dict`` starts with (checked by :func:`ies_fast.checks.header`)."""
         return {"kind": self.KIND, "version": self.VERSION, "num_samples": self.num_samples}
 
     def _saving_stats(self, totals: dict) -> dict:

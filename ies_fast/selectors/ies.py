@@ -7,14 +7,15 @@ import torch
 import torch.distributed as dist
 
 from .. import backend as _backend
-from ..io import state_checks as check
+from .. import checks as check
 from .rule import check_rule, decision_threshold, history_length
 from .floor import KeptFloor
 from ..ops import dispatch
 from ..losses.exits import check_exit_config, reduce_exits
 from ..ops.ring.reference import EPOCH_STATS, NOT_SEEN
 from .schedule import ScoringSchedule
-from .base import Ring, Selector, _check_fits, _check_positive_int
+from ..checks import check_fits, check_int
+from .base import Ring, Selector
 
 #: running totals kept on device (no host sync while training)
 TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "reincluded", "scored")
@@ -94,12 +95,12 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         super().__init__(num_samples, device, backend)
         self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
         L = check_rule(order, window, k, eligibility)  # the ring length
-        _check_fits(num_samples, 4 * L + 2, self.device, "IES")  # hist, count and mastered at least
+        check_fits(num_samples, 4 * L + 2, self.device, "IES")  # hist, count and mastered at least
         decision_threshold(delta, window)  # rejects a bad delta, or one that rounds to 0
         self.delta = float(delta)
         self.order, self.window, self.k, self.eligibility = order, window, k, eligibility
         self.scoring_schedule = ScoringSchedule(num_samples, score_policy,
-                                                score_every=_check_positive_int("score_every", score_every),
+                                                score_every=check_int("score_every", score_every, min=1),
                                                 max_interval=score_max_interval, device=self.device)
         self.distributed = distributed
         self.hist = torch.full((num_samples, L), NOT_SEEN, dtype=torch.float32, device=self.device)
@@ -118,7 +119,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
 
     @score_every.setter
     def score_every(self, value: int) -> None:
-        self.scoring_schedule.score_every = _check_positive_int("score_every", value)
+        self.scoring_schedule.score_every = check_int("score_every", value, min=1)
 
     @property
     def history_length(self) -> int:
@@ -326,7 +327,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     def _check_relations(self, values: dict, where: str) -> None:
         """What relates the fields: only a sample with a full history (``count >= L``)
         can be mastered, only a mastered one replayed; the totals agree with the
-        epoch (:func:`ies_fast.state_checks.totals`); the last epoch's counts are of
+        epoch (:func:`ies_fast.checks.totals`); the last epoch's counts are of
         at most ``num_samples`` samples."""
         early = values["mastered"] & (values["count"] < self.history_length)
         if bool(early.any()):

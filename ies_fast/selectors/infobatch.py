@@ -23,8 +23,9 @@ import math
 import torch
 import torch.distributed as dist
 
-from ..io import state_checks as check
-from .base import Selector, _check_positive_int
+from .. import checks as check
+from ..checks import check_fraction, check_int
+from .base import Selector
 
 #: the original's initial score (``torch.ones(N) * 3``): every sample ties, so epoch 0 prunes nothing
 INITIAL_SCORE = 3.0
@@ -32,20 +33,6 @@ INITIAL_SCORE = 3.0
 TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "scored")
 #: what the last ``step()`` decided, kept on device
 LAST = ("well_learned", "pruned")
-
-
-def _check_fraction(name: str, value, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    return seed
 
 
 class InfoBatch(Selector):
@@ -75,12 +62,12 @@ class InfoBatch(Selector):
         distributed: bool = True,
     ):
         super().__init__(num_samples, device, backend)
-        self.num_epochs = _check_positive_int("num_epochs", num_epochs)
+        self.num_epochs = check_int("num_epochs", num_epochs, min=1)
         # the original clamps keep_ratio to [0.1, 1] silently; we refuse instead
-        self.prune_ratio = _check_fraction("prune_ratio", prune_ratio, 0.0, 0.9)
-        self.delta = _check_fraction("delta", delta, 0.0, 1.0)
+        self.prune_ratio = check_fraction("prune_ratio", prune_ratio, 0.0, 0.9)
+        self.delta = check_fraction("delta", delta)
         self.keep_ratio = 1.0 - self.prune_ratio
-        self.seed = _check_seed(seed)
+        self.seed = check_int("seed", seed, min=0)
         self.distributed = distributed
         N = num_samples
         # slot N is a sink for rows that must not be recorded (bad index on CUDA)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..io import state_checks as check
+from .. import checks as check
 from ..losses.exits import check_losses
 from ..ops import dispatch
 from .ies import IES, TOTALS

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..io import state_checks as check
-from .infobatch import _check_fraction, _check_seed
+from .. import checks as check
+from ..checks import check_fraction, check_int
 from .base import Selector
 
 TOTALS = ("backward_saved", "sample_epochs", "scored")
@@ -23,8 +23,8 @@ class RandomRemoval(Selector):
 
     def __init__(self, num_samples: int, ratio: float, device=None, seed: int = 0, *, backend: str = "auto"):
         super().__init__(num_samples, device, backend)
-        self.ratio = _check_fraction("ratio", ratio, 0.0, 1.0)
-        self.seed = _check_seed(seed)
+        self.ratio = check_fraction("ratio", ratio)
+        self.seed = check_int("seed", seed, min=0)
         self.num_removed = round(self.ratio * self.num_samples)
         self.removed = torch.zeros(self.num_samples, dtype=torch.bool, device=self.device)
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)

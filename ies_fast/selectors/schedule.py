@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..io.state_checks import MAX_EPOCH
+from ..checks import MAX_EPOCH, check_choice, check_int, integer
 
 POLICIES = ("every", "backoff")
 #: largest ``max_interval`` (fits int16 after doubling)
@@ -33,10 +33,8 @@ class ScoringSchedule:
 
     def __init__(self, num_samples: int, policy: str = "every", *, score_every: int = 1,
                  max_interval: int = 8, device=None):
-        if policy not in POLICIES:
-            raise ValueError(f"score_policy must be one of {POLICIES}, got {policy!r}")
-        if isinstance(max_interval, bool) or not isinstance(max_interval, int) or not 1 <= max_interval <= MAX_INTERVAL:
-            raise ValueError(f"score_max_interval must be an int in [1, {MAX_INTERVAL}], got {max_interval!r}")
+        check_choice("score_policy", policy, POLICIES)
+        check_int("score_max_interval", max_interval, min=1, max=MAX_INTERVAL)
         if policy == "backoff" and max_interval < score_every:
             raise ValueError(f"score_max_interval ({max_interval}) must be at least score_every ({score_every})")
         self.num_samples = num_samples
@@ -90,10 +88,7 @@ class ScoringSchedule:
         if self.policy == "backoff":
             checked.append(("max_interval", self.max_interval))
         elif "max_interval" in state:  # unused by "every", but a state holds a valid one
-            m = state["max_interval"]
-            if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_INTERVAL:
-                raise ValueError(f"state_dict['scoring_schedule']['max_interval'] must be an int in "
-                                 f"[1, {MAX_INTERVAL}], got {m!r}")
+            integer(state, "max_interval", low=1, high=MAX_INTERVAL, where="state_dict['scoring_schedule']")
         for key, mine in checked:
             if state.get(key) != mine:
                 raise ValueError(f"state_dict['scoring_schedule'][{key!r}] is {state.get(key)!r}, "

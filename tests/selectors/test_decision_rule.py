@@ -140,7 +140,7 @@ def test_delta_zero_masters_nothing_even_for_constant_losses():
         ({"k": 0}, ValueError, "k"),
         ({"eligibility": "cifar_main"}, ValueError, "eligibility"),
         ({"window": 100, "k": 20}, ValueError, "at most 120"),
-        ({"delta": True}, ValueError, "delta"),
+        ({"delta": True}, TypeError, "delta"),
     ],
 )
 def test_bad_rule_arguments_are_rejected(kwargs, error, name):

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ...io import state_checks as check
+from ... import checks as check
 
 KINDS = ("exp", "multistep", "linear", "cosine", "constant")
 
@@ -33,10 +33,8 @@ class EpochSchedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, kind: str, epochs: int, *, gamma: float = 0.96,
                  milestones: Sequence[float] = (0.5, 0.75), final_factor: float = 0.01):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        check.check_choice("kind", kind, KINDS)
+        check.check_int("epochs", epochs, min=1)
         self.optimizer = optimizer
         self.kind = kind
         self.epochs = epochs
