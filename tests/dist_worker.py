@@ -9,7 +9,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ies_fast import IES
+from ies_fast import IES, PerExitIES
 from ies_fast.io.checkpoint import load_checkpoint, save_checkpoint
 
 S, DELTA, ORDER, WINDOW = 61, 5e-3, 1, 2

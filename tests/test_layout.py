@@ -138,19 +138,6 @@ def test_the_loss_touches_a_selector_only_through_the_recording_interface():
         assert "ies_fast.selectors" not in " ".join(GRAPH[_module_name(path)])
 
 
-def test_ies_has_no_new_and_per_exit_comes_from_the_factory():
-    import ies_fast
-
-    assert "__new__" not in vars(ies_fast.IES)
-    sel = ies_fast.IES(6, num_exits=2, exit_reduction="per_exit", backend="torch")
-    assert type(sel) is ies_fast.PerExitIES and isinstance(sel, ies_fast.IES)
-    assert type(ies_fast.make_selector("ies", 6, num_exits=2, exit_reduction="per_exit")) is ies_fast.PerExitIES
-    assert type(ies_fast.make_selector("infobatch", 6, num_epochs=3)) is ies_fast.InfoBatch
-    assert type(ies_fast.IES(6)) is ies_fast.IES
-    with pytest.raises(ValueError, match="kind"):
-        ies_fast.make_selector("nope", 6)
-
-
 @pytest.mark.parametrize("old, name", [
     ("ies_fast.selector", "IES"), ("ies_fast.loss", "cross_entropy"), ("ies_fast.criterion", "ReferenceCriterion"),
     ("ies_fast.multi_exit", "MultiExitResNet"), ("ies_fast.multi_exit", "PerExitIES"),

@@ -157,9 +157,9 @@ class KeptSampler(Sampler[int]):
         """Restore ``seed``, ``epoch`` and ``shuffle`` (these override the constructor's;
         ``shuffle`` may be absent). The whole state is checked first: a bad one raises
         ``ValueError`` naming the key and changes nothing."""
-        self.apply_state(self.checked_state(state))
+        self.apply_state(self.check_state(state))
 
-    def checked_state(self, state, where: str = "state_dict") -> dict:
+    def check_state(self, state, where: str = "state_dict") -> dict:
         """Validate ``state`` whole (nothing changes); returns what :meth:`apply_state` applies."""
         if not isinstance(state, dict):
             raise ValueError(f"{where} must be a dict from KeptSampler.state_dict(), got {type(state).__name__}")

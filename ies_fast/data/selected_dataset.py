@@ -268,7 +268,7 @@ class IESDataset(IndexedDataset):
             raise ValueError("state['open'] must be a bool")
         if not isinstance(state.get("sampler"), dict):
             raise ValueError("state['sampler'] must be a dict from KeptSampler.state_dict()")
-        sampler = self.sampler.checked_state(state["sampler"], where="state['sampler']")
+        sampler = self.sampler.check_state(state["sampler"], where="state['sampler']")
         self.selector.load_state_dict(state["selector"])  # checks the selector state whole, then applies it
         self.sampler.apply_state(sampler)  # cannot fail: checked above
         self._open = state["open"]

@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import backend as _backend
+from .. import checks as check
 from ..checks import check_int
 from ..ops import dispatch
 
@@ -39,6 +40,8 @@ class Selector:
     KIND: str
     VERSION: int
     TOTALS: tuple = ()
+    #: the totals counted at most once per sample per closed epoch (checked against ``sample_epochs``)
+    BOUNDED_TOTALS: tuple = ("backward_saved",)
     num_samples: int
     device: torch.device
     backend: str = "auto"
@@ -169,9 +172,29 @@ class Selector:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`: validate all of it first, then apply (a bad state
-        raises ``ValueError`` naming the key and changes nothing)."""
-        raise NotImplementedError
+        """Restore a :meth:`state_dict`: validate all of it first (:meth:`check_state`),
+        then apply it (:meth:`apply_state`); a bad state raises ``ValueError`` naming
+        the key and changes nothing."""
+        self.apply_state(self.check_state(state))
+
+    def check_state(self, state, where: str = "state_dict") -> dict:
+        """Validate ``state`` whole, changing nothing; returns the values
+        :meth:`apply_state` applies. Here: the fields every selector has (header,
+        ``num_samples``, ``epoch``, ``removal_enabled``, ``totals``); subclasses
+        extend it with their own."""
+        check.header(state, self.KIND, self.VERSION, where)
+        check.matches(state, "num_samples", self.num_samples, where)
+        epoch = check.epoch(state, where=where)
+        totals = check.tensor(state, "totals", (len(self.TOTALS),), torch.int64, where, low=0)
+        check.totals(totals, self.TOTALS, epoch, self.num_samples, where, bounded=self.BOUNDED_TOTALS)
+        return {"epoch": epoch, "removal_enabled": check.boolean(state, "removal_enabled", where), "totals": totals}
+
+    def apply_state(self, values: dict) -> None:
+        """Apply what :meth:`check_state` returned (cannot fail); subclasses extend it."""
+        self.totals.copy_(values["totals"].to(self.device))
+        self.epoch, self.removal_enabled = values["epoch"], values["removal_enabled"]
+        self._pending_scored.zero_()
+        self._invalidate()
 
     def to(self, device) -> "Selector":
         """Move the per-sample state (every tensor attribute) to ``device``; returns

@@ -21,18 +21,7 @@ from .base import Ring, Selector
 TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "reincluded", "scored")
 
 
-class _RoutedByExitReduction(type):
-    """``IES(..., exit_reduction=R)`` builds the variant registered for ``R`` in
-    ``IES.variants`` (``"per_exit"``: :class:`ies_fast.selectors.per_exit.PerExitIES`,
-    which registers itself), so ``ies_fast.IES`` stays the one public constructor
-    while each variant lives in its own module. Subclasses are never re-routed."""
-
-    def __call__(cls, *args, **kwargs):
-        variant = cls.__dict__.get("variants", {}).get(kwargs.get("exit_reduction"))
-        return super().__call__(*args, **kwargs) if variant is None else variant(*args, **kwargs)
-
-
-class IES(Selector, metaclass=_RoutedByExitReduction):
+class IES(Selector):
     """Instance-dependent Early Stopping (Yuan et al., ICLR 2025).
 
     A sample is *mastered* after an epoch when it has ``order + window`` recorded
@@ -68,8 +57,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     """
 
     KIND, VERSION, TOTALS = "IES", 1, TOTALS
-    #: exit_reduction -> the class that implements it (filled by the variant's module)
-    variants: dict = {}
+    BOUNDED_TOTALS = ("backward_saved", "nonfinite", "reincluded")
 
     def __init__(
         self,
@@ -94,6 +82,9 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     ):
         super().__init__(num_samples, device, backend)
         self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
+        if self.exit_reduction == "per_exit":
+            raise ValueError("exit_reduction='per_exit' decides per (sample, exit): build it with "
+                             "ies_fast.make_selector('ies', ..., exit_reduction='per_exit') (a PerExitIES)")
         L = check_rule(order, window, k, eligibility)  # the ring length
         check_fits(num_samples, 4 * L + 2, self.device, "IES")  # hist, count and mastered at least
         decision_threshold(delta, window)  # rejects a bad delta, or one that rounds to 0
@@ -287,12 +278,12 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         from the state (they override the constructor's), as do ``epoch`` and
         ``removal_enabled``. The whole state is checked first: a bad one raises
         ``ValueError`` naming the key and changes nothing."""
-        self._apply_state(self._checked_state(state))
+        super().load_state_dict(state)
 
-    def _checked_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing is changed); returns what :meth:`_apply_state` applies."""
-        check.header(state, self.KIND, self.VERSION, where)
-        for name in ("num_samples", "order", "window"):
+    def check_state(self, state, where: str = "state_dict") -> dict:
+        """Validate ``state`` whole (nothing is changed); returns what :meth:`apply_state` applies."""
+        values = super().check_state(state, where)
+        for name in ("order", "window"):
             check.matches(state, name, getattr(self, name), where)
         check.matches(state, "k", self.k, where, default=1)  # states from before k and eligibility
         check.matches(state, "eligibility", self.eligibility, where, default="paper")
@@ -302,51 +293,43 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
             decision_threshold(delta, self.window)
         except ValueError as exc:
             raise ValueError(f"{where}['delta']: {exc}") from None
-        values = {
+        values.update({
             "delta": delta,
             "score_every": check.integer(state, "score_every", low=1, where=where,
                                          high=self.scoring_schedule.max_interval  # backoff: the first interval
                                          if self.scoring_schedule.policy == "backoff" else check.MAX_EPOCH),
-            "epoch": check.epoch(state, where=where),
-            "removal_enabled": check.boolean(state, "removal_enabled", where),
             # +inf / -inf are the ring's sentinels (NONFINITE / NOT_SEEN); NaN is never stored
             "hist": check.tensor(state, "hist", (S, L), torch.float32, where, no_nan=True),
             "count": check.tensor(state, "count", (S,), torch.uint8, where, high=2 * L - 1),
             "mastered": check.tensor(state, "mastered", (S,), torch.bool, where),
-            "totals": check.tensor(state, "totals", (len(TOTALS),), torch.int64, where, low=0),
             "last": check.tensor(state, "last", (len(EPOCH_STATS),), torch.int64, where, low=0),
             # states from before the collapse guard have no replay mask
             "replay": (check.tensor(state, "replay", tuple(self.replay.shape), torch.bool, where) if "replay" in state
                        else torch.zeros_like(self.replay)),
-            "scoring_schedule": state.get("scoring_schedule", {"policy": "every"}),
-        }
-        self.scoring_schedule.check_state(values["scoring_schedule"])
+            "scoring_schedule": self.scoring_schedule.check_state(state.get("scoring_schedule", {"policy": "every"})),
+        })
         self._check_relations(values, where)
         return values
 
     def _check_relations(self, values: dict, where: str) -> None:
         """What relates the fields: only a sample with a full history (``count >= L``)
         can be mastered, only a mastered one replayed; the totals agree with the
-        epoch (:func:`ies_fast.checks.totals`); the last epoch's counts are of
-        at most ``num_samples`` samples."""
+        epoch (:meth:`Selector.check_state`); the last epoch's counts are of at most
+        ``num_samples`` samples."""
         early = values["mastered"] & (values["count"] < self.history_length)
         if bool(early.any()):
             raise ValueError(f"{where}['mastered'] marks {int(early.sum())} samples with fewer than "
                              f"{self.history_length} recorded losses ('count') as mastered")
         if values["replay"].numel() and bool((values["replay"] & ~values["mastered"]).any()):
             raise ValueError(f"{where}['replay'] marks samples that are not mastered")
-        check.totals(values["totals"], TOTALS, values["epoch"], self.num_samples, where,
-                     bounded=("backward_saved", "nonfinite", "reincluded"))
         check.at_most(values["last"], EPOCH_STATS, self.num_samples, where, "last")
 
-    def _apply_state(self, values: dict) -> None:
-        for name in ("hist", "count", "mastered", "totals", "last", "replay"):
+    def apply_state(self, values: dict) -> None:
+        for name in ("hist", "count", "mastered", "last", "replay"):
             getattr(self, name).copy_(values[name].to(self.device))
-        self.scoring_schedule.load_state_dict(values["scoring_schedule"])
+        self.scoring_schedule.apply_state(values["scoring_schedule"])
         self.delta, self.score_every = values["delta"], values["score_every"]
-        self.epoch, self.removal_enabled = values["epoch"], values["removal_enabled"]
-        self._pending_scored.zero_()
-        self._invalidate()
+        super().apply_state(values)
 
     def to(self, device) -> "IES":
         """Move the state to ``device`` (returns ``self``)."""

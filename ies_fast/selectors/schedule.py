@@ -80,8 +80,13 @@ class ScoringSchedule:
             state.update(interval=self.interval.clone(), next_due=self.next_due.clone())
         return state
 
-    def check_state(self, state) -> None:
-        """Raise ``ValueError`` naming the field unless ``state`` fits this schedule."""
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`: checked whole first, then applied."""
+        self.apply_state(self.check_state(state))
+
+    def check_state(self, state) -> dict:
+        """``state``, validated whole (nothing changes); ``ValueError`` naming the field
+        unless it fits this schedule."""
         if not isinstance(state, dict):
             raise ValueError("state_dict['scoring_schedule'] must be a dict from ScoringSchedule.state_dict()")
         checked = [("policy", self.policy)]
@@ -105,9 +110,10 @@ class ScoringSchedule:
             high = MAX_EPOCH + self.max_interval  # due epochs are int32: a larger one would wrap
             if bool(((state["next_due"] < 0) | (state["next_due"] > high)).any()):
                 raise ValueError(f"state_dict['scoring_schedule']['next_due'] must lie in [0, {high}]")
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Apply a state already checked by :meth:`check_state`."""
+    def apply_state(self, state: dict) -> None:
+        """Apply a state :meth:`check_state` returned (cannot fail)."""
         if self.policy == "backoff":
             self.interval.copy_(state["interval"].to(self.interval.device))
             self.next_due.copy_(state["next_due"].to(self.next_due.device))
