@@ -9,7 +9,6 @@ from .backend import backend_info, warn_if_native_missing
 
 warn_if_native_missing()  # once: a build without ies_fast._C is otherwise silent
 
-from . import _moved  # noqa: E402  (old module paths, with a DeprecationWarning)
 from .data.selected_dataset import IESDataset  # noqa: E402
 from .losses import causal_lm_cross_entropy, cross_entropy, multi_exit_loss, per_exit_cross_entropy  # noqa: E402
 from .nn import MultiExitResNet  # noqa: E402
