@@ -31,13 +31,12 @@ from ..checks import check_int
 from ..progress import batch_count, position, progress
 from ..selectors.base import Selector
 from ..selectors.ies import IES
-from .datasets import IndexedDataset, check_length
+from .datasets import INDEX_KEY, IndexedDataset, check_length
 from .samplers import KeptSampler, ScoringSampler
 
 __all__ = ["IESDataset", "ProgressScheduler"]
 
 STATE_VERSION = 1
-INDEX_KEY = "index"  # where a dict item carries its index (as ies_fast.integrations read dict batches)
 
 
 def _check_dict_item(item, input_key: str, target_key: str, where: str) -> None:

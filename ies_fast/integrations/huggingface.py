@@ -7,7 +7,7 @@
 
 :class:`IESTrainer` is a ``Trainer`` that
 
-* adds each training example's dataset index to its features (key ``ies_index``,
+* adds each training example's dataset index to its features (key ``"index"``,
   removed again before the model sees the batch);
 * trains each epoch on the kept examples only (a :class:`ies_fast.data.KeptSampler`:
   shuffled, or in dataset order with ``train_sampling_strategy="sequential"``);
@@ -50,6 +50,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging as hf_logging
 
 from ..data import KeptSampler
+from ..data.datasets import INDEX_KEY, batch_index
 from .. import progress as _progress
 from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
 from ..selectors.base import Selector
@@ -59,12 +60,12 @@ from ._hf_checkpoint import (STATE_FILE, STATE_VERSION, IncompleteCheckpoint, ch
 
 __all__ = ["IESTrainer", "IndexedExamples", "ProgressLR", "INDEX_KEY", "STATE_FILE"]
 
-INDEX_KEY = "ies_index"
 SAMPLING = ("random", "sequential")  # the train_sampling_strategy values the kept sampler honours
 
 
 class IndexedExamples(Dataset):
-    """``dataset`` whose dict examples gain their index under ``ies_index``."""
+    """``dataset`` whose dict examples gain their index under :data:`INDEX_KEY`
+    (``"index"``; an example that already has that key is refused)."""
 
     def __init__(self, dataset):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
@@ -78,6 +79,9 @@ class IndexedExamples(Dataset):
         item = self.dataset[i]
         if not isinstance(item, dict):
             raise TypeError(f"train_dataset examples must be dicts of features, got {type(item).__name__}")
+        if INDEX_KEY in item:
+            raise ValueError(f"train_dataset example {i} already has the key {INDEX_KEY!r}, where IESTrainer "
+                             "puts the example's index: rename that feature")
         return {**item, INDEX_KEY: i}
 
 
@@ -261,7 +265,8 @@ class IESTrainer(Trainer):
 
     # ---- losses ---------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        index = inputs.pop(INDEX_KEY, None)
+        index = batch_index(inputs) if INDEX_KEY in inputs else None
+        inputs.pop(INDEX_KEY, None)
         labels = inputs.get("labels")
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if index is not None and model.training:
@@ -308,7 +313,8 @@ class IESTrainer(Trainer):
             with torch.no_grad():
                 for batch in self.get_test_dataloader(dataset):
                     batch = self._prepare_inputs(batch)
-                    index = batch.pop(INDEX_KEY)
+                    index = batch_index(batch)
+                    del batch[INDEX_KEY]
                     outputs = model(**batch)
                     record_losses(self.selector, outputs["logits"], batch["labels"], index, scoring=True)
                     scored += index.numel()

@@ -38,11 +38,11 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 
 from ..checks import check_int, integer
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
+from ..data.datasets import batch_index
 from ..data.samplers import INT64_MAX, INT64_MIN, check_seed
 from ..progress import batch_count, planned_steps, position, progress
 from ..selectors.base import Selector
 from ..selectors.ies import IES
-from ._batches import batch_index
 
 __all__ = ["IESCallback"]
 

@@ -97,14 +97,14 @@ def test_max_steps_runs_exactly_n_steps(tmp_path):
 
 def test_sequential_sampling_is_honoured(tmp_path):
     trainer = make_trainer(tmp_path, n=N, train_sampling_strategy="sequential")
-    order = torch.cat([batch["ies_index"] for batch in trainer.get_train_dataloader()])
+    order = torch.cat([batch["index"] for batch in trainer.get_train_dataloader()])
     assert torch.equal(order, torch.arange(N))  # dataset order, as the plain Trainer's SequentialSampler
     state = trainer.selector.state_dict()
     state["mastered"][::3], state["removal_enabled"] = True, True
     state["count"][::3] = trainer.selector.history_length  # mastered needs a full history of losses
     state["hist"][::3] = 0.5
     trainer.selector.load_state_dict(state)  # the kept examples only, still in order
-    kept = torch.cat([batch["ies_index"] for batch in trainer.get_train_dataloader()])
+    kept = torch.cat([batch["index"] for batch in trainer.get_train_dataloader()])
     assert torch.equal(kept, torch.arange(N)[torch.arange(N) % 3 != 0])
 
 

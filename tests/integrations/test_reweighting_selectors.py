@@ -77,7 +77,7 @@ def test_iestrainer_compute_loss_applies_infobatch_weights(tmp_path):
     index = torch.arange(n)
     batch = {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
     trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, {**batch, "ies_index": index})
+    loss = trainer.compute_loss(trainer.model, {**batch, "index": index})
     logits = trainer.model(**batch).logits
     per_example = ies_fast.causal_lm_cross_entropy(logits, batch["labels"], reduction="sample")
     torch.testing.assert_close(loss, hand_wired(per_example, sel, index))
