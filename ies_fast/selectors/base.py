@@ -20,7 +20,7 @@ import torch
 from .. import backend as _backend
 from .. import checks as check
 from ..checks import check_int
-from ..ops import dispatch
+from ..ops.compact import compact
 
 
 class Ring(NamedTuple):
@@ -58,6 +58,8 @@ class Selector:
         if backend not in _backend.BACKENDS:
             raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
         self.backend = backend
+        #: the concrete backend every op of this selector runs on (resolved here and at ``to()``)
+        self.kernel_backend = _backend.resolve_backend(backend, self.device)
         self.removal_enabled = True
         self._kept_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._kept_list: Optional[torch.Tensor] = None
@@ -210,6 +212,7 @@ class Selector:
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(device))
         self.device = device
+        self.kernel_backend = _backend.resolve_backend(self.backend, device)
         self._invalidate()
         return self
 
@@ -222,8 +225,7 @@ class Selector:
         """``(buffer, count)``: ``buffer[:count]`` are the kept sample indices in
         ascending order; ``count`` stays on the device (no host sync)."""
         if self._kept_cache is None:
-            op = _backend.resolve(self.backend, self.device, "compact")
-            self._kept_cache = dispatch.compact(op, self.kept_mask())
+            self._kept_cache = compact(self.kernel_backend, self.kept_mask())
         return self._kept_cache
 
     def kept_indices(self) -> torch.Tensor:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .. import backend as _backend
 from .. import checks as check
 from .rule import check_rule, decision_threshold, history_length
 from .floor import KeptFloor
-from ..ops import dispatch
+from ..ops import ring as ring_ops
 from ..losses.exits import check_exit_config, reduce_exits
 from ..ops.ring.reference import EPOCH_STATS, NOT_SEEN
 from .schedule import ScoringSchedule
@@ -116,9 +115,6 @@ class IES(Selector):
     def history_length(self) -> int:
         return history_length(self.order, self.window, self.k, self.eligibility)
 
-    def _op(self, name: str) -> str:
-        return _backend.resolve(self.backend, self.device, name)
-
     # ---- recording -------------------------------------------------------------------
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
         """Record one loss per sample for this epoch. ``per_sample_loss`` is ``[B]``;
@@ -145,7 +141,7 @@ class IES(Selector):
         loss = per_sample_loss.detach()
         if loss.device != self.device:  # .to() costs ~5 µs even when it does nothing
             loss = loss.to(self.device, non_blocking=True)
-        dispatch.record(self._op("record"), self.hist, self.count, loss, index)
+        ring_ops.record(self.kernel_backend, self.hist, self.count, loss, index)
 
     def ring(self):
         """The ring, when a kernel's direct write equals :meth:`record` (this class's own
@@ -154,7 +150,7 @@ class IES(Selector):
             return None
         ring = getattr(self, "_ring", None)
         if ring is None or ring.hist is not self.hist or ring.count is not self.count:
-            ring = self._ring = Ring(self.hist, self.count, self._op("record"))  # resolved once, not per call
+            ring = self._ring = Ring(self.hist, self.count, self.kernel_backend)
         return ring
 
     def _reduce_exits(self, per_sample_loss: torch.Tensor) -> torch.Tensor:
@@ -184,8 +180,8 @@ class IES(Selector):
         tracked = self.scoring_schedule.policy != "every"
         if tracked:
             observed, was_mastered = self._observed_this_epoch(), self.mastered.clone()
-        stats = dispatch.close_epoch(
-            self._op("close_epoch"), self.hist, self.count, self.mastered,
+        stats = ring_ops.close_epoch(
+            self.kernel_backend, self.hist, self.count, self.mastered,
             self.order, self.window, self.k, decision_threshold(self.delta, self.window),
         )
         if tracked:

@@ -11,7 +11,7 @@ import torch
 from ies_fast import IES, ReferenceCriterion
 from ies_fast.backend import native_usable
 from ies_fast.selectors.rule import decision_threshold, history_length, reference_total
-from ies_fast.ops import dispatch
+from ies_fast.ops import ring as dispatch
 
 BACKENDS = ["torch", "triton"] + (["native"] if native_usable(torch.device("cpu")) else [])
 THETA = np.float32(0.3)  # the fp32 threshold every near-tie batch aims at

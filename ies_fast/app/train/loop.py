@@ -50,7 +50,7 @@ class RunError(RuntimeError):
     """A run cannot start or resume as asked (message fit for a one-line CLI error)."""
 
 
-def make_selector(config: TrainConfig, num_samples: int, device: torch.device):
+def selector_for_config(config: TrainConfig, num_samples: int, device: torch.device):
     """The selector ``--selector`` names; ``none`` is IES with δ=0 (same code path and
     costs, nothing removed), so the baseline's timing is comparable."""
     if config.selector in ("ies", "none"):
@@ -124,7 +124,7 @@ def _parse_device(text: str) -> torch.device:
 
 
 def _check_backend(requested: str, device: torch.device) -> None:
-    from ...backend import resolve as resolve_backend
+    from ...backend import resolve_backend
 
     try:
         resolve_backend(requested, device)
@@ -276,7 +276,7 @@ class Trainer:
                                  imagenet=c.dataset == "imagenet").to(self.device)
         if self.data.kind != "vector":  # channels-last convolutions are faster on CPUs too
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.selector = make_selector(c, self.num_samples, self.device)
+        self.selector = selector_for_config(c, self.num_samples, self.device)
         self.samples = SampleRecord(self.data.train_y, self.data.num_classes, self.device, self.data.true_train_y)
         self.optimizer = make_optimizer(c, self.model)
         self.schedule = EpochSchedule(self.optimizer, c.lr_schedule, c.epochs, gamma=c.lr_gamma,
