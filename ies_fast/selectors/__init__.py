@@ -4,9 +4,8 @@
   of ``rule.py``; per-exit decisions in ``per_exit.py``; the collapse guard
   (``floor.py``) and the re-scoring schedule (``schedule.py``);
 * :class:`InfoBatch`, :class:`RandomRemoval`: the baselines it is compared with;
-* :class:`PatienceStopper` (``stopping.py``): stopping a run on a plateau or when
-  every sample is mastered; :func:`score` (``scoring.py``): the forward-only pass
-  over removed samples.
+:func:`score` (``scoring.py``): the forward-only pass over removed samples.
+(:class:`ies_fast.PatienceStopper`, stopping a run on a plateau, is ``ies_fast/stopping.py``.)
 
 :func:`make_selector` builds any of them by name.
 """

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ies_fast
-from ies_fast.selectors.stopping import PatienceStopper
+from ies_fast.stopping import PatienceStopper
 from ies_fast.app.train.schedule import EpochSchedule
 
 S = 48

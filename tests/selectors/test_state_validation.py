@@ -13,7 +13,7 @@ import torch
 
 from ies_fast import IES, InfoBatch, PerExitIES, RandomRemoval
 from ies_fast.data import KeptSampler
-from ies_fast.selectors.stopping import PatienceStopper
+from ies_fast.stopping import PatienceStopper
 
 DELETE = object()
 

@@ -29,7 +29,7 @@ from ...io.checkpoint import load_checkpoint, save_checkpoint
 from ...io.run_folder import RunFolderError
 from ...progress import progress as epoch_progress
 from ...selectors.scoring import score
-from ...selectors.stopping import PatienceStopper, all_mastered
+from ...stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
 from .logs import RunFiles, plot_history

@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 import torch
 
-from .. import checks as check
+from . import checks as check
 
 MODES = ("min", "max")
 AGGREGATES = ("all", "any")
