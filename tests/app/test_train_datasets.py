@@ -14,7 +14,7 @@ import torch
 
 from ies_fast.app.train.datasets import (CIFAR10_MEAN, CIFAR100_STD, DATASETS, IMAGENET_MEAN, TrainData, load_dataset,
                                      scan_image_folder)
-from train_fixtures import write_cifar10, write_cifar100, write_image_folder
+from _support.train_fixtures import write_cifar10, write_cifar100, write_image_folder
 
 
 def raw_batches(folder: str, names, label_key: bytes):

@@ -5,19 +5,16 @@ without IES within one step (one end-to-end pair of runs; the arithmetic, max_st
 and optimizer-step counts are tests/test_progress.py's). Per-epoch schedules keep
 working."""
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 import lightning  # noqa: E402
 
 from ies_fast.integrations.lightning import IESCallback  # noqa: E402
-from lightning_ddp_worker import LR, DigitsMLP, trainer  # noqa: E402
+from _support.lightning_ddp_worker import LR, DigitsMLP, trainer  # noqa: E402
 
 EPOCHS, DELTA = 9, 2e-2
 

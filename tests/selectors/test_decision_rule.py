@@ -99,7 +99,7 @@ def test_issue_example_is_decided_alike():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_selector_runs_match_reference_with_k_and_eligibility(backend):
     """Whole runs (duplicates, several epochs) through IES(k=..., eligibility=...)."""
-    from selector_driver import run_both
+    from _support.selector_driver import run_both
 
     for k, eligibility in ((2, "paper"), (1, "official"), (3, "official")):
         sel = IES(41, delta=0.05, order=2, window=2, k=k, eligibility=eligibility, backend=backend)

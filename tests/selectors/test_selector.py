@@ -6,7 +6,7 @@ import torch
 from ies_fast import IES, instability_score
 from ies_fast.selectors.rule import difference_coefficients
 
-from selector_driver import perturb_duplicates_nonfinite, run_both
+from _support.selector_driver import perturb_duplicates_nonfinite, run_both
 
 
 def test_difference_coefficients():
