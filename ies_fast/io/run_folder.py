@@ -17,6 +17,8 @@ import re
 import secrets
 import stat
 
+from ..checks import memory_bytes  # noqa: F401  (defined in checks.py; read as run_folder.memory_bytes by the app)
+
 #: the largest JSON file a run folder may hold (summary.json with thousands of epochs is ~1 MiB)
 MAX_JSON_BYTES = 16 * 2**20
 #: the deepest nesting of arrays and objects a run folder's JSON may have (ours: 3)
