@@ -30,7 +30,7 @@ MOVED = {
     "ies_fast.kernels.compact": ("ies_fast.ops.compact.triton",),
     "ies_fast.checkpoint_io": ("ies_fast.io.checkpoint",),
     "ies_fast.state_checks": ("ies_fast.io.state_checks",),
-    "ies_fast.distributed": ("ies_fast.io.distributed",),
+    "ies_fast.distributed": ("ies_fast.io.distributed", "ies_fast.selectors.sync"),
     "ies_fast.cli": ("ies_fast.app.cli",),
     "ies_fast.demo": ("ies_fast.app.demo",),
     "ies_fast.plots": ("ies_fast.app.plots",),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import close_epoch_torch, record_torch
+from .reference import close_epoch_torch, current_slot, record_torch  # noqa: F401 (current_slot: re-exported)
 
 
 def record(backend: str, hist, count, loss, index) -> None:

@@ -39,6 +39,14 @@ def record_torch(hist: torch.Tensor, count: torch.Tensor, loss: torch.Tensor, in
     hist.view(-1).scatter_reduce_(0, safe * L + slot, value, "amax", include_self=True)
 
 
+def current_slot(hist: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(slot, value)``: the write slot ``count % L`` of each sample (int64 ``[S, 1]``, for
+    ``gather``/``scatter_``) and the value it holds (fp32 ``[S]``): the epoch's loss so
+    far, ``NOT_SEEN`` or ``NONFINITE``. The one place that reads the current slot."""
+    slot = (count.long() % hist.shape[1]).unsqueeze(1)
+    return slot, hist.gather(1, slot).squeeze(1)
+
+
 def chronological(hist: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """``[S, L]`` view of the ring, oldest first, ending with slot ``(count - 1) % L``."""
     L = hist.shape[1]
@@ -90,7 +98,7 @@ def close_epoch_torch(
     """
     L = hist.shape[1]
     span = order + window + k - 1
-    current = hist.gather(1, (count.long() % L).unsqueeze(1)).squeeze(1)
+    current = current_slot(hist, count)[1]
     observed = current > NOT_SEEN
     nonfinite = current == NONFINITE
     finite = observed & ~nonfinite
