@@ -58,7 +58,7 @@ class KeptFloor:
         if self.min_kept == 0:
             return torch.zeros_like(mastered)
         dev = mastered.device
-        shortfall = self.min_kept - (~mastered).sum()  # device scalar
+        shortfall = self.min_kept - (self.num_samples - torch.count_nonzero(mastered))  # device scalar, no [S] copy
         if dev.type == "cpu":
             k = int(shortfall)
             if k <= 0:

@@ -13,7 +13,7 @@ from .floor import KeptFloor
 from ..ops import dispatch
 from ..losses.exits import check_exit_config, reduce_exits
 from ..ops.ring import current_slot
-from ..ops.ring.reference import EPOCH_STATS, NOT_SEEN, chronological, difference_score
+from ..ops.ring.reference import EPOCH_STATS, NOT_SEEN
 from .schedule import ScoringSchedule
 from .base import Ring, Selector, _check_fits, _check_positive_int
 
@@ -225,21 +225,16 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     def epoch_losses(self) -> torch.Tensor:
         """fp32 ``[S]``: the loss recorded for each sample in the epoch not yet closed
         (the largest of its observations), NaN where none (or a non-finite one) was."""
-        loss = current_slot(self.hist, self.count)[1]
-        return torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("nan")))
+        return dispatch.epoch_report(self._op("close_epoch"), self.hist, self.count, self.order, self.window,
+                                     with_score=False)[0]
 
     def sample_scores(self) -> torch.Tensor:
         """fp32 ``[S]``: each sample's mean ``|Δ^order|`` loss over its last ``window``
         losses (one window, whatever ``k``), this epoch's included: call it before
         :meth:`step` (after it, the ring may no longer hold the oldest of them). NaN
         where this epoch recorded no finite loss or the history is short. Whole-tensor
-        work over the ring (~9x ``step()`` on CPU): for reports."""
-        span = self.order + self.window
-        count = self.count.long() + 1  # the current slot counted: it ends the chronological view
-        history = chronological(self.hist, count)[:, -span:]
-        valid = (count >= span) & torch.isfinite(history).all(1)
-        score = difference_score(torch.where(valid.unsqueeze(1), history, torch.zeros_like(history)), self.order)
-        return torch.where(valid, score, torch.full_like(score, float("nan")))
+        work over the ring's columns: for reports, once per epoch."""
+        return dispatch.epoch_report(self._op("close_epoch"), self.hist, self.count, self.order, self.window)[1]
 
     def state_tensors(self) -> dict:
         names = ("hist", "count", "mastered", "totals", "last", "replay")

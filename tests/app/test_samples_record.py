@@ -7,13 +7,14 @@ import math
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from ies_fast.app.train import loop
 from ies_fast.app.train.config import TrainConfig
 from ies_fast.app.train.samples import SampleRecord, read_samples
 
-N, C = 64, 3
+N = 64
 
 
 class PublicOnly:
@@ -40,8 +41,9 @@ class PublicOnly:
         return self.score
 
 
-def test_counters_follow_the_public_interface():
-    g = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("C", [3, 300])  # the per-class key in uint8, then int16
+def test_counters_follow_the_public_interface(C):
+    g = torch.Generator().manual_seed(C)
     labels = torch.randint(0, C, (N,), generator=g)
     sel, rec = PublicOnly(g), SampleRecord(labels, C, torch.device("cpu"))
     first, removed_n, back = [-1] * N, [0] * N, [0] * N

@@ -56,6 +56,9 @@ class SampleRecord:
         self.true_labels = self.labels if true_labels is None else true_labels.to(device)
         self.num_classes = num_classes
         self.class_count = torch.bincount(self.labels, minlength=num_classes)
+        # 2 * label in the narrowest integer type: + removed (bool) gives one bincount key per (class, removed)
+        narrow = torch.uint8 if num_classes <= 128 else torch.int16 if num_classes <= 16384 else torch.int64
+        self._class_key = self.labels.to(narrow) * 2
         self.first_mastered = torch.full((n,), -1, dtype=torch.int32, device=device)
         self.epochs_removed = torch.zeros(n, dtype=torch.int32, device=device)
         self.came_back = torch.zeros(n, dtype=torch.int32, device=device)
@@ -74,20 +77,20 @@ class SampleRecord:
             self.came_back.add_(self.prev_removed > removed)  # removed last epoch, trained now
         self.first_mastered.masked_fill_(removed & (self.first_mastered < 0), epoch)
         self.prev_removed.copy_(removed)
-        removed_by_class = torch.bincount(self.labels[removed], minlength=self.num_classes)  # no sync on CPU
-        return 1.0 - removed_by_class.double() / self.class_count.clamp_min(1).double()
+        by_class = torch.bincount(self._class_key + removed, minlength=2 * self.num_classes)  # no sync
+        return 1.0 - by_class[1::2].double() / self.class_count.clamp_min(1).double()
 
     def observe_epoch(self, selector) -> None:
         """Fold in the losses ``selector`` recorded this epoch (before its ``step()``)."""
         loss, scores = selector.epoch_losses(), selector.sample_scores()
         if scores is not None:
-            self.last_score.copy_(torch.where(torch.isnan(scores), self.last_score, scores.float()))
+            torch.where(torch.isnan(scores), self.last_score, scores.float(), out=self.last_score)
         if loss is None:
             return
         seen = ~torch.isnan(loss)
         self.loss_sum.add_(loss.nan_to_num(0.0))
         self.loss_count.add_(seen)
-        self.last_loss.copy_(torch.where(seen, loss, self.last_loss))
+        torch.where(seen, loss, self.last_loss, out=self.last_loss)
 
     def columns(self, selector) -> dict:
         """The table as numpy columns (one host copy of each)."""
