@@ -78,7 +78,7 @@ class SampleRecord:
         self.first_mastered.masked_fill_(removed & (self.first_mastered < 0), epoch)
         self.prev_removed.copy_(removed)
         by_class = torch.bincount(self._class_key + removed, minlength=2 * self.num_classes)  # no sync
-        return 1.0 - by_class[1::2].double() / self.class_count.clamp_min(1).double()
+        return by_class[0::2].double() / self.class_count.clamp_min(1).double()  # kept / class size
 
     def observe_epoch(self, selector) -> None:
         """Fold in the losses ``selector`` recorded this epoch (before its ``step()``)."""
