@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from ies_fast import IES, InfoBatch, RandomRemoval
 from ies_fast.selectors import sync
+from ies_fast.selectors.base import Selector
 
 import sync_worker
 
@@ -54,8 +55,9 @@ def test_one_perturbed_sample_is_caught_on_every_rank(tmp_path):
     lambda: IES(257, delta=0.1, order=1, window=2, backend="torch", num_exits=2, exit_reduction="per_exit"),
 ])
 def test_fingerprint_sees_every_state_tensor_and_copies_nothing(make):
-    """Every tensor of state_dict() is in state_tensors() (same values), and changing
-    any one element of any of them changes the fingerprint."""
+    """A selector's own state_tensors() holds what the generic one (every tensor of
+    state_dict()) holds, and changing any one element of any of them changes the
+    fingerprint."""
     sel = make()
     for _ in range(3):
         loss = torch.rand(257, 2) if getattr(sel, "num_exits", 1) == 2 else torch.rand(257)
@@ -63,16 +65,7 @@ def test_fingerprint_sees_every_state_tensor_and_copies_nothing(make):
         sel.step()
     live = sel.state_tensors()
 
-    def flat(state, prefix=""):
-        out = {}
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor):
-                out[prefix + k] = v
-            elif isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-        return out
-
-    saved = flat(sel.state_dict())
+    saved = Selector.state_tensors(sel)  # the generic one: every tensor of state_dict(), copied
     assert len(saved) == len(live)
     assert sorted(torch.cat([t.reshape(-1).view(torch.uint8) for t in saved.values()]).tolist()) == \
         sorted(torch.cat([t.reshape(-1).view(torch.uint8) for t in live.values()]).tolist())
