@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ import torch
 from ies_fast.app.train import loop
 from ies_fast.app.train.config import TrainConfig
 from ies_fast.app.train.samples import SampleRecord, read_samples
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from test_data_idx import write_idx_folder  # noqa: E402
 
 N = 64
 
@@ -83,7 +88,9 @@ def test_train_writes_the_table_once_at_the_end(tmp_path, monkeypatch):
     real = loop.write_samples
     monkeypatch.setattr(loop, "write_samples", lambda cols, out: calls.append(out) or real(cols, out))
     out = str(tmp_path / "run")
-    summary = loop.train(TrainConfig(dataset="digits", epochs=3, progress=False, plot=False, device="cpu", out=out))
+    write_idx_folder(tmp_path / "idx", n_train=64, n_test=10, gz=False)
+    summary = loop.train(TrainConfig(dataset="mnist", data_dir=str(tmp_path / "idx"), epochs=3, batch_size=32,
+                                     eval_batch_size=64, progress=False, plot=False, device="cpu", out=out))
     assert calls == [out] and summary["epochs_run"] == 3
     cols = read_samples(os.path.join(out, "samples.parquet"))
     assert cols["index"].shape == (summary["history"][0]["num_samples"],)
