@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <vector>
 
 #include "checks.h"
@@ -145,6 +146,54 @@ at::Tensor close_epoch_cpu(at::Tensor hist, at::Tensor count, at::Tensor mastere
   return stats;
 }
 
+// What the epoch not yet closed recorded, read in one pass over the ring (before
+// close_epoch): each sample's current-slot loss (NaN unless finite) and the mean
+// |Δ^ORDER| over the order + window losses ending with it (NaN unless count + 1 >=
+// order + window and the result is finite): epoch_report_torch, bit for bit.
+template <int ORDER>
+void epoch_report_all_cpu(const float* h, const uint8_t* c, float* loss, float* score, int64_t S, int L, int window) {
+  // score == nullptr: the losses only
+  const int span = ORDER + window;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (S > 4096)
+  for (int64_t i = 0; i < S; ++i) {
+    const float* row = h + i * L;
+    const int cnt = c[i];
+    const int cur = cnt < L ? cnt : cnt - L;
+    const float v = row[cur];
+    loss[i] = std::isfinite(v) ? v : nan;
+    if (score == nullptr) continue;
+    float s = nan;
+    if (cnt + 1 >= span) {
+      const int first = cur + 1 - span < 0 ? cur + 1 - span + L : cur + 1 - span;
+      const float mean = window_sum<ORDER>(row, L, first, window) / static_cast<float>(window);
+      if (std::isfinite(mean)) s = mean;
+    }
+    score[i] = s;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> epoch_report_cpu(const at::Tensor& hist, const at::Tensor& count, int64_t order,
+                                                    int64_t window, bool with_score) {
+  check_state(hist, count);
+  TORCH_CHECK_VALUE(order >= 0 && order <= 3, "order must be in 0..3, got ", order);
+  TORCH_CHECK_VALUE(window >= 1 && order + window <= hist.size(1), "window must be in 1..L - order = ",
+                    hist.size(1) - order, ", got ", window);
+  const int64_t S = hist.size(0);
+  const int L = static_cast<int>(hist.size(1)), w = static_cast<int>(window);
+  at::Tensor loss = at::empty({S}, hist.options()), score = at::empty({with_score ? S : 0}, hist.options());
+  const float* h = hist.data_ptr<float>();
+  const uint8_t* c = count.data_ptr<uint8_t>();
+  float *l = loss.data_ptr<float>(), *sc = with_score ? score.data_ptr<float>() : nullptr;
+  switch (order) {
+    case 0: epoch_report_all_cpu<0>(h, c, l, sc, S, L, w); break;
+    case 1: epoch_report_all_cpu<1>(h, c, l, sc, S, L, w); break;
+    case 2: epoch_report_all_cpu<2>(h, c, l, sc, S, L, w); break;
+    default: epoch_report_all_cpu<3>(h, c, l, sc, S, L, w); break;
+  }
+  return {loss, score};
+}
+
 // Two passes over equal chunks: count per chunk, exclusive prefix, write. The
 // output is allocated after the count, with exactly `count` entries: on the CPU
 // the count is on the host anyway, and kept_indices() then needs no copy.
@@ -205,6 +254,7 @@ TORCH_LIBRARY(ies_fast, m) {
       "close_epoch(Tensor(a!) hist, Tensor(b!) count, Tensor(c!) mastered, int order, int window, int k, "
       "float threshold) -> Tensor");
   m.def("compact(Tensor mask) -> (Tensor, Tensor)");
+  m.def("epoch_report(Tensor hist, Tensor count, int order, int window, bool with_score=True) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ies_fast, CPU, m) {
@@ -212,6 +262,7 @@ TORCH_LIBRARY_IMPL(ies_fast, CPU, m) {
   m.impl("record_nll", &ies_fast::record_nll_cpu);
   m.impl("close_epoch", &ies_fast::close_epoch_cpu);
   m.impl("compact", &ies_fast::compact_cpu);
+  m.impl("epoch_report", &ies_fast::epoch_report_cpu);
 }
 
 // ---- the Python module: importing it loads the ops above; cuda_built() says

@@ -4,7 +4,8 @@ The selector itself needs nothing from here: ``IES.step()`` merges the ranks'
 observations (one ``all_reduce(MAX)`` of ``num_samples`` fp32 values), after which
 every rank holds the identical state. These helpers are what a training loop calls
 around it: start the process group from torchrun's environment, wrap the model,
-guard rank-0-only work, and check or copy selector state across ranks.
+and guard rank-0-only work. Checking or copying selector state across ranks is
+:mod:`ies_fast.selectors.sync`.
 """
 from __future__ import annotations
 
@@ -117,50 +118,3 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if get_world_size() > 1:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
-
-
-def _selector_tensors(selector) -> dict:
-    return {k: v for k, v in selector.state_dict().items() if isinstance(v, torch.Tensor)}
-
-
-def broadcast_selector(selector, src: int = 0) -> None:
-    """Copy rank ``src``'s selector state to every rank (e.g. after only rank 0 loaded
-    a checkpoint). Collective: every rank must call it."""
-    if get_world_size() == 1:
-        return
-    state = selector.state_dict()
-    meta = [{k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}]
-    dist.broadcast_object_list(meta, src=src)
-    for name, t in state.items():
-        if isinstance(t, torch.Tensor):
-            t = t.contiguous()
-            wire = t.to(torch.uint8) if t.dtype == torch.bool else t  # gloo has no bool
-            dist.broadcast(wire, src=src)
-            state[name] = wire.to(t.dtype)
-    state.update(meta[0])
-    selector.load_state_dict(state)
-
-
-def selector_fingerprint(selector) -> torch.Tensor:
-    """int64 ``[1]``: a checksum of the selector's tensors (hist bit patterns, counts,
-    mask, epoch), cheap to compare across ranks."""
-    parts = []
-    for name, t in sorted(_selector_tensors(selector).items()):
-        t = t.detach().contiguous().cpu()
-        raw = t.view(torch.int32) if t.dtype == torch.float32 else t
-        w = torch.arange(1, raw.numel() + 1, dtype=torch.int64) % 1_000_003
-        parts.append((raw.reshape(-1).long() * w).sum() + len(name))
-    return torch.stack(parts).sum().reshape(1) + int(getattr(selector, "epoch", 0))
-
-
-def assert_selector_in_sync(selector) -> None:
-    """Raise ``RuntimeError`` if the ranks' selector states differ (a debugging check;
-    one small all-gather, so call it once per epoch at most)."""
-    if get_world_size() == 1:
-        return
-    mine = selector_fingerprint(selector).to(selector.device if dist.get_backend() == "nccl" else "cpu")
-    gathered = [torch.zeros_like(mine) for _ in range(get_world_size())]
-    dist.all_gather(gathered, mine)
-    values = torch.cat(gathered)
-    if not bool((values == values[0]).all()):
-        raise RuntimeError(f"selector state differs across ranks (fingerprints {values.tolist()})")

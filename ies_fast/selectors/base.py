@@ -110,6 +110,33 @@ class Selector:
         """bool ``[num_samples]``: samples left out of the next training pass."""
         raise NotImplementedError
 
+    def epoch_losses(self) -> Optional[torch.Tensor]:
+        """fp32 ``[num_samples]`` on the selector's device: the loss recorded for each
+        sample since the last :meth:`step` (the largest, where several were), NaN
+        where none was; ``None`` for a selector that keeps no losses. No host sync."""
+        return None
+
+    def sample_scores(self) -> Optional[torch.Tensor]:
+        """fp32 ``[num_samples]``: the per-sample score the selector decides on, with the
+        epoch not yet closed included where it changes it (call before :meth:`step`);
+        NaN where it has none; ``None`` if it scores nothing."""
+        return None
+
+    def state_tensors(self) -> dict:
+        """The tensors of :meth:`state_dict` by name (nested ones as ``outer.inner``),
+        without copies where the selector can give its live ones: what must be equal
+        on every DDP rank (:mod:`ies_fast.selectors.sync` checksums them)."""
+        def flat(state: dict, prefix: str = "") -> dict:
+            out = {}
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor):
+                    out[prefix + k] = v
+                elif isinstance(v, dict):
+                    out.update(flat(v, f"{prefix}{k}."))
+            return out
+
+        return flat(self.state_dict())
+
     def loss_weights(self, index: torch.Tensor) -> Optional[torch.Tensor]:
         """Per-row weights for the training loss of the samples ``index`` (``None``: all 1).
         InfoBatch rescales kept low-loss samples; IES does not."""

@@ -15,8 +15,8 @@ seeded draw each epoch, identical on every DDP rank) are *replayed* — trained
 with the kept ones — until ``min_kept`` is reached. The mastered decision itself
 is unchanged (a replayed sample stays mastered unless its fresh loss says
 otherwise); only which mastered samples leave the backward pass changes. Built
-on device without a host sync (one sort of ``num_samples`` random keys per epoch,
-only while the floor is on).
+on device without a host sync on a GPU (a partial selection of ``min_kept`` keys
+per epoch while the floor is on); on CPU only when something needs replaying.
 """
 from __future__ import annotations
 
@@ -50,14 +50,35 @@ class KeptFloor:
 
     def replay_mask(self, mastered: torch.Tensor, epoch: int) -> torch.Tensor:
         """bool ``[S]``: mastered samples to train in epoch ``epoch`` (``min_kept`` minus
-        the not-mastered count of them, chosen at random; none when that is <= 0)."""
+        the not-mastered count of them, chosen at random; none when that is <= 0).
+
+        The choice: one seeded uniform key per sample; the mastered samples with the
+        smallest ``(key, index)`` are replayed. Only the ``k`` smallest are found
+        (``topk``), ``k`` the shortfall (read on CPU, where it costs nothing) or
+        ``min_kept`` (its bound, on a GPU: no host read); on CPU, nothing is drawn
+        when nothing needs replaying."""
         if self.min_kept == 0:
             return torch.zeros_like(mastered)
-        S = self.num_samples
-        shortfall = self.min_kept - (~mastered).sum()  # device scalar: no sync
-        g = torch.Generator(device=mastered.device).manual_seed(self.seed * 1_000_003 + epoch)
-        keys = torch.rand(S, generator=g, device=mastered.device)
-        keys = torch.where(mastered, keys, torch.full_like(keys, 2.0))  # mastered first, in random order
-        rank = torch.empty(S, dtype=torch.int64, device=mastered.device)
-        rank[torch.argsort(keys)] = torch.arange(S, device=mastered.device)
-        return mastered & (rank < shortfall)
+        dev = mastered.device
+        shortfall = self.min_kept - (self.num_samples - torch.count_nonzero(mastered))  # device scalar, no [S] copy
+        if dev.type == "cpu":
+            k = int(shortfall)
+            if k <= 0:
+                return torch.zeros_like(mastered)
+        else:
+            k = self.min_kept  # shortfall <= min_kept: enough candidates, no sync
+        return self._first_mastered(mastered, shortfall, k, epoch)
+
+    def _first_mastered(self, mastered: torch.Tensor, shortfall: torch.Tensor, k: int, epoch: int) -> torch.Tensor:
+        """The ``shortfall`` mastered samples first in this epoch's random order, found
+        among the ``k >= shortfall`` first of all samples."""
+        S, dev = self.num_samples, mastered.device
+        g = torch.Generator(device=dev).manual_seed(self.seed * 1_000_003 + epoch)
+        keys = torch.rand(S, generator=g, device=dev)
+        # exact (key, index) order in one int64: a key in [0, 1) orders as its fp32 bits;
+        # not mastered -> the bits of 2.0, after every mastered sample
+        bits = torch.where(mastered, keys, torch.full_like(keys, 2.0)).view(torch.int32).long()
+        order = (bits << 32) | torch.arange(S, device=dev)
+        first = torch.topk(order, k, largest=False, sorted=True).values & 0xFFFFFFFF
+        chosen = torch.arange(k, device=dev) < shortfall
+        return torch.zeros_like(mastered).scatter_(0, first, chosen) & mastered

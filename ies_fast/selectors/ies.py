@@ -11,6 +11,7 @@ from .rule import check_rule, decision_threshold, history_length
 from .floor import KeptFloor
 from ..ops import ring as ring_ops
 from ..losses.exits import check_exit_config, reduce_exits
+from ..ops.ring import current_slot
 from ..ops.ring.reference import EPOCH_STATS, NOT_SEEN
 from .schedule import ScoringSchedule
 from ..checks import check_fits, check_int
@@ -196,20 +197,39 @@ class IES(Selector):
 
     def _observed_this_epoch(self) -> torch.Tensor:
         """bool ``[S]``: samples with a loss recorded in the epoch being closed."""
-        slot = (self.count.long() % self.history_length).unsqueeze(1)
-        return self.hist.gather(1, slot).squeeze(1) > NOT_SEEN
+        return current_slot(self.hist, self.count)[1] > NOT_SEEN
 
     def _merge_ranks(self) -> None:
         if not (self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return
-        L = self.history_length
-        slot = (self.count.long() % L).unsqueeze(1)
-        current = self.hist.gather(1, slot).squeeze(1)
+        slot, current = current_slot(self.hist, self.count)
         dist.all_reduce(current, op=dist.ReduceOp.MAX)
         self.hist.scatter_(1, slot, current.unsqueeze(1))
         dist.all_reduce(self._pending_scored, op=dist.ReduceOp.SUM)
         # every rank raises together on bad input instead of leaving the others waiting
         dist.all_reduce(self._deferred_errors, op=dist.ReduceOp.SUM)
+
+    # ---- what was recorded ------------------------------------------------------------
+    def epoch_losses(self) -> torch.Tensor:
+        """fp32 ``[S]``: the loss recorded for each sample in the epoch not yet closed
+        (the largest of its observations), NaN where none (or a non-finite one) was."""
+        return ring_ops.epoch_report(self.kernel_backend, self.hist, self.count, self.order, self.window,
+                                     with_score=False)[0]
+
+    def sample_scores(self) -> torch.Tensor:
+        """fp32 ``[S]``: each sample's mean ``|Δ^order|`` loss over its last ``window``
+        losses (one window, whatever ``k``), this epoch's included: call it before
+        :meth:`step` (after it, the ring may no longer hold the oldest of them). NaN
+        where this epoch recorded no finite loss or the history is short. Whole-tensor
+        work over the ring's columns: for reports, once per epoch."""
+        return ring_ops.epoch_report(self.kernel_backend, self.hist, self.count, self.order, self.window)[1]
+
+    def state_tensors(self) -> dict:
+        names = ("hist", "count", "mastered", "totals", "last", "replay")
+        out = {name: getattr(self, name) for name in names}
+        if self.scoring_schedule.policy == "backoff":
+            out.update(interval=self.scoring_schedule.interval, next_due=self.scoring_schedule.next_due)
+        return out
 
     # ---- the decision ----------------------------------------------------------------
     def mastered_mask(self) -> torch.Tensor:

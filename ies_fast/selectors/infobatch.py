@@ -168,6 +168,24 @@ class InfoBatch(Selector):
         dist.all_reduce(self._fresh, op=dist.ReduceOp.MAX)
         dist.all_reduce(self._pending_scored, op=dist.ReduceOp.SUM)
 
+    # ---- what was recorded ------------------------------------------------------------
+    def epoch_losses(self) -> torch.Tensor:
+        """fp32 ``[num_samples]``: the largest finite loss recorded for each sample since the
+        last step(), NaN where none was."""
+        fresh = self._fresh[: self.num_samples]
+        return torch.where(fresh > -math.inf, fresh, torch.full_like(fresh, math.nan))
+
+    def sample_scores(self) -> torch.Tensor:
+        """fp32 ``[num_samples]``: each sample's score (its last observed loss, this epoch's
+        where one was recorded; 3.0 before any)."""
+        fresh, scores = self._fresh[: self.num_samples], self.scores[: self.num_samples]
+        return torch.where(fresh > -math.inf, fresh, scores)
+
+    def state_tensors(self) -> dict:
+        live = {"scores": self.scores, "fresh": self._fresh, "pruned": self.pruned, "weights": self.weights,
+                "totals": self.totals, "last": self.last}
+        return {**live, "rng": self.generator.get_state()}
+
     # ---- the decision ----------------------------------------------------------------
     def removed_mask(self) -> torch.Tensor:
         if not self.removal_enabled:

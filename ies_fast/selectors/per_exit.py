@@ -103,6 +103,19 @@ class PerExitIES(Selector):
         super().set_removal(enabled)
         self.exits.set_removal(enabled)
 
+    def epoch_losses(self) -> torch.Tensor:
+        """fp32 ``[num_samples]``: the largest of each sample's exit losses recorded since
+        the last step(), NaN unless every exit's loss was recorded."""
+        return self.exits.epoch_losses().view(self.num_samples, self.num_exits).amax(1)
+
+    def sample_scores(self):
+        """``None``: the scores are per (sample, exit) (``self.exits.sample_scores()``)."""
+        return None
+
+    def state_tensors(self) -> dict:
+        inner = {f"exits.{k}": v for k, v in self.exits.state_tensors().items()}
+        return {"mastered": self.mastered, "totals": self.totals, **inner}
+
     # the decision
     def mastered_mask(self) -> torch.Tensor:
         """bool ``[num_samples]``: samples with every exit mastered at the last step()."""

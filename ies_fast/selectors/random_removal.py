@@ -61,6 +61,9 @@ class RandomRemoval(Selector):
         self.epoch += 1
         self._draw()
 
+    def state_tensors(self) -> dict:
+        return {"removed": self.removed, "totals": self.totals, "rng": self.generator.get_state()}
+
     def removed_mask(self) -> torch.Tensor:
         if not self.removal_enabled:
             return torch.zeros_like(self.removed)

@@ -88,13 +88,14 @@ def worker(rank: int, world: int, port: int, out_dir: str, job: dict) -> None:
     )
     try:
         from ies_fast.io import distributed as d
+        from ies_fast.selectors import sync
 
         sel = new_selector()
         start = 0
         if "resume_from" in job:
             if rank == 0:  # only rank 0 reads the file; the others get it by broadcast
                 sel.load_state_dict(load_checkpoint(job["resume_from"])["selector"])
-            d.broadcast_selector(sel)
+            sync.broadcast_selector(sel)
             start = sel.epoch
         save_at = job.get("save_at")
         if save_at is not None:
@@ -104,7 +105,7 @@ def worker(rank: int, world: int, port: int, out_dir: str, job: dict) -> None:
             d.barrier()
             start = save_at
         feed(sel, range(start, job["epochs"]), job["overlap"], rank, world)
-        d.assert_selector_in_sync(sel)
+        sync.assert_selector_in_sync(sel)
         snap = snapshot(sel)
         if job.get("per_exit"):
             pe = new_per_exit_selector()

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ies_fast import IES
 from ies_fast.io import distributed as d
+from ies_fast.selectors.sync import assert_selector_in_sync
 from ies_fast.io.checkpoint import save_checkpoint
 from ies_fast.data import KeptSampler
 
@@ -41,7 +42,7 @@ for epoch in range(epochs):
             x, y, idx = data[removed]
             sel.observe(torch.nn.functional.cross_entropy(model(x), y, reduction="none"), idx, scoring=True)
     sel.step()  # merges the ranks' observations
-    d.assert_selector_in_sync(sel)
+    assert_selector_in_sync(sel)
     if d.is_main_process():
         save_checkpoint({"model": d.unwrap_model(model).state_dict(), "selector": sel.state_dict()},
                         os.path.join(out_dir, "ckpt.pt"))

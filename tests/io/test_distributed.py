@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 from ies_fast import ReferenceCriterion
 from ies_fast.io import distributed as d
+from ies_fast.selectors import sync
 from ies_fast.io.checkpoint import load_checkpoint
 
 from _support import dist_worker as w
@@ -117,12 +118,12 @@ def test_helpers_without_process_group():
     assert d.wrap_model(model, torch.device("cpu")) is model
     assert d.unwrap_model(model) is model
     sel = w.new_selector()
-    d.broadcast_selector(sel)
-    d.assert_selector_in_sync(sel)
-    before = d.selector_fingerprint(sel)
+    sync.broadcast_selector(sel)
+    sync.assert_selector_in_sync(sel)
+    before = sync.selector_fingerprint(sel)
     sel.observe(torch.rand(5), torch.arange(5))
     sel.step()
-    assert not torch.equal(before, d.selector_fingerprint(sel))
+    assert not torch.equal(before, sync.selector_fingerprint(sel))
 
 
 def test_torchrun_loop_with_helpers(tmp_path):

@@ -29,6 +29,7 @@ from ...io.checkpoint import load_checkpoint, save_checkpoint
 from ...io.run_folder import RunFolderError
 from ...progress import progress as epoch_progress
 from ...selectors.scoring import score
+from ...selectors.sync import assert_selector_in_sync
 from ...stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
@@ -399,7 +400,6 @@ class Trainer:
             self._checkpoint(epoch)
             self.saved_epochs = epoch + 1
             self.files.write_rows(self.history)
-            write_samples(self.samples.columns(self.selector), self.config.out)
 
     def _warmup_note(self, epochs_done: int) -> dict:
         """``{"warming_up": ...}`` while IES cannot remove anything yet: a sample
@@ -500,7 +500,7 @@ class Trainer:
         row.update(self._evaluate())
         t3 = time.perf_counter()
         if self.world > 1:
-            dist_utils.assert_selector_in_sync(sel)
+            assert_selector_in_sync(sel)
         row = {
             "epoch": epoch + 1, "lr": lr, "num_samples": self.num_samples, **row,
             "kept": kept, "kept_fraction": kept / self.num_samples, "kept_fraction_by_class": kept_by_class.tolist(),
@@ -552,6 +552,8 @@ class Trainer:
         if self.main:
             with self._disk_full_is_run_error("at the end"):
                 self.files.write_json(self.files.summary, summary)
+                # the per-sample table once per run (its counters are in every checkpoint)
+                write_samples(self.samples.columns(self.selector), c.out)
             if c.plot and self.history:
                 try:
                     what = f"IES δ={c.delta:g}" if c.selector == "ies" else c.selector

@@ -1,8 +1,10 @@
 """What a run learns about each training sample: :class:`SampleRecord` keeps, on the
 training device, per-sample counters updated once per epoch from tensors the
-selector already holds (its removed mask, the losses it recorded), and writes them
-as ``samples.parquet`` (``samples.csv`` when pyarrow is missing): one row per
-training sample. It also gives the kept fraction per class each epoch.
+selector already gives (its removed mask, the losses it recorded this epoch), and
+writes them as ``samples.parquet`` (``samples.csv`` when pyarrow is missing): one
+row per training sample, at the end of a run (the counters themselves travel in
+every checkpoint, so a resumed run's table is whole). It also gives the kept
+fraction per class each epoch.
 
 Columns (``docs/real_data.md`` uses them to find noisy labels):
 
@@ -12,13 +14,14 @@ Columns (``docs/real_data.md`` uses them to find noisy labels):
 - ``epochs_removed``: epochs it skipped backprop; ``times_came_back``: how often it
   was trained again after being left out (while removal was on);
 - ``removed_at_end``: left out of the epoch after the last one;
-- ``last_score``: IES's mean |Δ^N loss| over the last ``window`` epochs, at the last
+- ``last_score``: the selector's ``sample_scores()`` at the last epoch it gave one for
+  the sample: IES's mean |Δ^N loss| over the last ``window`` epochs, at the last
   epoch the sample's loss was recorded (InfoBatch: its loss score; NaN where the
   selector has none or the history is too short);
 - ``mean_loss`` / ``last_loss``: over the epochs its loss was recorded (trained or scored).
 
 No Python loop over samples and no host read inside a training step: the updates
-are a few whole-tensor operations per epoch.
+are a few in-place whole-tensor operations per epoch.
 """
 from __future__ import annotations
 
@@ -40,39 +43,11 @@ _STATE = ("first_mastered", "epochs_removed", "came_back", "prev_removed", "loss
           "last_score")
 
 
-def epoch_losses(selector) -> Optional[tuple]:
-    """``(loss [N] float32, seen [N] bool)``: the losses ``selector`` recorded in the
-    epoch it has not closed yet (call before ``selector.step()``), or ``None`` for a
-    selector that keeps none (random removal)."""
-    if hasattr(selector, "hist") and hasattr(selector, "count"):  # IES: the ring's current slot
-        slot = (selector.count.long() % selector.hist.shape[1]).unsqueeze(1)
-        loss = selector.hist.gather(1, slot).squeeze(1)
-    elif hasattr(selector, "_fresh"):  # InfoBatch: the epoch's fresh losses (+ a sentinel slot)
-        loss = selector._fresh[: selector.num_samples]
-    else:
-        return None
-    return loss, torch.isfinite(loss)
-
-
-def epoch_scores(selector) -> Optional[torch.Tensor]:
-    """float32 ``[N]``: IES's score of each sample with this epoch's loss included
-    (mean |Δ^N| over the last ``window`` losses; call before ``selector.step()``),
-    NaN where the history is short or not all finite; ``None`` for other selectors."""
-    if not (hasattr(selector, "hist") and hasattr(selector, "count")):
-        return None
-    from ...ops.ring.reference import chronological, difference_score
-
-    span = selector.order + selector.window
-    count = selector.count.long() + 1  # the current slot counted: it ends the chronological view
-    history = chronological(selector.hist, count)[:, -span:]
-    valid = (count >= span) & torch.isfinite(history).all(1)
-    score = difference_score(torch.where(valid.unsqueeze(1), history, torch.zeros_like(history)), selector.order)
-    return torch.where(valid, score, torch.full_like(score, math.nan))
-
-
 class SampleRecord:
     """Per-sample counters of one run (see the module docstring). ``labels`` are the
-    training labels, ``true_labels`` the clean ones (``None``: no noise)."""
+    training labels, ``true_labels`` the clean ones (``None``: no noise). Reads the
+    selector only through its public interface (``removed_mask``, ``removal_enabled``,
+    ``epoch_losses``, ``sample_scores``)."""
 
     def __init__(self, labels: torch.Tensor, num_classes: int, device: torch.device,
                  true_labels: Optional[torch.Tensor] = None):
@@ -82,6 +57,9 @@ class SampleRecord:
         self.true_labels = self.labels if true_labels is None else true_labels.to(device)
         self.num_classes = num_classes
         self.class_count = torch.bincount(self.labels, minlength=num_classes)
+        # 2 * label in the narrowest integer type: + removed (bool) gives one bincount key per (class, removed)
+        narrow = torch.uint8 if num_classes <= 128 else torch.int16 if num_classes <= 16384 else torch.int64
+        self._class_key = self.labels.to(narrow) * 2
         self.first_mastered = torch.full((n,), -1, dtype=torch.int32, device=device)
         self.epochs_removed = torch.zeros(n, dtype=torch.int32, device=device)
         self.came_back = torch.zeros(n, dtype=torch.int32, device=device)
@@ -95,27 +73,25 @@ class SampleRecord:
         """Count the epoch's removed samples (``epoch`` from 0); returns the kept
         fraction per class (float64 ``[C]`` on the device; the caller reads it once)."""
         removed = selector.removed_mask()
-        self.epochs_removed += removed.int()
+        self.epochs_removed.add_(removed)
         if selector.removal_enabled:
-            self.came_back += (self.prev_removed & ~removed).int()
-        new = removed & (self.first_mastered < 0)
-        self.first_mastered.copy_(torch.where(new, torch.full_like(self.first_mastered, epoch),
-                                              self.first_mastered))
+            self.came_back.add_(self.prev_removed > removed)  # removed last epoch, trained now
+        self.first_mastered.masked_fill_(removed & (self.first_mastered < 0), epoch)
         self.prev_removed.copy_(removed)
-        kept = torch.bincount(self.labels, weights=(~removed).double(), minlength=self.num_classes)  # no sync
-        return kept / self.class_count.clamp_min(1).double()
+        by_class = torch.bincount(self._class_key + removed, minlength=2 * self.num_classes)  # no sync
+        return by_class[0::2].double() / self.class_count.clamp_min(1).double()  # kept / class size
 
     def observe_epoch(self, selector) -> None:
         """Fold in the losses ``selector`` recorded this epoch (before its ``step()``)."""
-        found, scores = epoch_losses(selector), epoch_scores(selector)
+        loss, scores = selector.epoch_losses(), selector.sample_scores()
         if scores is not None:
-            self.last_score.copy_(torch.where(torch.isnan(scores), self.last_score, scores))
-        if found is None:
+            torch.where(torch.isnan(scores), self.last_score, scores.float(), out=self.last_score)
+        if loss is None:
             return
-        loss, seen = found
-        self.loss_sum += torch.where(seen, loss.double(), torch.zeros_like(self.loss_sum))
-        self.loss_count += seen.int()
-        self.last_loss.copy_(torch.where(seen, loss.float(), self.last_loss))
+        seen = ~torch.isnan(loss)
+        self.loss_sum.add_(loss.nan_to_num(0.0))
+        self.loss_count.add_(seen)
+        torch.where(seen, loss, self.last_loss, out=self.last_loss)
 
     def columns(self, selector) -> dict:
         """The table as numpy columns (one host copy of each)."""
@@ -127,16 +103,10 @@ class SampleRecord:
             "label": self.labels, "true_label": self.true_labels, "flipped": self.labels != self.true_labels,
             "first_mastered_epoch": self.first_mastered, "epochs_removed": self.epochs_removed,
             "times_came_back": self.came_back, "removed_at_end": removed_next,
-            "last_score": self._last_score(selector), "mean_loss": mean.float(), "last_loss": self.last_loss,
+            "last_score": self.last_score,
+            "mean_loss": mean.float(), "last_loss": self.last_loss,
         }
         return {k: cols[k].cpu().numpy() for k in COLUMNS}
-
-    def _last_score(self, selector) -> torch.Tensor:
-        if hasattr(selector, "hist"):
-            return self.last_score
-        if hasattr(selector, "scores"):  # InfoBatch: its loss score
-            return selector.scores[: selector.num_samples].float()
-        return self.last_score  # NaN: random removal scores nothing
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k).cpu() for k in _STATE}

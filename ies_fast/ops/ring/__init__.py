@@ -4,9 +4,11 @@ epoch with the Δ^N decision. ``reference.py`` is the plain-torch semantics,
 are called here; each function takes the backend :func:`ies_fast.backend.resolve_backend` picked."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .reference import close_epoch_torch, record_torch
+from .reference import close_epoch_torch, current_slot, epoch_report_torch, record_torch  # noqa: F401 (current_slot)
 
 
 def record(backend: str, hist, count, loss, index) -> None:
@@ -19,17 +21,23 @@ def record(backend: str, hist, count, loss, index) -> None:
     return record_torch(hist, count, loss, index)
 
 
-_HAS_RECORD_NLL = None
+@functools.lru_cache(maxsize=None)
+def _has_op(name: str) -> bool:
+    """Whether the loaded ``ies_fast._C`` has op ``name`` (an older build may not)."""
+    try:
+        return hasattr(torch.ops.ies_fast, name)
+    except Exception:  # no ies_fast namespace at all
+        return False
+
+
+_HAS_RECORD_NLL = None  # tests force it on or off
 
 
 def has_record_nll() -> bool:
     """Whether the loaded ``ies_fast._C`` has ``record_nll`` (an older build does not)."""
     global _HAS_RECORD_NLL
     if _HAS_RECORD_NLL is None:
-        try:
-            _HAS_RECORD_NLL = hasattr(torch.ops.ies_fast, "record_nll")
-        except Exception:  # no ies_fast namespace at all
-            _HAS_RECORD_NLL = False
+        _HAS_RECORD_NLL = _has_op("record_nll")
     return _HAS_RECORD_NLL
 
 
@@ -41,6 +49,15 @@ def record_nll(hist, count, logp, target, index, ignore_index: int, validate: bo
     the selector's error for an index outside ``[0, S)`` (else such rows are skipped,
     as ``record`` does) and F's for a target outside ``[0, C)``, writing nothing."""
     torch.ops.ies_fast.record_nll(hist, count, logp, target, index, ignore_index, validate)
+
+
+def epoch_report(backend: str, hist, count, order: int, window: int, with_score: bool = True) -> tuple:
+    """``(loss, score)`` of the epoch not yet closed (:func:`.reference.epoch_report_torch`;
+    ``with_score=False``: the score is not computed, an empty tensor): one pass over
+    the ring in the native CPU op, plain torch elsewhere."""
+    if backend == "native" and hist.device.type == "cpu" and order <= 3 and _has_op("epoch_report"):
+        return torch.ops.ies_fast.epoch_report(hist, count, order, window, with_score)
+    return epoch_report_torch(hist, count, order, window, with_score)
 
 
 def close_epoch(backend: str, hist, count, mastered, order: int, window: int, k: int, threshold: float) -> torch.Tensor:

@@ -39,6 +39,14 @@ def record_torch(hist: torch.Tensor, count: torch.Tensor, loss: torch.Tensor, in
     hist.view(-1).scatter_reduce_(0, safe * L + slot, value, "amax", include_self=True)
 
 
+def current_slot(hist: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(slot, value)``: the write slot ``count % L`` of each sample (int64 ``[S, 1]``, for
+    ``gather``/``scatter_``) and the value it holds (fp32 ``[S]``): the epoch's loss so
+    far, ``NOT_SEEN`` or ``NONFINITE``. The one place that reads the current slot."""
+    slot = (count.long() % hist.shape[1]).unsqueeze(1)
+    return slot, hist.gather(1, slot).squeeze(1)
+
+
 def chronological(hist: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """``[S, L]`` view of the ring, oldest first, ending with slot ``(count - 1) % L``."""
     L = hist.shape[1]
@@ -72,6 +80,42 @@ def difference_score(window_losses: torch.Tensor, order: int) -> torch.Tensor:
     return window_total(window_losses, order, window, 1) / window
 
 
+def epoch_report_torch(hist: torch.Tensor, count: torch.Tensor, order: int, window: int,
+                       with_score: bool = True) -> tuple:
+    """``(loss, score)``, fp32 ``[S]`` each, for the epoch not yet closed (read before
+    :func:`close_epoch_torch`): the current slot's loss (NaN unless finite) and
+    :func:`difference_score` of the ``order + window`` losses ending with it, bit for
+    bit (NaN where fewer were recorded, or the score is not finite: a non-finite
+    loss among them). ``with_score=False``: the score is an empty tensor."""
+    loss = current_slot(hist, count)[1]
+    loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("nan")))
+    if not with_score:
+        return loss, loss[:0]
+    return loss, current_window_score(hist, count, order, window)
+
+
+def current_window_score(hist: torch.Tensor, count: torch.Tensor, order: int, window: int) -> torch.Tensor:
+    """The score of :func:`epoch_report_torch`, from the ring's columns: the
+    ``order``-th differences around the ring (the same fp32 operations as on the
+    chronological rows), then one window sum per possible first slot."""
+    L, span = hist.shape[1], order + window
+    cols = list(hist.t().contiguous().unbind(0))  # one copy: contiguous columns are faster to work on
+    for _ in range(order):  # cyclic differences: the same fp32 operations as on the chronological rows
+        cols = [cols[(j + 1) % L] - cols[j] for j in range(L)]
+    mags = [c.abs() for c in cols]
+    count = count.to(torch.int32)
+    start = (count + (1 + L - span)) % L  # slot of the window's oldest loss
+    score = torch.full_like(cols[0], float("nan"))
+    for j in range(L):
+        total = mags[j]
+        for i in range(1, window):
+            total = total + mags[(j + i) % L]
+        score = torch.where(start == j, total, score)
+    score = score / window
+    valid = (count + 1 >= span) & torch.isfinite(score)
+    return torch.where(valid, score, torch.full_like(score, float("nan")))
+
+
 def close_epoch_torch(
     hist: torch.Tensor,
     count: torch.Tensor,
@@ -90,7 +134,7 @@ def close_epoch_torch(
     """
     L = hist.shape[1]
     span = order + window + k - 1
-    current = hist.gather(1, (count.long() % L).unsqueeze(1)).squeeze(1)
+    current = current_slot(hist, count)[1]
     observed = current > NOT_SEEN
     nonfinite = current == NONFINITE
     finite = observed & ~nonfinite
