@@ -4,12 +4,15 @@ layout moved files twice, and each move left pointers dangling.
 Checked: ``ies_fast/...``, ``tests/...``, ``docs/...``, ``benchmarks/...``,
 ``tools/...`` and ``examples/...`` paths, and dotted ``ies_fast.x.y`` names
 (a module, or an attribute of one), in README.md, CHANGELOG.md, docs/*.md and
-the Python files of the package, tools/, benchmarks/ and examples/."""
+the docstrings and comments of the package, tools/, benchmarks/ and examples/."""
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+import io
 import re
+import tokenize
 import warnings
 from pathlib import Path
 
@@ -27,6 +30,18 @@ def _sources() -> list[Path]:
     for folder in ("ies_fast", "tools", "benchmarks", "examples"):
         files += sorted((ROOT / folder).rglob("*.py"))
     return files
+
+
+def _docstrings_and_comments(file: Path) -> str:
+    """What a Python file says to a reader: its docstrings and comments (string
+    literals in code may name an old checkout's paths on purpose)."""
+    source = file.read_text()
+    parts = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            parts.append(ast.get_docstring(node) or "")
+    parts += [tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT]
+    return "\n".join(parts)
 
 
 def _without_old_names(text: str) -> str:
@@ -53,7 +68,7 @@ def _without_old_names(text: str) -> str:
 def _named(pattern) -> dict:
     found: dict = {}
     for file in _sources():
-        text = file.read_text()
+        text = file.read_text() if file.suffix == ".md" else _docstrings_and_comments(file)
         if file.suffix == ".md":
             text = _without_old_names(text)
         for match in pattern.findall(text):

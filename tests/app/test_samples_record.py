@@ -16,8 +16,7 @@ from ies_fast.app.train import loop
 from ies_fast.app.train.config import TrainConfig
 from ies_fast.app.train.samples import SampleRecord, read_samples
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from test_data_idx import write_idx_folder  # noqa: E402
+from test_train_idx import write_idx_folder  # noqa: E402
 
 N = 64
 
