@@ -67,7 +67,7 @@ def _api_table() -> list[tuple[str, list[str]]]:
         bare = [s for s in spans if "." not in s]
         names = []
         for dotted in (s for s in spans if s.startswith("ies_fast.")):
-            names += [f"{dotted}.{b}" for b in bare] if _is_module(dotted) else [dotted]
+            names += [f"{dotted}.{b}" for b in bare] if bare and _is_module(dotted) else [dotted]
         methods = [s for s in _code_spans(cells[1]) if re.fullmatch(r"\w+", s)]
         for name in names:
             rows.append((name, methods))
