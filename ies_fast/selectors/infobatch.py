@@ -44,6 +44,20 @@ class InfoBatch(Selector):
     epoch (unweighted losses), ``step()`` at its end, ``kept_indices()`` for the
     loader, and multiply each row's loss by ``loss_weights(index)`` before taking the
     batch mean (as the original's ``values.mul_(weights).mean()``).
+
+    Args:
+        num_samples: the training set's size.
+        num_epochs: the planned number of epochs, an int ``>= 1``.
+        prune_ratio: the fraction of well-learned samples pruned, in ``[0, 0.9]``.
+        delta: the fraction of ``num_epochs`` that prunes, in ``[0, 1]`` (the rest anneals).
+        device: where the per-sample state lives (default CPU).
+        seed: seeds the pruning draw, an int ``>= 0``.
+        backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"``.
+        distributed: merge the ranks' scores at :meth:`step` under an initialised process group.
+
+    Raises:
+        TypeError: an int argument given as a float or bool, or a non-number fraction.
+        ValueError: a value out of the ranges above.
     """
 
     KIND, VERSION, TOTALS = "InfoBatch", 1, TOTALS
@@ -93,9 +107,20 @@ class InfoBatch(Selector):
 
     # ---- recording -------------------------------------------------------------------
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
-        """Record each sample's (unweighted) loss as its score. Several observations of
-        one sample in an epoch keep the largest; a non-finite loss is ignored (the
-        previous score stays) and counted. No host sync on CUDA."""
+        """Record each sample's (unweighted) loss as its score (no host sync on CUDA).
+
+        Several observations of one sample in an epoch keep the largest; a non-finite
+        loss is ignored (the previous score stays) and counted.
+
+        Args:
+            per_sample_loss: float ``[B]``, unweighted.
+            index: integer ``[B]``, the samples' dataset indices.
+            scoring: marks a forward-only scoring pass.
+
+        Raises:
+            TypeError: a non-floating ``per_sample_loss`` or a non-integer ``index``.
+            ValueError: a shape other than ``[B]``, or an index out of range (CUDA: at the next :meth:`step`).
+        """
         if not isinstance(per_sample_loss, torch.Tensor):
             raise TypeError(f"per_sample_loss must be a torch.Tensor, got {type(per_sample_loss).__name__}")
         if per_sample_loss.dim() != 1:
@@ -227,10 +252,18 @@ class InfoBatch(Selector):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`. ``num_samples``, ``num_epochs``, ``prune_ratio``
-        and ``delta`` must match this object's; ``seed`` (and the generator) come from
-        the state. The whole state is checked first: a bad one raises ``ValueError``
-        naming the key and changes nothing."""
+        """Restore a :meth:`state_dict`, checked whole before any of it is applied.
+
+        ``seed`` and the generator's state come from the state.
+
+        Args:
+            state: a dict from :meth:`InfoBatch.state_dict`.
+
+        Raises:
+            ValueError: ``num_samples``, ``num_epochs``, ``prune_ratio`` or ``delta``
+                differ from this object's, or any key is missing or bad; the message
+                names the key and nothing is changed.
+        """
         super().load_state_dict(state)
 
     def check_state(self, state, where: str = "state_dict") -> dict:
