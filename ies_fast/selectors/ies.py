@@ -78,8 +78,10 @@ class IES(Selector):
         TypeError: an int argument given as a float or bool, a non-number ``delta``,
             or a ``min_kept`` that is neither int nor float.
         ValueError: a value out of range (above), an unknown choice, ``delta`` so small
-            that ``delta * window`` rounds to 0 in fp32, ``order + window + k - 1 > 120``,
-            ``exit_reduction="per_exit"``, or per-sample state larger than the device's memory.
+            that ``delta * window`` rounds to 0 in fp32, a loss history longer than 120
+            (``order + window + k - 1``, +1 for ``"official"``), ``exit_reduction="per_exit"``,
+            ``device="meta"``, or per-sample state larger than the device's memory.
+        RuntimeError: ``backend="native"`` or ``"triton"`` is not available on ``device``.
 
     Example::
 

@@ -57,7 +57,8 @@ class InfoBatch(Selector):
 
     Raises:
         TypeError: an int argument given as a float or bool, or a non-number fraction.
-        ValueError: a value out of the ranges above.
+        ValueError: a value out of the ranges above, an unknown ``backend`` or ``device="meta"``.
+        RuntimeError: ``backend="native"`` or ``"triton"`` is not available on ``device``.
     """
 
     KIND, VERSION, TOTALS = "InfoBatch", 1, TOTALS

@@ -28,7 +28,8 @@ class RandomRemoval(Selector):
 
     Raises:
         TypeError: a non-number ``ratio``, or ``seed`` not an int.
-        ValueError: ``ratio`` outside ``[0, 1]`` or ``seed < 0``.
+        ValueError: ``ratio`` outside ``[0, 1]``, ``seed < 0``, an unknown ``backend`` or ``device="meta"``.
+        RuntimeError: ``backend="native"`` or ``"triton"`` is not available on ``device``.
     """
 
     KIND, VERSION, TOTALS = "RandomRemoval", 1, TOTALS
