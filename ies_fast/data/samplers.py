@@ -160,11 +160,19 @@ class KeptSampler(Sampler[int]):
 
     # ---- the epoch's indices -----------------------------------------------------------
     def kept(self) -> torch.Tensor:
-        """The selector's kept indices on the host (ascending; copied once per list)."""
+        """The selector's kept indices on the host (copied once per list).
+
+        Returns:
+            int64 CPU tensor, ascending.
+        """
         return self._host.get(self.selector.kept_indices())
 
     def epoch_indices(self) -> torch.Tensor:
-        """int64 CPU tensor: this rank's indices for the current epoch, in order."""
+        """This rank's indices for the current epoch, in order (shuffled, sharded).
+
+        Returns:
+            int64 CPU tensor.
+        """
         kept = self.kept()
         if self.shuffle and kept.numel() > 1:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -201,7 +209,17 @@ class KeptSampler(Sampler[int]):
         self.apply_state(self.check_state(state))
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing changes); returns what :meth:`apply_state` applies."""
+        """Validate ``state`` whole (nothing changes).
+        Args:
+            state: a dict from :meth:`state_dict`.
+            where: how messages name the state (e.g. ``"state_dict['exits']"``).
+
+        Returns:
+            The values :meth:`apply_state` applies.
+
+        Raises:
+            ValueError: any key missing or bad, naming it.
+        """
         if not isinstance(state, dict):
             raise ValueError(f"{where} must be a dict from KeptSampler.state_dict(), got {type(state).__name__}")
         seed = check.integer(state, "seed", low=INT64_MIN, high=INT64_MAX, where=where)
@@ -210,6 +228,11 @@ class KeptSampler(Sampler[int]):
         return {"seed": seed, "epoch": epoch, "shuffle": shuffle}
 
     def apply_state(self, values: dict) -> None:
+        """Apply a validated state (cannot fail).
+
+        Args:
+            values: what :meth:`check_state` returned.
+        """
         self.seed, self._epoch, self.shuffle = values["seed"], values["epoch"], values["shuffle"]
 
 

@@ -187,8 +187,12 @@ class IES(Selector):
         ring_ops.record(self.kernel_backend, self.hist, self.count, loss, index)
 
     def ring(self):
-        """The ring, when a kernel's direct write equals :meth:`record` (this class's own
-        ``record``, one loss per sample); see :meth:`Selector.ring`."""
+        """The loss ring for a fused kernel's direct write (see :meth:`Selector.ring`).
+
+        Returns:
+            The :class:`~ies_fast.selectors.base.Ring` when a direct write equals
+            :meth:`record` (this class's own ``record``, one exit); else ``None``.
+        """
         if type(self).record is not IES.record or self.num_exits != 1:
             return None
         ring = getattr(self, "_ring", None)
@@ -202,8 +206,18 @@ class IES(Selector):
         return reduce_exits(per_sample_loss, self.num_exits, self.exit_reduction, self.exit_weights)
 
     def exit_mask(self, index: torch.Tensor) -> torch.Tensor:
-        """bool ``[B, num_exits]``: True where a (sample, exit) loss term is kept. Outside
-        ``exit_reduction="per_exit"`` every exit follows its sample's decision."""
+        """Which (sample, exit) loss terms to keep; here every exit follows its sample.
+
+        Args:
+            index: integer ``[B]``, the samples' dataset indices.
+
+        Returns:
+            bool ``[B, num_exits]``, True where the term is kept.
+
+        Raises:
+            TypeError: ``index`` is not an integer tensor.
+            ValueError: ``index`` is out of range (CPU).
+        """
         index = self.check_index(index, index.numel() if isinstance(index, torch.Tensor) else -1)
         kept = ~self.removed_mask().index_select(0, torch.where(index < 0, torch.zeros_like(index), index))
         return (kept | (index < 0)).unsqueeze(1).expand(-1, self.num_exits)
@@ -276,13 +290,20 @@ class IES(Selector):
         return self.mastered & ~self.replay if self.replay.numel() else self.mastered
 
     def needs_scoring(self) -> bool:
-        """Whether this epoch's scoring pass over mastered samples should run
-        (``"every"``: every ``score_every`` epochs; ``"backoff"``: every epoch, over
-        the samples due)."""
+        """Whether this epoch's scoring pass over mastered samples should run.
+
+        Returns:
+            ``"every"``: ``True`` every ``score_every`` epochs; ``"backoff"``: every
+            epoch (over the samples due); ``False`` while removal is off.
+        """
         return self.removal_enabled and self.scoring_schedule.needs_scoring(self.epoch)
 
     def scoring_mask(self) -> torch.Tensor:
-        """bool ``[S]``: removed samples the scoring schedule forwards this epoch."""
+        """The removed samples the scoring schedule forwards this epoch.
+
+        Returns:
+            bool ``[num_samples]``.
+        """
         return self.scoring_schedule.due_mask(self.epoch, self.removed_mask())
 
     # ---- reporting -------------------------------------------------------------------
@@ -338,7 +359,17 @@ class IES(Selector):
         super().load_state_dict(state)
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing is changed); returns what :meth:`apply_state` applies."""
+        """Validate ``state`` whole (nothing is changed).
+        Args:
+            state: a dict from :meth:`state_dict`.
+            where: how messages name the state (e.g. ``"state_dict['exits']"``).
+
+        Returns:
+            The values :meth:`apply_state` applies.
+
+        Raises:
+            ValueError: any key missing or bad, naming it.
+        """
         values = super().check_state(state, where)
         for name in ("order", "window"):
             check.matches(state, name, getattr(self, name), where)
@@ -389,7 +420,14 @@ class IES(Selector):
         super().apply_state(values)
 
     def to(self, device) -> "IES":
-        """Move the state to ``device`` (returns ``self``)."""
+        """Move the per-sample state (and the scoring schedule's) to ``device``.
+
+        Args:
+            device: the target device.
+
+        Returns:
+            ``self``.
+        """
         super().to(device)
         self.scoring_schedule.to(self.device)
         return self

@@ -102,8 +102,14 @@ class InfoBatch(Selector):
         return self.num_epochs * self.delta
 
     def prunes_epoch(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) is a pruning epoch (the original's
-        ``IBSampler.reset``: ``iterations = epoch + 1``, pruning while not ``> stop_prune``)."""
+        """Whether an epoch prunes (the original's ``IBSampler.reset``).
+
+        Args:
+            epoch: 0-based epoch number.
+
+        Returns:
+            ``epoch + 1 <= stop_prune``.
+        """
         return epoch + 1 <= self.stop_prune
 
     # ---- recording -------------------------------------------------------------------
@@ -134,8 +140,12 @@ class InfoBatch(Selector):
             self.count_scored(index.numel())
 
     def record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
-        """Record already-checked losses; ``index`` is int64 on the device, rows with
-        ``index < 0`` are skipped (the hook ``ies_fast.cross_entropy`` can use)."""
+        """Record already-checked losses (the hook :func:`ies_fast.cross_entropy` uses).
+
+        Args:
+            per_sample_loss: float ``[B]``, unweighted.
+            index: int64 ``[B]`` on the selector's device; rows with ``index < 0`` are skipped.
+        """
         if per_sample_loss.numel() == 0:
             return
         loss = per_sample_loss.detach().to(self.device, torch.float32, non_blocking=True)
@@ -201,15 +211,28 @@ class InfoBatch(Selector):
         return self.pruned
 
     def well_learned_mask(self) -> torch.Tensor:
-        """bool ``[num_samples]``: samples whose current score is below the mean score."""
+        """The samples whose current score is below the mean score.
+
+        Returns:
+            bool ``[num_samples]``.
+        """
         scores = self.scores[: self.num_samples]
         return scores < scores.mean()
 
     def loss_weights(self, index: torch.Tensor) -> torch.Tensor:
-        """float32 ``[B]`` on the selector's device: ``1 / (1 - prune_ratio)`` for kept
-        well-learned samples in a pruning epoch, 1 otherwise (and 1 for every row
-        while removal is disabled). Multiply the per-sample losses by these before
-        the batch mean."""
+        """The rows' loss weights: multiply the per-sample losses by them before the batch mean.
+
+        Args:
+            index: integer ``[B]``, the samples' dataset indices.
+
+        Returns:
+            float32 ``[B]`` on the selector's device: ``1 / (1 - prune_ratio)`` for kept
+            well-learned samples in a pruning epoch, 1 otherwise (and while removal is off).
+
+        Raises:
+            TypeError: ``index`` holds floats or bools.
+            ValueError: ``index`` is not a 1-D tensor, or out of range (CPU).
+        """
         if not isinstance(index, torch.Tensor) or index.dim() != 1:
             raise ValueError("index must be a 1-D tensor of sample indices")
         if index.is_floating_point() or index.dtype == torch.bool:

@@ -154,12 +154,26 @@ class PerExitIES(Selector):
         return self.exits.needs_scoring()
 
     def exit_mastered_mask(self) -> torch.Tensor:
-        """bool ``[num_samples, num_exits]``: (sample, exit) pairs mastered at the last step()."""
+        """The (sample, exit) pairs mastered at the last :meth:`step`.
+
+        Returns:
+            bool ``[num_samples, num_exits]``.
+        """
         return self.exits.mastered_mask().view(self.num_samples, self.num_exits)
 
     def exit_mask(self, index: torch.Tensor) -> torch.Tensor:
-        """bool ``[B, num_exits]``: True where the term enters this step's loss (its
-        exit is not mastered, or removal is off). No host sync on CUDA."""
+        """Which (sample, exit) terms enter this step's loss (no host sync on CUDA).
+
+        Args:
+            index: integer ``[B]``, the samples' dataset indices.
+
+        Returns:
+            bool ``[B, num_exits]``: True where the exit is not mastered, or removal is off.
+
+        Raises:
+            TypeError: ``index`` is not an integer tensor.
+            ValueError: ``index`` is out of range (CPU).
+        """
         index = self.check_index(index, index.numel() if isinstance(index, torch.Tensor) else -1)
         if not self.removal_enabled:
             return torch.ones(index.numel(), self.num_exits, dtype=torch.bool, device=self.device)
@@ -215,9 +229,21 @@ class PerExitIES(Selector):
         }
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """``num_samples``, ``num_exits`` and ``exit_weights`` must match; the inner
+        """Validate ``state`` whole (nothing is changed).
+
+        ``num_samples``, ``num_exits`` and ``exit_weights`` must match; the inner
         per-(sample, exit) state follows :meth:`IES.check_state` (``delta`` and
-        ``score_every`` come from it)."""
+        ``score_every`` come from it).
+        Args:
+            state: a dict from :meth:`state_dict`.
+            where: how messages name the state (e.g. ``"state_dict['exits']"``).
+
+        Returns:
+            The values :meth:`apply_state` applies.
+
+        Raises:
+            ValueError: any key missing or bad, naming it.
+        """
         values = super().check_state(state, where)
         check.matches(state, "num_exits", self.num_exits, where)
         weights = state.get("exit_weights")

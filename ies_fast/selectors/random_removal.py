@@ -72,7 +72,12 @@ class RandomRemoval(Selector):
             self.count_scored(index.numel())
 
     def record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
-        """Already-checked losses (the hook ``ies_fast.cross_entropy`` can use): ignored."""
+        """Already-checked losses (the hook :func:`ies_fast.cross_entropy` uses): ignored.
+
+        Args:
+            per_sample_loss: float ``[B]``.
+            index: int64 ``[B]`` on the selector's device.
+        """
 
     def step(self) -> None:
         """Close the epoch and draw the next epoch's removed set."""
