@@ -209,16 +209,18 @@ class KeptSampler(Sampler[int]):
         self.apply_state(self.check_state(state))
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing changes).
+        """Validate ``state`` whole, changing nothing.
+
         Args:
-            state: a dict from :meth:`state_dict`.
-            where: how messages name the state (e.g. ``"state_dict['exits']"``).
+            state: a dict from :meth:`KeptSampler.state_dict`.
+            where: the state's name in messages.
 
         Returns:
-            The values :meth:`apply_state` applies.
+            ``seed``, ``epoch`` and ``shuffle`` for :meth:`apply_state`.
 
         Raises:
-            ValueError: any key missing or bad, naming it.
+            ValueError: ``state`` is not a dict, ``seed`` is not an int64, ``epoch`` is
+                neither ``None`` nor an int ``>= 0``, or ``shuffle`` is not a bool.
         """
         if not isinstance(state, dict):
             raise ValueError(f"{where} must be a dict from KeptSampler.state_dict(), got {type(state).__name__}")

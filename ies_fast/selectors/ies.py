@@ -359,16 +359,19 @@ class IES(Selector):
         super().load_state_dict(state)
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing is changed).
+        """Validate ``state`` whole, changing nothing (the base's fields, then IES's own).
+
         Args:
-            state: a dict from :meth:`state_dict`.
-            where: how messages name the state (e.g. ``"state_dict['exits']"``).
+            state: a dict from :meth:`IES.state_dict`.
+            where: the state's name in messages.
 
         Returns:
-            The values :meth:`apply_state` applies.
+            What :meth:`apply_state` applies.
 
         Raises:
-            ValueError: any key missing or bad, naming it.
+            ValueError: ``order``, ``window``, ``k`` or ``eligibility`` differ from this
+                selector's; a bad ``delta``, ``score_every``, ring, mask or schedule; a
+                mastered sample without a full history. The message names the key.
         """
         values = super().check_state(state, where)
         for name in ("order", "window"):

@@ -229,20 +229,20 @@ class PerExitIES(Selector):
         }
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing is changed).
+        """Validate ``state`` whole, changing nothing.
 
-        ``num_samples``, ``num_exits`` and ``exit_weights`` must match; the inner
-        per-(sample, exit) state follows :meth:`IES.check_state` (``delta`` and
-        ``score_every`` come from it).
         Args:
-            state: a dict from :meth:`state_dict`.
-            where: how messages name the state (e.g. ``"state_dict['exits']"``).
+            state: a dict from :meth:`PerExitIES.state_dict`; its ``"exits"`` entry is the
+                inner per-(sample, exit) state, checked by :meth:`IES.check_state`
+                (``delta`` and ``score_every`` come from it).
+            where: the state's name in messages.
 
         Returns:
-            The values :meth:`apply_state` applies.
+            What :meth:`apply_state` applies.
 
         Raises:
-            ValueError: any key missing or bad, naming it.
+            ValueError: ``num_samples``, ``num_exits`` or ``exit_weights`` differ from this
+                object's, ``"exits"`` is missing, or any key is bad. The message names the key.
         """
         values = super().check_state(state, where)
         check.matches(state, "num_exits", self.num_exits, where)
