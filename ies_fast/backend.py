@@ -119,7 +119,19 @@ def resolve_backend(requested: str, device: torch.device) -> str:
 
 
 def backend_info() -> dict:
-    """Which paths are active in this process, and the versions they were built with."""
+    """Which backends are active in this process, and the versions they were built with.
+
+    What ``ies-fast info`` prints; use it to see whether ``backend="auto"`` runs the
+    native extension or Triton here, and how to build ``ies_fast._C`` when it is missing.
+
+    Returns:
+        A dict: ``torch`` (version), ``cuda_available``, ``native_cpu`` / ``native_cuda``
+        (whether ``ies_fast._C`` is built for each), ``native_message``, ``native_fix``
+        (the build command, or ``None``), ``triton``, ``triton_message``,
+        ``triton_interpret``, ``auto_cpu`` / ``auto_cuda`` (what ``"auto"`` resolves to;
+        ``auto_cuda`` is ``None`` without CUDA), and ``triton_version`` /
+        ``device_name`` where available.
+    """
     cpu, cuda, native_msg = native_status()
     tri, tri_msg = triton_status()
     info = {

@@ -40,6 +40,20 @@ class PatienceStopper:
       device); :meth:`best_state` returns it.
 
     ``step(metrics)`` returns ``True`` when training should stop.
+
+    Args:
+        monitor: a metric name, or a list/tuple of distinct names.
+        mode: ``"min"`` (lower is better) or ``"max"``.
+        patience: checks without improvement before stopping, an int ``>= 1``.
+        min_delta: the margin an improvement must beat, a finite number ``>= 0``.
+        aggregate: ``"all"`` (stop when every metric stalled) or ``"any"`` (when one did).
+        start_from: the number of first checks ignored (warm-up), an int ``>= 0``.
+        restore_best: keep a copy of the model's state at the last improving check.
+
+    Raises:
+        TypeError: ``patience``/``start_from`` not ints, or ``min_delta`` not a number.
+        ValueError: an empty, non-string or repeated ``monitor``, an unknown ``mode`` or
+            ``aggregate``, or a value out of range.
     """
 
     VERSION = 1
@@ -72,6 +86,7 @@ class PatienceStopper:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every check (best values, waits, the saved model state): start over."""
         self.checks = 0
         self.best: dict = {n: None for n in self.monitor}
         self.wait: dict = {n: 0 for n in self.monitor}
@@ -89,8 +104,22 @@ class PatienceStopper:
         return value > best + self.min_delta
 
     def step(self, metrics: dict, model: Optional[torch.nn.Module] = None) -> bool:
-        """Record one check (typically one validation per epoch); ``True`` = stop.
-        ``metrics`` must hold every monitored name (extra keys are ignored)."""
+        """Record one check (typically one validation per epoch).
+
+        Args:
+            metrics: name -> number (or a one-element tensor) holding every monitored
+                name; extra keys are ignored.
+            model: with ``restore_best=True``, the model whose state is copied when a
+                metric improves.
+
+        Returns:
+            ``True`` when training should stop.
+
+        Raises:
+            TypeError: ``metrics`` is not a dict, or a monitored value is not a number.
+            KeyError: a monitored name is missing from ``metrics``.
+            ValueError: a monitored value is a tensor of more than one element.
+        """
         if not isinstance(metrics, dict):
             raise TypeError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
         missing = [n for n in self.monitor if n not in metrics]
@@ -117,12 +146,22 @@ class PatienceStopper:
         return self.stopped
 
     def best_state(self) -> Optional[dict]:
-        """The model state saved at the last improving check (``restore_best=True``
-        and a ``model`` given to :meth:`step`), else ``None``. Load it with
-        ``model.load_state_dict(stopper.best_state())``."""
+        """The model state saved at the last improving check.
+
+        Returns:
+            A ``state_dict`` (``restore_best=True`` and a ``model`` given to
+            :meth:`step`), else ``None``; load it with
+            ``model.load_state_dict(stopper.best_state())``.
+        """
         return self._best_state
 
     def state_dict(self) -> dict:
+        """The stopper's progress, for a checkpoint.
+
+        Returns:
+            A dict: ``kind``, ``version``, ``monitor``, ``mode``, ``checks``, ``best``,
+            ``wait``, ``best_check``, ``stopped`` and ``best_state`` (tensors or ``None``).
+        """
         return {
             "kind": "PatienceStopper",
             "version": self.VERSION,
@@ -137,10 +176,18 @@ class PatienceStopper:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`. ``monitor`` and ``mode`` must match this
-        stopper's; ``patience``, ``min_delta``, ``aggregate``, ``start_from`` and
-        ``restore_best`` stay as constructed. The whole state is checked first: a bad
-        one raises ``ValueError`` naming the key and changes nothing."""
+        """Restore a :meth:`state_dict`, checked whole before any of it is applied.
+
+        ``patience``, ``min_delta``, ``aggregate``, ``start_from`` and ``restore_best``
+        stay as constructed.
+
+        Args:
+            state: a dict from :meth:`state_dict`.
+
+        Raises:
+            ValueError: ``monitor`` or ``mode`` differ from this stopper's, or any key
+                is missing or bad; the message names the key and nothing is changed.
+        """
         check.header(state, "PatienceStopper", self.VERSION)
         check.matches(state, "monitor", list(self.monitor))
         check.matches(state, "mode", self.mode)

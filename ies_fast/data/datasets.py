@@ -55,7 +55,17 @@ class IndexedDataset(Dataset):
     A tuple/list item ``(sample, target)`` becomes ``(sample, target, i)`` (any
     tuple gets ``i`` appended); any other item ``x`` becomes ``(x, i)``. With
     ``selector`` (or ``num_samples``) the length is checked against it.
-    Batched fetching (``__getitems__``) is forwarded when the dataset has it."""
+    Batched fetching (``__getitems__``) is forwarded when the dataset has it.
+
+    Args:
+        dataset: a map-style dataset (has ``__getitem__``).
+        selector: optional selector whose ``num_samples`` must equal ``len(dataset)``.
+        num_samples: the same check without a selector.
+
+    Raises:
+        TypeError: ``dataset`` is not map-style, or has no length when checked.
+        ValueError: ``len(dataset)`` differs from the selector's ``num_samples``.
+    """
 
     def __init__(self, dataset, selector=None, *, num_samples: Optional[int] = None):
         if not hasattr(dataset, "__getitem__"):

@@ -99,6 +99,18 @@ class KeptSampler(Sampler[int]):
     twice in the gradient. ``drop_last=True`` trims the tail instead (up to
     ``R - 1`` kept samples skipped this epoch). With one replica nothing is padded
     or dropped.
+
+    Args:
+        selector: any ies_fast selector (IES, InfoBatch, ...).
+        shuffle: shuffle each epoch (``False``: ascending order).
+        seed: the shuffle's base seed, an int in the int64 range.
+        num_replicas: DDP world size (default: the process group's, else 1).
+        rank: this rank, in ``[0, num_replicas)`` (default: the process group's, else 0).
+        drop_last: trim the shards to equal length instead of padding them.
+
+    Raises:
+        TypeError: ``selector`` is not a selector, or ``seed``/``num_replicas``/``rank`` not ints.
+        ValueError: ``seed`` outside int64, ``num_replicas < 1``, or ``rank`` out of range.
     """
 
     def __init__(self, selector, *, shuffle: bool = True, seed: int = 0, num_replicas: Optional[int] = None,
@@ -115,13 +127,31 @@ class KeptSampler(Sampler[int]):
 
     # ---- epoch ---------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch whose shuffle the next ``iter()`` draws (``seed + epoch``)."""
+        """Set the epoch whose shuffle the next ``iter()`` draws (``seed + epoch``).
+
+        Args:
+            epoch: an int ``>= 0``.
+
+        Raises:
+            TypeError: ``epoch`` is not an int.
+            ValueError: ``epoch`` is negative or beyond int64.
+        """
         self._epoch = check.check_int("epoch", epoch, min=0, max=INT64_MAX)
 
     def resume_at(self, position: int) -> None:
-        """Make the next ``iter()`` start at ``position`` of this rank's epoch order
-        (the samples before it were trained before a checkpoint); ``len()`` still
-        counts the whole epoch, as a resumed loop counts batches already done."""
+        """Make the next ``iter()`` start part-way through this rank's epoch order.
+
+        For a mid-epoch resume: ``len()`` still counts the whole epoch, as a resumed
+        loop counts batches already done.
+
+        Args:
+            position: how many samples of the epoch order were trained before the
+                checkpoint, an int ``>= 0``.
+
+        Raises:
+            TypeError: ``position`` is not an int.
+            ValueError: ``position`` is negative.
+        """
         self._skip = check.check_int("position", position, min=0)
 
     @property
@@ -130,11 +160,19 @@ class KeptSampler(Sampler[int]):
 
     # ---- the epoch's indices -----------------------------------------------------------
     def kept(self) -> torch.Tensor:
-        """The selector's kept indices on the host (ascending; copied once per list)."""
+        """The selector's kept indices on the host (copied once per list).
+
+        Returns:
+            int64 CPU tensor, ascending.
+        """
         return self._host.get(self.selector.kept_indices())
 
     def epoch_indices(self) -> torch.Tensor:
-        """int64 CPU tensor: this rank's indices for the current epoch, in order."""
+        """This rank's indices for the current epoch, in order (shuffled, sharded).
+
+        Returns:
+            int64 CPU tensor.
+        """
         kept = self.kept()
         if self.shuffle and kept.numel() > 1:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -151,16 +189,39 @@ class KeptSampler(Sampler[int]):
 
     # ---- checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The sampler's order settings, for a checkpoint.
+
+        Returns:
+            ``{"seed": ..., "epoch": ... or None, "shuffle": ...}``.
+        """
         return {"seed": self.seed, "epoch": self._epoch, "shuffle": self.shuffle}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore ``seed``, ``epoch`` and ``shuffle`` (these override the constructor's;
-        ``shuffle`` may be absent). The whole state is checked first: a bad one raises
-        ``ValueError`` naming the key and changes nothing."""
+        """Restore ``seed``, ``epoch`` and ``shuffle`` (they override the constructor's).
+
+        Args:
+            state: a dict from :meth:`state_dict` (``shuffle`` may be absent).
+
+        Raises:
+            ValueError: any key is missing or bad; the message names the key and
+                nothing is changed.
+        """
         self.apply_state(self.check_state(state))
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing changes); returns what :meth:`apply_state` applies."""
+        """Validate ``state`` whole, changing nothing.
+
+        Args:
+            state: a dict from :meth:`KeptSampler.state_dict`.
+            where: the state's name in messages.
+
+        Returns:
+            ``seed``, ``epoch`` and ``shuffle`` for :meth:`apply_state`.
+
+        Raises:
+            ValueError: ``state`` is not a dict, ``seed`` is not an int64, ``epoch`` is
+                neither ``None`` nor an int ``>= 0``, or ``shuffle`` is not a bool.
+        """
         if not isinstance(state, dict):
             raise ValueError(f"{where} must be a dict from KeptSampler.state_dict(), got {type(state).__name__}")
         seed = check.integer(state, "seed", low=INT64_MIN, high=INT64_MAX, where=where)
@@ -169,6 +230,11 @@ class KeptSampler(Sampler[int]):
         return {"seed": seed, "epoch": epoch, "shuffle": shuffle}
 
     def apply_state(self, values: dict) -> None:
+        """Apply a validated state (cannot fail).
+
+        Args:
+            values: what :meth:`check_state` returned.
+        """
         self.seed, self._epoch, self.shuffle = values["seed"], values["epoch"], values["shuffle"]
 
 
@@ -220,6 +286,17 @@ class ScoringSampler(Sampler[int]):
     run the same number of steps: score with the unwrapped module). ``pad=True``
     pads like ``DistributedSampler`` for equal lengths; the repeated samples are
     harmless (the selector keeps the largest of an epoch's losses per sample).
+
+    Args:
+        selector: any ies_fast selector.
+        all_samples: forward every sample, not only the removed ones.
+        num_replicas: DDP world size (default: the process group's, else 1).
+        rank: this rank, in ``[0, num_replicas)`` (default: the process group's, else 0).
+        pad: pad the shards to equal length.
+
+    Raises:
+        TypeError: ``selector`` is not a selector, or ``num_replicas``/``rank`` not ints.
+        ValueError: ``num_replicas < 1`` or ``rank`` out of range.
     """
 
     def __init__(self, selector, all_samples: bool = False, *, num_replicas: Optional[int] = None,
@@ -231,7 +308,11 @@ class ScoringSampler(Sampler[int]):
         self.num_replicas, self.rank = _world(num_replicas, rank)
 
     def indices(self) -> torch.Tensor:
-        """int64 CPU tensor: this rank's scoring indices, ascending."""
+        """This epoch's scoring indices for this rank (reads the mask from the device once).
+
+        Returns:
+            int64 CPU tensor, ascending.
+        """
         if self.all_samples:
             idx = torch.arange(self.selector.num_samples)
         else:

@@ -176,9 +176,10 @@ def _plain_cpu_record_nll(x, target, ignore_index: int, reduction, index, ring):
 def _plain_cpu(x, target, ignore_index, reduction, recorded, selector):
     """F.cross_entropy's own two ops (log_softmax, nll_loss: same values, gradients
     and errors, two autograd nodes) and, with a selector, each row's loss read from
-    the detached log-probabilities and written into the ring. Every extra op costs
-    ~5 µs at B=256 on one core, so ignored rows are masked out of the record only
-    when a cheap read of the smallest target says there can be some."""
+    the detached log-probabilities and written into the ring. Every extra op is a
+    visible share of a small batch's CPU time (docs/results.md), so ignored rows are
+    masked out of the record only when a cheap read of the smallest target says
+    there can be some."""
     logp = F.log_softmax(x, dim=1)
     out = F.nll_loss(logp, target, ignore_index=ignore_index, reduction=reduction)  # raises on a bad target
     if selector is not None and target.numel():
@@ -205,24 +206,48 @@ def cross_entropy(
     scoring: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``F.cross_entropy(input, target, weight=..., ignore_index=..., reduction=...,
-    label_smoothing=...)`` with the same values, gradients and errors, for every
-    input F accepts: ``[B, C]`` or ``[C]`` logits, K-dimensional ``[B, C, d1, ...]``
-    with targets ``[B, d1, ...]``, class indices or class probabilities (soft labels
-    shaped like ``input``); fp32/fp64 computed as given, bf16/fp16 in fp32 and
-    returned in the input's dtype.
+    """``F.cross_entropy`` that also records each sample's loss in a selector.
 
-    With a ``selector`` and the samples' dataset ``index`` ``[B]``, each sample's
-    loss is recorded for the epoch: the mean over its valid positions, weighted as
-    F's ``mean`` is (``docs/semantics.md``); samples with no valid position are not
-    recorded. Extras, all off by default: ``reduction="sample"`` returns those
-    per-sample losses ``[B]`` (differentiable); ``sample_weight`` ``[B]`` multiplies
-    each sample's terms before the reduction (InfoBatch's rescaling; the ``mean``
-    divisor is unchanged); ``lse_square_scale`` adds the z-loss
-    ``scale * logsumexp^2`` and ``softcap`` caps logits as ``softcap * tanh(x /
-    softcap)`` (Liger's meanings); ``scoring=True`` marks a forward-only scoring pass.
-    ``backend``: ``auto`` (Triton kernel on CUDA, torch on CPU), ``torch``, ``native``
-    (torch math; the ring write is the selector's own op), ``triton``.
+    Same values, gradients and errors as ``F.cross_entropy`` for every input it
+    accepts: ``[B, C]`` or ``[C]`` logits, K-dimensional ``[B, C, d1, ...]`` with
+    targets ``[B, d1, ...]``, class indices or class probabilities; fp32/fp64
+    computed as given, bf16/fp16 in fp32 and returned in the input's dtype. A
+    sample's recorded loss is the mean over its valid positions, weighted as F's
+    ``mean`` is (``docs/semantics.md``); a sample with no valid position is not recorded.
+
+    Args:
+        input: logits ``[B, C]``, ``[C]`` or ``[B, C, d1, ...]``.
+        target: class indices (int64 or uint8) or class probabilities shaped like ``input``.
+        index: integer ``[B]``, the samples' dataset indices (required with ``selector``).
+            Note: the third positional argument, where F's is ``weight``.
+        selector: where to record the per-sample losses (any :class:`ies_fast.Selector`
+            with one exit), or ``None`` to compute the loss only.
+        weight: class weights ``[C]``, as F's.
+        ignore_index: target value that is ignored, as F's.
+        reduction: ``"mean"``, ``"sum"``, ``"none"``, or ``"sample"`` (per-sample
+            losses ``[B]``, differentiable).
+        label_smoothing: as F's.
+        sample_weight: ``[B]`` multiplying each sample's terms before the reduction
+            (InfoBatch's rescaling; the ``mean`` divisor is unchanged).
+        lse_square_scale: z-loss scale (adds ``scale * logsumexp^2``), a finite number ``>= 0``.
+        softcap: caps logits as ``softcap * tanh(x / softcap)``, a number ``> 0``, or ``None``.
+        scoring: marks a forward-only scoring pass (``stats()["scored_total"]``).
+        backend: ``"auto"`` (Triton kernel on CUDA, torch on CPU), ``"torch"``,
+            ``"native"`` (torch math, the selector's own ring write) or ``"triton"``.
+
+    Returns:
+        The loss, reduced by ``reduction``, in ``input``'s dtype.
+
+    Raises:
+        TypeError: ``input``/``target`` not tensors, a floating-point ``index``, or a
+            non-number ``lse_square_scale``/``softcap``.
+        ValueError: an unknown ``reduction``, a ``sample_weight`` not ``[B]``, a negative
+            ``lse_square_scale``, ``softcap <= 0``, a selector without ``index``, a selector
+            with ``num_exits > 1``, or an ``index`` out of range (CUDA: raised by the
+            selector's next ``step()``).
+        IndexError: a class-index target out of range (CPU), as F raises it.
+        RuntimeError: what ``F.cross_entropy`` raises for its own arguments (shapes,
+            dtypes, ``weight``); ``backend`` not available on the device.
     """
     _check_own_args(input, target, reduction, sample_weight, lse_square_scale, softcap)
     _check_index_and_target(index, target)
@@ -299,16 +324,31 @@ def causal_lm_cross_entropy(
     reduction: str = "mean",
     **kwargs,
 ) -> torch.Tensor:
-    """Cross-entropy of language-model logits ``[B, T, V]`` against ``labels``
-    ``[B, T]``, as Hugging Face's causal-LM loss: with ``shift=True`` position ``t``
-    predicts ``labels[:, t + 1]``; ``ignore_index=-100`` marks padding/prompt tokens.
+    """Cross-entropy of language-model logits, as Hugging Face's causal-LM loss.
 
-    ``reduction="mean"`` is the mean over all valid tokens of the batch, ``"sum"``
-    their sum, ``"none"`` the token losses ``[B, T - 1]`` (``[B, T]`` unshifted),
-    ``"sample"`` each sequence's mean token loss ``[B]`` (what a selector records).
-    Other keywords (``selector`` / ``index``, ``label_smoothing``, ``sample_weight``,
-    ``lse_square_scale``, ``softcap``, ``weight``, ``scoring``, ``backend``) are
-    :func:`cross_entropy`'s."""
+    A selector records each sequence's mean loss over its valid tokens.
+
+    Args:
+        logits: ``[B, T, V]``.
+        labels: token ids ``[B, T]``.
+        index: integer ``[B]``, the sequences' dataset indices (required with ``selector``).
+        selector: where to record per-sequence losses, or ``None``.
+        shift: position ``t`` predicts ``labels[:, t + 1]`` (``False``: ``labels[:, t]``).
+        ignore_index: label value of padding/prompt tokens (not scored).
+        reduction: ``"mean"`` over all valid tokens of the batch, ``"sum"``, ``"none"``
+            (token losses ``[B, T - 1]``; ``[B, T]`` unshifted) or ``"sample"`` (each
+            sequence's mean token loss ``[B]``).
+        **kwargs: :func:`cross_entropy`'s ``weight``, ``label_smoothing``,
+            ``sample_weight``, ``lse_square_scale``, ``softcap``, ``scoring``, ``backend``.
+
+    Returns:
+        The loss, reduced by ``reduction``.
+
+    Raises:
+        TypeError: floating-point ``labels``.
+        ValueError: ``logits`` not 3-D, ``labels`` not ``[B, T]``; otherwise as
+            :func:`cross_entropy`.
+    """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError(
             "logits must be a 3-D tensor [batch, tokens, vocab], got "

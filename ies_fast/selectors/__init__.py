@@ -22,9 +22,22 @@ KINDS = {"ies": IES, "infobatch": InfoBatch, "random": RandomRemoval}
 
 
 def make_selector(kind: str, num_samples: int, **kwargs) -> Selector:
-    """A selector by name: ``"ies"`` (``exit_reduction="per_exit"`` gives a
-    :class:`PerExitIES`), ``"infobatch"`` or ``"random"``; keyword arguments go to its
-    constructor. The one place that picks a class from arguments."""
+    """Build a selector by name (the one place that picks a class from arguments).
+
+    Args:
+        kind: ``"ies"`` (:class:`IES`; with ``exit_reduction="per_exit"`` a
+            :class:`PerExitIES`), ``"infobatch"`` (:class:`InfoBatch`) or
+            ``"random"`` (:class:`RandomRemoval`).
+        num_samples: the training set's size.
+        **kwargs: the chosen class's constructor arguments.
+
+    Returns:
+        The new selector.
+
+    Raises:
+        ValueError: an unknown ``kind``; otherwise what the constructor raises
+            (``TypeError`` or ``ValueError`` naming the argument).
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if kind == "ies" and kwargs.get("exit_reduction") == "per_exit":

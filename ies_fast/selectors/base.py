@@ -34,7 +34,19 @@ class Ring(NamedTuple):
 
 
 class Selector:
-    """Base class: subclasses set ``num_samples``, ``device``, ``backend`` and ``epoch``."""
+    """Base class of every sample selector: the keep mask, the kept index list, index
+    checks, the recording interface and the ``state_dict`` contract.
+
+    Args:
+        num_samples: the training set's size; every index must lie in ``[0, num_samples)``.
+        device: where the per-sample state lives (default CPU); not ``"meta"``.
+        backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"`` (see :func:`ies_fast.backend_info`).
+
+    Raises:
+        TypeError: ``num_samples`` is not an int (a bool or a float included).
+        ValueError: ``num_samples < 1``, ``device="meta"``, or an unknown ``backend``.
+        RuntimeError: ``backend="native"`` or ``"triton"`` is not available on ``device``.
+    """
 
     #: ``state_dict()["kind"]``, the state layout's version, and the names of ``self.totals``
     KIND: str
@@ -71,43 +83,96 @@ class Selector:
 
     # ---- what the training loop asks of every selector ---------------------------------
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
-        """Record this epoch's per-sample losses (no host sync)."""
+        """Record this epoch's per-sample losses (no host sync).
+
+        Args:
+            per_sample_loss: float ``[B]``, one unreduced loss per row of the batch.
+            index: integer ``[B]``, the rows' dataset indices.
+            scoring: whether this is a forward-only scoring pass (counted in
+                ``stats()["scored_total"]``).
+
+        Raises:
+            TypeError: a non-tensor or non-floating ``per_sample_loss``, or a non-integer ``index``.
+            ValueError: shapes that do not match, or an index out of range (on CUDA:
+                reported by the next :meth:`step`).
+        """
         raise NotImplementedError
 
     # ---- the recording interface (ies_fast.cross_entropy uses only these) ---------------
     def record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
-        """Record already-checked losses ``[B]``: ``index`` from :meth:`check_index`
-        (int64 on the selector's device, rows with ``index < 0`` skipped)."""
+        """Record already-checked losses (the hook :func:`ies_fast.cross_entropy` uses).
+
+        Args:
+            per_sample_loss: float ``[B]``.
+            index: int64 ``[B]`` from :meth:`check_index`, on the selector's device;
+                rows with ``index < 0`` are skipped.
+        """
         raise NotImplementedError
 
     def ring(self) -> Optional[Ring]:
-        """The ring that :meth:`record` writes one max-loss per sample into, when a
-        fused kernel may write it directly with the same result; ``None`` otherwise
-        (then the loss calls :meth:`record`)."""
+        """The loss ring, for a fused kernel that writes one loss per sample into it.
+
+        Returns:
+            The :class:`Ring` that :meth:`record` writes one max-loss per sample into,
+            when a kernel's direct write gives the same result; ``None`` otherwise
+            (then the loss calls :meth:`record`).
+        """
         return None
 
     def count_scored(self, n) -> None:
-        """Count ``n`` samples forwarded by a scoring pass (``stats()["scored_total"]``);
-        ``n`` an int or a 0-d device tensor (no host sync)."""
+        """Count samples forwarded by a scoring pass (``stats()["scored_total"]``).
+
+        Args:
+            n: an int, or a 0-d device tensor (no host sync).
+        """
         self._pending_scored += n
 
     def defer_bad_targets(self, bad: torch.Tensor) -> None:
-        """Count rows dropped for a target out of range on a device where raising
-        would sync (0-d int tensor): reported by the next :meth:`step`."""
+        """Count rows dropped for a target out of range where raising would sync.
+
+        Args:
+            bad: 0-d int tensor, the number of such rows; the next :meth:`step` raises
+                ``ValueError`` reporting them.
+        """
         self._deferred_errors[1] += bad
 
     def step(self) -> None:
-        """Close the epoch and decide the next epoch's kept set."""
+        """Close the epoch and decide the next epoch's kept set (call once per epoch).
+
+        Raises:
+            ValueError: rows were dropped since the last step for an index or target
+                out of range (CUDA, where checking them eagerly would sync).
+        """
         raise NotImplementedError
 
     def score(self, model, loader, **kwargs) -> int:
-        """Forward-only scoring pass over the removed samples (see :func:`ies_fast.selectors.scoring.score`)."""
+        """Forward-only scoring pass over the removed samples, recording their losses.
+
+        Args:
+            model: the ``torch.nn.Module`` to forward (``eval`` mode by default, restored after).
+            loader: yields ``(x, y, index)`` batches (or dicts with ``data``/``label``/``index``),
+                e.g. over a :class:`ies_fast.data.ScoringSampler`.
+            **kwargs: ``device``, ``autocast_dtype``, ``non_blocking``, ``score_fn``,
+                ``mode`` and ``force`` of :func:`ies_fast.selectors.scoring.score`.
+
+        Returns:
+            The number of samples scored (0 when :meth:`needs_scoring` is False and not ``force``).
+
+        Raises:
+            TypeError: ``model`` is not a ``torch.nn.Module``.
+            ValueError: an unknown ``mode``, a batch of another shape, or a ``score_fn``
+                result that is not ``[B]``.
+        """
         from .scoring import score
 
         return score(self, model, loader, **kwargs)
 
     def removed_mask(self) -> torch.Tensor:
-        """bool ``[num_samples]``: samples left out of the next training pass."""
+        """Which samples the next training pass leaves out.
+
+        Returns:
+            bool ``[num_samples]`` on the selector's device (all False while removal is off).
+        """
         raise NotImplementedError
 
     def epoch_losses(self) -> Optional[torch.Tensor]:
@@ -138,36 +203,67 @@ class Selector:
         return flat(self.state_dict())
 
     def loss_weights(self, index: torch.Tensor) -> Optional[torch.Tensor]:
-        """Per-row weights for the training loss of the samples ``index`` (``None``: all 1).
-        InfoBatch rescales kept low-loss samples; IES does not."""
+        """Per-row weights for the training loss (InfoBatch rescales kept low-loss samples; IES does not).
+
+        Args:
+            index: integer ``[B]``, the rows' dataset indices.
+
+        Returns:
+            float32 ``[B]`` weights, or ``None`` when every weight is 1.
+        """
         return None
 
     def training_loss(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The batch's loss to backpropagate: the mean of ``per_sample_loss`` ``[B]``
-        times :meth:`loss_weights` (the plain mean when the selector does not reweight).
-        The wrappers use it so that any selector trains with its own weighting."""
+        """The batch's loss to backpropagate, with the selector's own weighting.
+
+        Args:
+            per_sample_loss: float ``[B]``.
+            index: integer ``[B]``, the rows' dataset indices.
+
+        Returns:
+            0-d tensor: the mean of ``per_sample_loss`` times :meth:`loss_weights` (the
+            plain mean when the selector does not reweight).
+        """
         weights = self.loss_weights(index)
         if weights is None:
             return per_sample_loss.mean()
         return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()
 
     def needs_scoring(self) -> bool:
-        """Whether a forward-only scoring pass over :meth:`scoring_mask` should run this epoch."""
+        """Whether a forward-only scoring pass should run this epoch.
+
+        Returns:
+            ``True`` when :meth:`scoring_mask`'s samples should be forwarded now.
+        """
         return False
 
     def scoring_mask(self) -> torch.Tensor:
-        """bool ``[num_samples]``: samples the scoring pass should forward (the removed ones)."""
+        """Which samples the scoring pass should forward.
+
+        Returns:
+            bool ``[num_samples]``: here the removed ones.
+        """
         return self.removed_mask()
 
     def set_removal(self, enabled: bool) -> None:
         """Turn removal off (annealing: the last epochs on the full data) or back on.
-        Losses are still recorded and decisions still updated."""
+
+        Losses are still recorded and decisions still updated.
+
+        Args:
+            enabled: ``False`` trains every sample; ``True`` removes again.
+        """
         self.removal_enabled = bool(enabled)
         self._invalidate()
 
     def stats(self) -> dict:
-        """Counters as Python numbers (reads them from the device: call once per epoch):
-        the counts every selector has, then :meth:`_own_stats`, then the savings."""
+        """Counters as Python numbers; reads them from the device, so call it once per epoch.
+
+        Returns:
+            A dict: ``epoch``, ``num_samples``, ``kept``, ``removed``, the selector's own
+            counts, then ``backward_saved``, ``backward_saved_fraction``,
+            ``scored_total`` and ``removal_enabled``.
+        """
         totals = dict(zip(self.TOTALS, self.totals.tolist()))
         removed = int(self.removed_mask().sum())
         return {
@@ -198,19 +294,42 @@ class Selector:
         }
 
     def state_dict(self) -> dict:
+        """The selector's whole state, for a checkpoint (tensors cloned).
+
+        Returns:
+            A dict of plain values and tensors with ``kind``, ``version`` and
+            ``num_samples`` first; save it with ``torch.save`` and load it with
+            ``torch.load(weights_only=True)``.
+        """
         raise NotImplementedError
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`: validate all of it first (:meth:`check_state`),
-        then apply it (:meth:`apply_state`); a bad state raises ``ValueError`` naming
-        the key and changes nothing."""
+        """Restore a :meth:`state_dict`: validate all of it first, then apply it.
+
+        Args:
+            state: a dict from this class's :meth:`state_dict`.
+
+        Raises:
+            ValueError: anything wrong in ``state`` (a wrong kind or version, a missing
+                key, a mismatched constructor value, a tensor of another shape or dtype);
+                the message names the key and nothing is changed.
+        """
         self.apply_state(self.check_state(state))
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole, changing nothing; returns the values
-        :meth:`apply_state` applies. Here: the fields every selector has (header,
-        ``num_samples``, ``epoch``, ``removal_enabled``, ``totals``); subclasses
-        extend it with their own."""
+        """Validate ``state`` whole, changing nothing (subclasses add their own fields).
+
+        Args:
+            state: a dict from :meth:`state_dict`.
+            where: how messages name the state (e.g. ``"state_dict['exits']"``).
+
+        Returns:
+            The values :meth:`apply_state` applies.
+
+        Raises:
+            ValueError: a bad header, ``num_samples``, ``epoch``, ``removal_enabled``
+                or ``totals``, naming the key.
+        """
         check.header(state, self.KIND, self.VERSION, where)
         check.matches(state, "num_samples", self.num_samples, where)
         epoch = check.epoch(state, where=where)
@@ -219,16 +338,29 @@ class Selector:
         return {"epoch": epoch, "removal_enabled": check.boolean(state, "removal_enabled", where), "totals": totals}
 
     def apply_state(self, values: dict) -> None:
-        """Apply what :meth:`check_state` returned (cannot fail); subclasses extend it."""
+        """Apply a validated state (cannot fail); subclasses extend it.
+
+        Args:
+            values: what :meth:`check_state` returned.
+        """
         self.totals.copy_(values["totals"].to(self.device))
         self.epoch, self.removal_enabled = values["epoch"], values["removal_enabled"]
         self._pending_scored.zero_()
         self._invalidate()
 
     def to(self, device) -> "Selector":
-        """Move the per-sample state (every tensor attribute) to ``device``; returns
-        ``self``. A selector that draws from a ``torch.Generator`` (InfoBatch,
-        RandomRemoval) cannot carry its random stream to another device: build it there."""
+        """Move the per-sample state (every tensor attribute) to ``device``.
+
+        Args:
+            device: the target device.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: the selector draws from a ``torch.Generator`` (InfoBatch,
+                RandomRemoval), whose stream cannot move: build it on ``device``.
+        """
         device = torch.device(device)
         if device == self.device:
             return self
@@ -246,19 +378,33 @@ class Selector:
     # ---- the mask and the index list -------------------------------------------------
 
     def kept_mask(self) -> torch.Tensor:
+        """Which samples the next training pass trains.
+
+        Returns:
+            bool ``[num_samples]``, the complement of :meth:`removed_mask`.
+        """
         return ~self.removed_mask()
 
     def kept_indices_padded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(buffer, count)``: ``buffer[:count]`` are the kept sample indices in
-        ascending order; ``count`` stays on the device (no host sync)."""
+        """The kept sample indices without a host sync.
+
+        Returns:
+            ``(buffer, count)``: ``buffer[:count]`` are the kept indices in ascending
+            order; ``count`` is a device tensor.
+        """
         if self._kept_cache is None:
             self._kept_cache = compact(self.kernel_backend, self.kept_mask())
         return self._kept_cache
 
     def kept_indices(self) -> torch.Tensor:
-        """int64 indices of the samples to train on next epoch, ascending, on the
-        selector's device. Built by on-device compaction; sizing the result reads the
-        count once (the one device->host copy per epoch), cached until ``step()``."""
+        """The samples to train on next epoch.
+
+        Built by on-device compaction; sizing the result reads the count once (the
+        one device->host copy per epoch); cached until the next :meth:`step`.
+
+        Returns:
+            int64 indices, ascending, on the selector's device.
+        """
         if self._kept_list is None:
             buffer, count = self.kept_indices_padded()
             k = int(count)
@@ -274,9 +420,20 @@ class Selector:
 
     # ---- input checks ------------------------------------------------------------------
     def check_index(self, index, length: int) -> torch.Tensor:
-        """Validated int64 index on the selector's device; rows that must not be
-        recorded become -1. Out-of-range values raise at once on CPU and are counted
-        and reported by the next ``step()`` on CUDA."""
+        """Validate a batch's dataset indices.
+
+        Args:
+            index: integer tensor ``[length]``.
+            length: the batch size it must match.
+
+        Returns:
+            int64 ``index`` on the selector's device; on CUDA, out-of-range rows become -1.
+
+        Raises:
+            TypeError: ``index`` is not a tensor, or not of an integer dtype.
+            ValueError: ``index`` is on the meta device, not 1-D of ``length``, or (on CPU)
+                out of ``[0, num_samples)``; on CUDA the next :meth:`step` reports it.
+        """
         if not isinstance(index, torch.Tensor):
             raise TypeError(f"index must be a torch.Tensor of sample indices, got {type(index).__name__}")
         if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):

@@ -48,12 +48,48 @@ class IES(Selector):
       samples: :mod:`ies_fast.selectors.schedule`);
     * an empty batch is a no-op.
 
-    ``min_kept`` (the collapse guard, :mod:`ies_fast.selectors.floor`): at least that many
-    samples (an int count, or a float fraction of ``num_samples`` as the CLI's
-    ``--min-kept`` takes it) are trained each epoch; random mastered samples (seeded by ``seed`` and
-    the epoch) are replayed to fill up. Decisions are unchanged.
+    ``min_kept`` (the collapse guard, :mod:`ies_fast.selectors.floor`): random mastered
+    samples are replayed so that at least that many are trained each epoch; decisions
+    are unchanged. Memory: ``4·history_length + 2`` bytes per sample on device.
 
-    Memory: ``4·history_length + 2`` bytes per sample on device.
+    Args:
+        num_samples: the training set's size.
+        delta: the mastered threshold δ, a finite number ``>= 0`` (``0``: never master).
+        order: the difference order N of ``Δ^N L``, an int in ``0..3``.
+        window: the epochs averaged, an int ``>= 1``.
+        device: where the per-sample state lives (default CPU).
+        k: the number of window means summed (``1``: the paper's formula).
+        eligibility: ``"paper"`` or ``"official"`` (one epoch later, as the authors' code).
+        score_every: re-score removed samples every this many epochs (an int ``>= 1``).
+        backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"``.
+        distributed: merge the ranks' losses at :meth:`step` under an initialised process group.
+        num_exits: losses per sample (``[B, num_exits]`` for multi-exit models).
+        exit_reduction: ``"mean"``, ``"sum"`` or ``"weights"`` (``"per_exit"``: use
+            :func:`ies_fast.make_selector`, which builds a :class:`ies_fast.PerExitIES`).
+        exit_weights: ``num_exits`` finite weights ``>= 0`` with a positive sum, for
+            ``exit_reduction="weights"`` only.
+        score_policy: ``"every"`` or ``"backoff"`` (per-sample doubling re-score intervals).
+        score_max_interval: the longest ``"backoff"`` interval, an int in ``[1, 16384]``
+            and ``>= score_every``.
+        min_kept: the collapse guard's floor: an int count in ``[0, num_samples]`` or a
+            float fraction in ``[0, 1]``.
+        seed: seeds the replayed samples' draw (with the epoch).
+
+    Raises:
+        TypeError: an int argument given as a float or bool, a non-number ``delta``,
+            or a ``min_kept`` that is neither int nor float.
+        ValueError: a value out of range (above), an unknown choice, ``delta`` so small
+            that ``delta * window`` rounds to 0 in fp32, a loss history longer than 120
+            (``order + window + k - 1``, +1 for ``"official"``), ``exit_reduction="per_exit"``,
+            ``device="meta"``, or per-sample state larger than the device's memory.
+        RuntimeError: ``backend="native"`` or ``"triton"`` is not available on ``device``.
+
+    Example::
+
+        sel = ies_fast.IES(len(train_set), delta=1e-3)
+        loss = ies_fast.cross_entropy(logits, y, index, selector=sel)
+        sel.step()                      # at each epoch's end
+        next_epoch = sel.kept_indices()
     """
 
     KIND, VERSION, TOTALS = "IES", 1, TOTALS
@@ -118,12 +154,19 @@ class IES(Selector):
 
     # ---- recording -------------------------------------------------------------------
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
-        """Record one loss per sample for this epoch. ``per_sample_loss`` is ``[B]``;
-        ``index`` holds the samples' dataset indices. ``scoring=True`` marks a
-        forward-only scoring pass (counted in ``stats()["scored_total"]``).
-        With ``num_exits=H`` the losses are ``[B, H]``, reduced to ``[B]`` by
-        ``exit_reduction`` (see ``ies_fast/losses/exits.py``).
-        No host synchronisation on CUDA."""
+        """Record one loss per sample for this epoch (no host sync on CUDA).
+
+        Args:
+            per_sample_loss: float ``[B]``; ``[B, num_exits]`` with ``num_exits > 1``,
+                reduced by ``exit_reduction`` (``ies_fast/losses/exits.py``).
+            index: integer ``[B]``, the samples' dataset indices.
+            scoring: marks a forward-only scoring pass (``stats()["scored_total"]``).
+
+        Raises:
+            TypeError: ``per_sample_loss`` is not a floating tensor, or ``index`` not an integer tensor.
+            ValueError: a shape other than ``[B]`` (``[B, num_exits]``), or an index out
+                of ``[0, num_samples)`` (on CUDA: raised by the next :meth:`step`).
+        """
         if not isinstance(per_sample_loss, torch.Tensor):
             raise TypeError(f"per_sample_loss must be a torch.Tensor, got {type(per_sample_loss).__name__}")
         per_sample_loss = self._reduce_exits(per_sample_loss)
@@ -145,8 +188,12 @@ class IES(Selector):
         ring_ops.record(self.kernel_backend, self.hist, self.count, loss, index)
 
     def ring(self):
-        """The ring, when a kernel's direct write equals :meth:`record` (this class's own
-        ``record``, one loss per sample); see :meth:`Selector.ring`."""
+        """The loss ring for a fused kernel's direct write (see :meth:`Selector.ring`).
+
+        Returns:
+            The :class:`~ies_fast.selectors.base.Ring` when a direct write equals
+            :meth:`record` (this class's own ``record``, one exit); else ``None``.
+        """
         if type(self).record is not IES.record or self.num_exits != 1:
             return None
         ring = getattr(self, "_ring", None)
@@ -160,17 +207,33 @@ class IES(Selector):
         return reduce_exits(per_sample_loss, self.num_exits, self.exit_reduction, self.exit_weights)
 
     def exit_mask(self, index: torch.Tensor) -> torch.Tensor:
-        """bool ``[B, num_exits]``: True where a (sample, exit) loss term is kept. Outside
-        ``exit_reduction="per_exit"`` every exit follows its sample's decision."""
+        """Which (sample, exit) loss terms to keep; here every exit follows its sample.
+
+        Args:
+            index: integer ``[B]``, the samples' dataset indices.
+
+        Returns:
+            bool ``[B, num_exits]``, True where the term is kept.
+
+        Raises:
+            TypeError: ``index`` is not an integer tensor.
+            ValueError: ``index`` is out of range (CPU).
+        """
         index = self.check_index(index, index.numel() if isinstance(index, torch.Tensor) else -1)
         kept = ~self.removed_mask().index_select(0, torch.where(index < 0, torch.zeros_like(index), index))
         return (kept | (index < 0)).unsqueeze(1).expand(-1, self.num_exits)
 
     # ---- epoch end -------------------------------------------------------------------
     def step(self) -> None:
-        """Close the epoch: fold in its losses and decide the mastered set for the next
-        epoch. Under an initialised process group the ranks first merge what they
-        recorded (one all-reduce of ``num_samples`` fp32 values)."""
+        """Close the epoch: fold in its losses and decide the next epoch's mastered set.
+
+        Under an initialised process group (and ``distributed=True``) the ranks first
+        merge what they recorded (one all-reduce of ``num_samples`` fp32 values).
+
+        Raises:
+            ValueError: rows were dropped since the last step for an index or target
+                out of range (CUDA, where checking them eagerly would sync).
+        """
         self._merge_ranks()
         self._report_deferred_errors()
         if self.removal_enabled:
@@ -233,8 +296,12 @@ class IES(Selector):
 
     # ---- the decision ----------------------------------------------------------------
     def mastered_mask(self) -> torch.Tensor:
-        """bool ``[num_samples]`` on the selector's device: samples mastered at the last
-        ``step()`` (left out of the next epoch's backward pass while removal is enabled)."""
+        """The samples mastered at the last :meth:`step`.
+
+        Returns:
+            bool ``[num_samples]`` on the selector's device; these leave the next
+            epoch's backward pass while removal is enabled (less any replayed by ``min_kept``).
+        """
         return self.mastered
 
     def removed_mask(self) -> torch.Tensor:
@@ -243,13 +310,20 @@ class IES(Selector):
         return self.mastered & ~self.replay if self.replay.numel() else self.mastered
 
     def needs_scoring(self) -> bool:
-        """Whether this epoch's scoring pass over mastered samples should run
-        (``"every"``: every ``score_every`` epochs; ``"backoff"``: every epoch, over
-        the samples due)."""
+        """Whether this epoch's scoring pass over mastered samples should run.
+
+        Returns:
+            ``"every"``: ``True`` every ``score_every`` epochs; ``"backoff"``: every
+            epoch (over the samples due); ``False`` while removal is off.
+        """
         return self.removal_enabled and self.scoring_schedule.needs_scoring(self.epoch)
 
     def scoring_mask(self) -> torch.Tensor:
-        """bool ``[S]``: removed samples the scoring schedule forwards this epoch."""
+        """The removed samples the scoring schedule forwards this epoch.
+
+        Returns:
+            bool ``[num_samples]``.
+        """
         return self.scoring_schedule.due_mask(self.epoch, self.removed_mask())
 
     # ---- reporting -------------------------------------------------------------------
@@ -289,15 +363,36 @@ class IES(Selector):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`. ``num_samples``, ``order``, ``window``, ``k`` and
-        ``eligibility`` must match this selector's; ``delta`` and ``score_every`` come
-        from the state (they override the constructor's), as do ``epoch`` and
-        ``removal_enabled``. The whole state is checked first: a bad one raises
-        ``ValueError`` naming the key and changes nothing."""
+        """Restore a :meth:`state_dict`, checked whole before any of it is applied.
+
+        ``delta`` and ``score_every`` come from the state (they override the
+        constructor's), as do ``epoch`` and ``removal_enabled``.
+
+        Args:
+            state: a dict from :meth:`IES.state_dict`.
+
+        Raises:
+            ValueError: ``num_samples``, ``order``, ``window``, ``k`` or ``eligibility``
+                differ from this selector's, or any key is missing or bad; the message
+                names the key and nothing is changed.
+        """
         super().load_state_dict(state)
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing is changed); returns what :meth:`apply_state` applies."""
+        """Validate ``state`` whole, changing nothing (the base's fields, then IES's own).
+
+        Args:
+            state: a dict from :meth:`IES.state_dict`.
+            where: the state's name in messages.
+
+        Returns:
+            What :meth:`apply_state` applies.
+
+        Raises:
+            ValueError: ``order``, ``window``, ``k`` or ``eligibility`` differ from this
+                selector's; a bad ``delta``, ``score_every``, ring, mask or schedule; a
+                mastered sample without a full history. The message names the key.
+        """
         values = super().check_state(state, where)
         for name in ("order", "window"):
             check.matches(state, name, getattr(self, name), where)
@@ -348,7 +443,14 @@ class IES(Selector):
         super().apply_state(values)
 
     def to(self, device) -> "IES":
-        """Move the state to ``device`` (returns ``self``)."""
+        """Move the per-sample state (and the scoring schedule's) to ``device``.
+
+        Args:
+            device: the target device.
+
+        Returns:
+            ``self``.
+        """
         super().to(device)
         self.scoring_schedule.to(self.device)
         return self

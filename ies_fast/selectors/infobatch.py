@@ -44,6 +44,21 @@ class InfoBatch(Selector):
     epoch (unweighted losses), ``step()`` at its end, ``kept_indices()`` for the
     loader, and multiply each row's loss by ``loss_weights(index)`` before taking the
     batch mean (as the original's ``values.mul_(weights).mean()``).
+
+    Args:
+        num_samples: the training set's size.
+        num_epochs: the planned number of epochs, an int ``>= 1``.
+        prune_ratio: the fraction of well-learned samples pruned, in ``[0, 0.9]``.
+        delta: the fraction of ``num_epochs`` that prunes, in ``[0, 1]`` (the rest anneals).
+        device: where the per-sample state lives (default CPU).
+        seed: seeds the pruning draw, an int ``>= 0``.
+        backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"``.
+        distributed: merge the ranks' scores at :meth:`step` under an initialised process group.
+
+    Raises:
+        TypeError: an int argument given as a float or bool, or a non-number fraction.
+        ValueError: a value out of the ranges above, an unknown ``backend`` or ``device="meta"``.
+        RuntimeError: ``backend="native"`` or ``"triton"`` is not available on ``device``.
     """
 
     KIND, VERSION, TOTALS = "InfoBatch", 1, TOTALS
@@ -87,15 +102,32 @@ class InfoBatch(Selector):
         return self.num_epochs * self.delta
 
     def prunes_epoch(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) is a pruning epoch (the original's
-        ``IBSampler.reset``: ``iterations = epoch + 1``, pruning while not ``> stop_prune``)."""
+        """Whether an epoch prunes (the original's ``IBSampler.reset``).
+
+        Args:
+            epoch: 0-based epoch number.
+
+        Returns:
+            ``epoch + 1 <= stop_prune``.
+        """
         return epoch + 1 <= self.stop_prune
 
     # ---- recording -------------------------------------------------------------------
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
-        """Record each sample's (unweighted) loss as its score. Several observations of
-        one sample in an epoch keep the largest; a non-finite loss is ignored (the
-        previous score stays) and counted. No host sync on CUDA."""
+        """Record each sample's (unweighted) loss as its score (no host sync on CUDA).
+
+        Several observations of one sample in an epoch keep the largest; a non-finite
+        loss is ignored (the previous score stays) and counted.
+
+        Args:
+            per_sample_loss: float ``[B]``, unweighted.
+            index: integer ``[B]``, the samples' dataset indices.
+            scoring: marks a forward-only scoring pass.
+
+        Raises:
+            TypeError: a non-floating ``per_sample_loss`` or a non-integer ``index``.
+            ValueError: a shape other than ``[B]``, or an index out of range (CUDA: at the next :meth:`step`).
+        """
         if not isinstance(per_sample_loss, torch.Tensor):
             raise TypeError(f"per_sample_loss must be a torch.Tensor, got {type(per_sample_loss).__name__}")
         if per_sample_loss.dim() != 1:
@@ -108,8 +140,12 @@ class InfoBatch(Selector):
             self.count_scored(index.numel())
 
     def record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
-        """Record already-checked losses; ``index`` is int64 on the device, rows with
-        ``index < 0`` are skipped (the hook ``ies_fast.cross_entropy`` can use)."""
+        """Record already-checked losses (the hook :func:`ies_fast.cross_entropy` uses).
+
+        Args:
+            per_sample_loss: float ``[B]``, unweighted.
+            index: int64 ``[B]`` on the selector's device; rows with ``index < 0`` are skipped.
+        """
         if per_sample_loss.numel() == 0:
             return
         loss = per_sample_loss.detach().to(self.device, torch.float32, non_blocking=True)
@@ -193,15 +229,28 @@ class InfoBatch(Selector):
         return self.pruned
 
     def well_learned_mask(self) -> torch.Tensor:
-        """bool ``[num_samples]``: samples whose current score is below the mean score."""
+        """The samples whose current score is below the mean score.
+
+        Returns:
+            bool ``[num_samples]``.
+        """
         scores = self.scores[: self.num_samples]
         return scores < scores.mean()
 
     def loss_weights(self, index: torch.Tensor) -> torch.Tensor:
-        """float32 ``[B]`` on the selector's device: ``1 / (1 - prune_ratio)`` for kept
-        well-learned samples in a pruning epoch, 1 otherwise (and 1 for every row
-        while removal is disabled). Multiply the per-sample losses by these before
-        the batch mean."""
+        """The rows' loss weights: multiply the per-sample losses by them before the batch mean.
+
+        Args:
+            index: integer ``[B]``, the samples' dataset indices.
+
+        Returns:
+            float32 ``[B]`` on the selector's device: ``1 / (1 - prune_ratio)`` for kept
+            well-learned samples in a pruning epoch, 1 otherwise (and while removal is off).
+
+        Raises:
+            TypeError: ``index`` holds floats or bools.
+            ValueError: ``index`` is not a 1-D tensor, or out of range (CPU).
+        """
         if not isinstance(index, torch.Tensor) or index.dim() != 1:
             raise ValueError("index must be a 1-D tensor of sample indices")
         if index.is_floating_point() or index.dtype == torch.bool:
@@ -245,10 +294,18 @@ class InfoBatch(Selector):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`. ``num_samples``, ``num_epochs``, ``prune_ratio``
-        and ``delta`` must match this object's; ``seed`` (and the generator) come from
-        the state. The whole state is checked first: a bad one raises ``ValueError``
-        naming the key and changes nothing."""
+        """Restore a :meth:`state_dict`, checked whole before any of it is applied.
+
+        ``seed`` and the generator's state come from the state.
+
+        Args:
+            state: a dict from :meth:`InfoBatch.state_dict`.
+
+        Raises:
+            ValueError: ``num_samples``, ``num_epochs``, ``prune_ratio`` or ``delta``
+                differ from this object's, or any key is missing or bad; the message
+                names the key and nothing is changed.
+        """
         super().load_state_dict(state)
 
     def check_state(self, state, where: str = "state_dict") -> dict:

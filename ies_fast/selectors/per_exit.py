@@ -37,9 +37,33 @@ class PerExitIES(Selector):
     """IES with a decision per (sample, exit): it owns an :class:`ies_fast.IES`
     (:attr:`exits`) over ``num_samples * num_exits`` virtual samples, and a sample
     is removed (``mastered_mask``) when all its exits are mastered. Built by
-    ``make_selector("ies", ..., exit_reduction="per_exit")`` or directly; the
-    arguments are :class:`ies_fast.IES`'s (``score_policy="every"`` and
-    ``min_kept=0`` only)."""
+    ``make_selector("ies", ..., exit_reduction="per_exit")`` or directly.
+
+    Args:
+        num_samples: the training set's size.
+        delta: as :class:`ies_fast.IES`'s, applied to each (sample, exit).
+        order: as :class:`ies_fast.IES`'s.
+        window: as :class:`ies_fast.IES`'s.
+        device: where the per-sample state lives (default CPU).
+        num_exits: exits per sample, an int ``>= 1``.
+        exit_reduction: must be ``"per_exit"``.
+        exit_weights: optional ``num_exits`` finite weights ``>= 0`` with a positive
+            sum (recorded in the state; :func:`ies_fast.multi_exit_loss` takes them).
+        k: as :class:`ies_fast.IES`'s.
+        eligibility: as :class:`ies_fast.IES`'s.
+        score_every: as :class:`ies_fast.IES`'s.
+        backend: as :class:`ies_fast.IES`'s.
+        distributed: as :class:`ies_fast.IES`'s.
+        score_policy: ``"every"`` only.
+        score_max_interval: as :class:`ies_fast.IES`'s.
+        min_kept: ``0`` only.
+        seed: accepted for the same signature as :class:`ies_fast.IES`; unused.
+
+    Raises:
+        TypeError: as :class:`ies_fast.IES`.
+        ValueError: as :class:`ies_fast.IES`, and ``exit_reduction`` other than
+            ``"per_exit"``, ``score_policy`` other than ``"every"`` or ``min_kept`` other than 0.
+    """
 
     KIND, VERSION, TOTALS = "IES-per-exit", 1, TOTALS
     BOUNDED_TOTALS = ("backward_saved",)
@@ -72,7 +96,18 @@ class PerExitIES(Selector):
 
     # recording
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
-        """Record ``[B, H]`` losses, one per (sample, exit). No host sync on CUDA."""
+        """Record one loss per (sample, exit) for this epoch (no host sync on CUDA).
+
+        Args:
+            per_sample_loss: float ``[B, num_exits]`` (``[B]`` when ``num_exits == 1``),
+                e.g. from :func:`ies_fast.per_exit_cross_entropy`.
+            index: integer ``[B]``, the samples' dataset indices.
+            scoring: marks a forward-only scoring pass.
+
+        Raises:
+            TypeError: a non-floating ``per_sample_loss`` or a non-integer ``index``.
+            ValueError: another shape, or an index out of range (CUDA: at the next :meth:`step`).
+        """
         losses = check_losses(per_sample_loss, self.num_exits)
         index = self.check_index(index, losses.shape[0])
         if losses.shape[0] == 0:
@@ -118,7 +153,11 @@ class PerExitIES(Selector):
 
     # the decision
     def mastered_mask(self) -> torch.Tensor:
-        """bool ``[num_samples]``: samples with every exit mastered at the last step()."""
+        """The samples with every exit mastered at the last :meth:`step`.
+
+        Returns:
+            bool ``[num_samples]`` on the selector's device.
+        """
         return self.mastered
 
     def removed_mask(self) -> torch.Tensor:
@@ -128,12 +167,26 @@ class PerExitIES(Selector):
         return self.exits.needs_scoring()
 
     def exit_mastered_mask(self) -> torch.Tensor:
-        """bool ``[num_samples, num_exits]``: (sample, exit) pairs mastered at the last step()."""
+        """The (sample, exit) pairs mastered at the last :meth:`step`.
+
+        Returns:
+            bool ``[num_samples, num_exits]``.
+        """
         return self.exits.mastered_mask().view(self.num_samples, self.num_exits)
 
     def exit_mask(self, index: torch.Tensor) -> torch.Tensor:
-        """bool ``[B, num_exits]``: True where the term enters this step's loss (its
-        exit is not mastered, or removal is off). No host sync on CUDA."""
+        """Which (sample, exit) terms enter this step's loss (no host sync on CUDA).
+
+        Args:
+            index: integer ``[B]``, the samples' dataset indices.
+
+        Returns:
+            bool ``[B, num_exits]``: True where the exit is not mastered, or removal is off.
+
+        Raises:
+            TypeError: ``index`` is not an integer tensor.
+            ValueError: ``index`` is out of range (CPU).
+        """
         index = self.check_index(index, index.numel() if isinstance(index, torch.Tensor) else -1)
         if not self.removal_enabled:
             return torch.ones(index.numel(), self.num_exits, dtype=torch.bool, device=self.device)
@@ -141,8 +194,13 @@ class PerExitIES(Selector):
 
     # reporting
     def stats(self) -> dict:
-        """Sample-level counts (``kept``/``removed``/``backward_saved``: whole samples
-        out of the loader) plus term-level ones (``terms_*``: masked (sample, exit) pairs)."""
+        """Counters as Python numbers (reads the device: call once per epoch).
+
+        Returns:
+            A dict of sample-level counts (``kept``, ``removed``, ``backward_saved``:
+            whole samples out of the loader), ``mastered_per_exit``, and term-level
+            ones (``terms_*``: masked (sample, exit) pairs).
+        """
         inner = self.exits.stats()
         totals = dict(zip(TOTALS, self.totals.tolist()))
         removed = int(self.removed_mask().sum())
@@ -184,9 +242,21 @@ class PerExitIES(Selector):
         }
 
     def check_state(self, state, where: str = "state_dict") -> dict:
-        """``num_samples``, ``num_exits`` and ``exit_weights`` must match; the inner
-        per-(sample, exit) state follows :meth:`IES.check_state` (``delta`` and
-        ``score_every`` come from it)."""
+        """Validate ``state`` whole, changing nothing.
+
+        Args:
+            state: a dict from :meth:`PerExitIES.state_dict`; its ``"exits"`` entry is the
+                inner per-(sample, exit) state, checked by :meth:`IES.check_state`
+                (``delta`` and ``score_every`` come from it).
+            where: the state's name in messages.
+
+        Returns:
+            What :meth:`apply_state` applies.
+
+        Raises:
+            ValueError: ``num_samples``, ``num_exits`` or ``exit_weights`` differ from this
+                object's, ``"exits"`` is missing, or any key is bad. The message names the key.
+        """
         values = super().check_state(state, where)
         check.matches(state, "num_exits", self.num_exits, where)
         weights = state.get("exit_weights")

@@ -17,7 +17,20 @@ class RandomRemoval(Selector):
     """Leave out ``round(ratio * num_samples)`` random samples every epoch, epoch 0
     included (Python's ``round``: halves go to the even count). The draw is a seeded
     ``torch.randperm`` on the selector's device; the generator state is part of
-    :meth:`state_dict`, so a resumed run draws the same sets."""
+    :meth:`state_dict`, so a resumed run draws the same sets.
+
+    Args:
+        num_samples: the training set's size.
+        ratio: the fraction left out each epoch, in ``[0, 1]``.
+        device: where the state lives (default CPU).
+        seed: seeds the draw, an int ``>= 0``.
+        backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"``.
+
+    Raises:
+        TypeError: a non-number ``ratio``, or ``seed`` not an int.
+        ValueError: ``ratio`` outside ``[0, 1]``, ``seed < 0``, an unknown ``backend`` or ``device="meta"``.
+        RuntimeError: ``backend="native"`` or ``"triton"`` is not available on ``device``.
+    """
 
     KIND, VERSION, TOTALS = "RandomRemoval", 1, TOTALS
 
@@ -39,7 +52,17 @@ class RandomRemoval(Selector):
         self._invalidate()
 
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
-        """Losses do not matter here; the inputs are still checked like every selector's."""
+        """Check the inputs like every selector's; the losses themselves are not used.
+
+        Args:
+            per_sample_loss: ``[B]`` tensor.
+            index: integer ``[B]``, the samples' dataset indices.
+            scoring: marks a forward-only scoring pass (counted).
+
+        Raises:
+            TypeError: ``per_sample_loss`` is not a tensor, or ``index`` not an integer tensor.
+            ValueError: a shape other than ``[B]``, or an index out of range.
+        """
         if not isinstance(per_sample_loss, torch.Tensor):
             raise TypeError(f"per_sample_loss must be a torch.Tensor, got {type(per_sample_loss).__name__}")
         if per_sample_loss.dim() != 1:
@@ -49,7 +72,12 @@ class RandomRemoval(Selector):
             self.count_scored(index.numel())
 
     def record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
-        """Already-checked losses (the hook ``ies_fast.cross_entropy`` can use): ignored."""
+        """Already-checked losses (the hook :func:`ies_fast.cross_entropy` uses): ignored.
+
+        Args:
+            per_sample_loss: float ``[B]``.
+            index: int64 ``[B]`` on the selector's device.
+        """
 
     def step(self) -> None:
         """Close the epoch and draw the next epoch's removed set."""
@@ -82,9 +110,17 @@ class RandomRemoval(Selector):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`. ``num_samples`` and ``ratio`` must match this
-        object's; ``seed`` (and the generator) come from the state. The whole state is
-        checked first: a bad one raises ``ValueError`` naming the key and changes nothing."""
+        """Restore a :meth:`state_dict`, checked whole before any of it is applied.
+
+        ``seed`` and the generator's state come from the state.
+
+        Args:
+            state: a dict from :meth:`RandomRemoval.state_dict`.
+
+        Raises:
+            ValueError: ``num_samples`` or ``ratio`` differ from this object's, or any key
+                is missing or bad; the message names the key and nothing is changed.
+        """
         super().load_state_dict(state)
 
     def check_state(self, state, where: str = "state_dict") -> dict:
