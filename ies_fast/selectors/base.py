@@ -176,21 +176,31 @@ class Selector:
         raise NotImplementedError
 
     def epoch_losses(self) -> Optional[torch.Tensor]:
-        """fp32 ``[num_samples]`` on the selector's device: the loss recorded for each
-        sample since the last :meth:`step` (the largest, where several were), NaN
-        where none was; ``None`` for a selector that keeps no losses. No host sync."""
+        """This epoch's recorded loss per sample, for reports (no host sync).
+
+        Returns:
+            fp32 ``[num_samples]`` on the selector's device: the loss recorded for each
+            sample since the last :meth:`step` (the largest, where several were), NaN
+            where none was; ``None`` for a selector that keeps no losses.
+        """
         return None
 
     def sample_scores(self) -> Optional[torch.Tensor]:
-        """fp32 ``[num_samples]``: the per-sample score the selector decides on, with the
-        epoch not yet closed included where it changes it (call before :meth:`step`);
-        NaN where it has none; ``None`` if it scores nothing."""
+        """The per-sample score the selector decides on (call before :meth:`step`).
+
+        Returns:
+            fp32 ``[num_samples]``, the epoch not yet closed included where it changes
+            the score; NaN where a sample has none; ``None`` if the selector scores nothing.
+        """
         return None
 
     def state_tensors(self) -> dict:
-        """The tensors of :meth:`state_dict` by name (nested ones as ``outer.inner``),
-        without copies where the selector can give its live ones: what must be equal
-        on every DDP rank (:mod:`ies_fast.selectors.sync` checksums them)."""
+        """What must be equal on every DDP rank (:mod:`ies_fast.selectors.sync` checksums it).
+
+        Returns:
+            dict: the tensors of :meth:`state_dict` by name (nested ones as
+            ``outer.inner``), the live ones without copies where the selector has them.
+        """
         def flat(state: dict, prefix: str = "") -> dict:
             out = {}
             for k, v in state.items():

@@ -274,17 +274,25 @@ class IES(Selector):
 
     # ---- what was recorded ------------------------------------------------------------
     def epoch_losses(self) -> torch.Tensor:
-        """fp32 ``[S]``: the loss recorded for each sample in the epoch not yet closed
-        (the largest of its observations), NaN where none (or a non-finite one) was."""
+        """This epoch's recorded loss per sample, read from the ring.
+
+        Returns:
+            fp32 ``[S]``: the loss recorded for each sample in the epoch not yet closed
+            (the largest of its observations), NaN where none (or a non-finite one) was.
+        """
         return ring_ops.epoch_report(self.kernel_backend, self.hist, self.count, self.order, self.window,
                                      with_score=False)[0]
 
     def sample_scores(self) -> torch.Tensor:
-        """fp32 ``[S]``: each sample's mean ``|Δ^order|`` loss over its last ``window``
-        losses (one window, whatever ``k``), this epoch's included: call it before
-        :meth:`step` (after it, the ring may no longer hold the oldest of them). NaN
-        where this epoch recorded no finite loss or the history is short. Whole-tensor
-        work over the ring's columns: for reports, once per epoch."""
+        """Each sample's instability score, for reports (whole-tensor work over the ring:
+        once per epoch). Call it before :meth:`step`: after it, the ring may no longer
+        hold the oldest of the losses.
+
+        Returns:
+            fp32 ``[S]``: the mean ``|Δ^order|`` loss over the last ``window`` losses (one
+            window, whatever ``k``), this epoch's included; NaN where this epoch recorded
+            no finite loss or the history is short.
+        """
         return ring_ops.epoch_report(self.kernel_backend, self.hist, self.count, self.order, self.window)[1]
 
     def state_tensors(self) -> dict:

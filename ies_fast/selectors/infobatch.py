@@ -206,14 +206,22 @@ class InfoBatch(Selector):
 
     # ---- what was recorded ------------------------------------------------------------
     def epoch_losses(self) -> torch.Tensor:
-        """fp32 ``[num_samples]``: the largest finite loss recorded for each sample since the
-        last step(), NaN where none was."""
+        """This epoch's recorded loss per sample.
+
+        Returns:
+            fp32 ``[num_samples]``: the largest finite loss recorded for each sample since
+            the last step(), NaN where none was.
+        """
         fresh = self._fresh[: self.num_samples]
         return torch.where(fresh > -math.inf, fresh, torch.full_like(fresh, math.nan))
 
     def sample_scores(self) -> torch.Tensor:
-        """fp32 ``[num_samples]``: each sample's score (its last observed loss, this epoch's
-        where one was recorded; 3.0 before any)."""
+        """Each sample's InfoBatch score.
+
+        Returns:
+            fp32 ``[num_samples]``: its last observed loss (this epoch's where one was
+            recorded; 3.0 before any).
+        """
         fresh, scores = self._fresh[: self.num_samples], self.scores[: self.num_samples]
         return torch.where(fresh > -math.inf, fresh, scores)
 

@@ -139,12 +139,20 @@ class PerExitIES(Selector):
         self.exits.set_removal(enabled)
 
     def epoch_losses(self) -> torch.Tensor:
-        """fp32 ``[num_samples]``: the largest of each sample's exit losses recorded since
-        the last step(), NaN unless every exit's loss was recorded."""
+        """This epoch's recorded loss per sample, over its exits.
+
+        Returns:
+            fp32 ``[num_samples]``: the largest of each sample's exit losses recorded
+            since the last step(), NaN unless every exit's loss was recorded.
+        """
         return self.exits.epoch_losses().view(self.num_samples, self.num_exits).amax(1)
 
     def sample_scores(self):
-        """``None``: the scores are per (sample, exit) (``self.exits.sample_scores()``)."""
+        """No per-sample score: the scores are per (sample, exit).
+
+        Returns:
+            ``None`` (``self.exits.sample_scores()`` has them per sample and exit).
+        """
         return None
 
     def state_tensors(self) -> dict:
