@@ -93,6 +93,7 @@ def _first_line(exc: BaseException) -> str:
 def _train(args, argv) -> int:
     from .train.arguments import config_from_args, given_options
     from .train.config import resolve, resumed_config
+    from ..data.image_files import BadImageFile
     from .train.loop import RunError, Trainer
 
     try:
@@ -109,7 +110,7 @@ def _train(args, argv) -> int:
 
     try:
         summary = trainer.run()
-    except RunError as exc:  # e.g. a full disk or a planted link: the message names the folder
+    except (RunError, BadImageFile) as exc:  # a full disk, a planted link, a bad image: one line naming it
         return _error(_first_line(exc))
     finally:
         trainer.release_run_lock()
