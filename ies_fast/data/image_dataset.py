@@ -116,7 +116,7 @@ class ImageFileDataset(Dataset):
             arr = self._transform(self._decode(path, data), epoch, i)
         except BadImageFile as e:
             return None, str(e), i, nbytes
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
+        x = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float()  # a writable copy
         return (x - self.mean) / self.std, int(self.labels[i]), i, nbytes
 
 
