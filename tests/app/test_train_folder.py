@@ -297,3 +297,45 @@ def test_bad_files_are_skipped_and_counted(tmp_path, folder, capsys, loader, bad
     assert "skipped 1 bad image file(s)" in err and first_train_file(data).name in err
     row = json.loads(open(tmp_path / "out" / "log.jsonl").readline())
     assert row["files_skipped"] == 1 and row["files_read"] == 80
+
+
+# ---- the two loaders agree, and the crops follow torchvision's recipe ----------------------
+@pytest.mark.skipif(not has_dali(), reason="needs nvidia-dali")
+def test_dali_and_torch_loaders_give_the_same_training_pixels(folder):
+    """Same (seed, epoch, index) draws: the DALI pipeline's padded crops and flips are
+    the torch loader's (up to the two JPEG decoders' rounding)."""
+    out = {}
+    for loader in ("torch", "dali"):
+        data, sel, batches = batches_for(folder, loader)
+        set_mastered(sel, np.arange(data.num_train) % 3 == 0)
+        batches.set_epoch(2)
+        x, _, index = (torch.cat(t) for t in zip(*batches.train()))
+        out[loader] = x[index.argsort()]
+    diff = (out["torch"] - out["dali"]).abs()
+    assert out["torch"].shape == (53, 3, SIZE, SIZE)
+    assert diff.mean() < 0.05 and diff.max() < 0.5, (diff.mean(), diff.max())  # normalised units (~1/58 per level)
+    shifted = torch.roll(out["dali"], 1, dims=-1)
+    assert (out["torch"] - shifted).abs().mean() > 5 * diff.mean()  # a one-pixel shift would show
+
+
+def test_resized_crop_box_follows_torchvision():
+    from ies_fast.data.image_files import resized_crop_box
+
+    rng = np.random.default_rng(0)
+    areas, aspects = [], []
+    for _ in range(2000):
+        w, h = int(rng.integers(20, 300)), int(rng.integers(20, 300))
+        left, top, right, bottom = resized_crop_box(w, h, rng.random(10), rng.random(10), rng.random((10, 2)))
+        assert 0 <= left < right <= w and 0 <= top < bottom <= h
+        areas.append((right - left) * (bottom - top) / (w * h))
+        aspects.append((right - left) / (bottom - top))
+    areas, aspects = np.array(areas), np.array(aspects)
+    assert 0.06 < areas.min() < 0.15 and areas.max() > 0.9
+    square = [resized_crop_box(200, 200, rng.random(10), rng.random(10), rng.random((10, 2))) for _ in range(2000)]
+    square_areas = np.array([(r - l) * (b - t) for l, t, r, b in square]) / 200**2
+    # on a square image a try fits unless scale * ratio (or scale / ratio) > 1: nearly uniform in [0.08, 1]
+    assert 0.45 < np.median(square_areas) < 0.6 and square_areas.min() < 0.1
+    inside = (aspects > 0.7) & (aspects < 1.4)
+    assert inside.mean() > 0.95
+    # no try fits: torchvision's fallback, the centre crop of the clamped aspect ratio
+    assert resized_crop_box(100, 10, np.ones(10), np.ones(10), np.zeros((10, 2))) == (43, 0, 56, 10)
