@@ -14,6 +14,7 @@ decoding and resizing cost what they cost on real data (64 or 96 px for training
 
     python tools/make_image_folder.py DIR --size 64
     python tools/make_image_folder.py DIR --size 16 --limit 80     # 8 per class, for tests
+    python tools/make_image_folder.py DIR --first 10000            # the --subset 10000 slice
 """
 from __future__ import annotations
 
@@ -58,21 +59,25 @@ def write_split(out: str, images: np.ndarray, labels: np.ndarray, index: np.ndar
 
 
 def make_image_folder(out: str, *, source: str = FASHION_MNIST_DIR, size: int | None = None, quality: int = 90,
-                      limit: int | None = None) -> dict:
+                      limit: int | None = None, first: int | None = None) -> dict:
     """Write ``out/train`` and ``out/val`` from the IDX files in ``source``; ``limit``
-    keeps a balanced slice of each split. Returns counts and bytes per split."""
+    keeps a balanced slice of each split, ``first`` the first images as stored (the
+    slice ``ies-fast train --subset N`` trains on). Returns counts and bytes per split."""
     from ies_fast.data.idx import read_idx_split
 
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"size must be a positive int, got {size!r}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an int in [1, 100], got {quality!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    for name, value in (("limit", limit), ("first", first)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if limit is not None and first is not None:
+        raise ValueError("give limit or first, not both")
     report = {}
     for split, folder in (("train", "train"), ("test", "val")):
         images, labels = read_idx_split(source, split)
-        index = balanced_first(labels, limit)
+        index = balanced_first(labels, limit) if first is None else np.arange(min(first, len(labels)))
         nbytes = write_split(os.path.join(out, folder), images, labels, index, size=size, quality=quality)
         report[folder] = {"images": int(index.size), "bytes": nbytes}
     return report
@@ -86,10 +91,12 @@ def main(argv=None) -> int:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--limit", type=int, default=None,
                    help="images per split: the first ceil(LIMIT/10) of each class (default: all)")
+    p.add_argument("--first", type=int, default=None,
+                   help="images per split: the first FIRST as stored (the slice of `ies-fast train --subset FIRST`)")
     args = p.parse_args(argv)
     try:
         report = make_image_folder(args.out, source=args.source, size=args.size, quality=args.quality,
-                                   limit=args.limit)
+                                   limit=args.limit, first=args.first)
     except (OSError, ValueError) as e:
         print(f"make_image_folder: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
