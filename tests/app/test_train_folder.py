@@ -8,7 +8,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from ies_fast.app.train import datasets as ds  # noqa: E402
 from ies_fast.app.train.batches import make_batches  # noqa: E402
 from ies_fast.app.train.config import TrainConfig, resolve  # noqa: E402
 from ies_fast.app.train.loop import train  # noqa: E402
+from ies_fast.app.train.logs import read_rows  # noqa: E402
 from ies_fast.data import image_files  # noqa: E402
 
 Image = pytest.importorskip("PIL.Image")
@@ -135,6 +139,35 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, folder, loader):
     keys = ("train_loss", "train_acc", "test_loss", "test_acc", "kept", "scored", "files_read", "bytes_read")
     assert repr([[r[k] for k in keys] for r in split]) == repr([[r[k] for k in keys] for r in whole])  # nan too
     assert any(r["kept"] < r["num_samples"] for r in whole)
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, folder):
+    """A real SIGKILL mid-run (the torch loader with 2 worker processes), then --resume
+    (DALI: the interrupted-run test above; a subprocess run costs seconds of imports)."""
+    loader = "torch"
+    def cli_run(out, *extra):
+        return [sys.executable, "-m", "ies_fast.app.cli", "train", "--dataset", "folder", "--data-dir", folder,
+                "--image-size", str(SIZE), "--epochs", "5", "--batch-size", "16", "--delta", "10", "--window", "1",
+                "--order", "1", "--score-policy", "every", "--loader", loader, "--workers", "2", "--device", "cpu",
+                "--no-progress", "--no-plot", "--out", str(out), *extra]
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(cli_run(whole), env=env, check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(cli_run(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = killed / "log.jsonl", time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(read_rows(log)) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(read_rows(log)) < 5
+    resumed = subprocess.run(cli_run(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    strip = lambda rows: repr([{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows])
+    assert strip(read_rows(log)) == strip(read_rows(whole / "log.jsonl"))
 
 
 class Counting:
