@@ -69,7 +69,6 @@ def dali_loader(files, labels, sel, size, mode="train", batch_size=128):
 def torch_loader(files, labels, sel, size, mode="train", batch_size=128):
     from ies_fast.data import KeptBatchSampler, ScoringSampler
     from ies_fast.data.image_dataset import EpochKeys, ImageFileDataset, collate_images
-    from ies_fast.data.image_files import BadImageFile  # noqa: F401
 
     mean, std = (124.0, 116.0, 104.0), (58.0, 57.0, 57.0)
     ds = ImageFileDataset(files, labels, size=size, train=mode == "train", augment="resized_crop",

@@ -109,6 +109,8 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, key):
         """``(x, label, index, nbytes)``; a bad file gives ``(None, message, index, nbytes)``."""
         epoch, i = key if isinstance(key, tuple) else (None, key)
+        if self.train and epoch is None:
+            raise TypeError("training keys must be (epoch, index) pairs: wrap the batch sampler in EpochKeys")
         path, nbytes = self.files[i], 0
         try:
             data = image_files.read_image_bytes(path)

@@ -52,8 +52,6 @@ def scan_image_folder(root: str):
 def _walk(top: str):
     """``os.walk(top, followlinks=True)`` in sorted order that refuses a folder link
     back into its own ancestry (which ``os.walk`` would follow ~40 levels deep)."""
-    ancestors = set()
-
     def visit(path: str, parents: frozenset):
         real = os.path.realpath(path)
         if real in parents:
@@ -67,7 +65,7 @@ def _walk(top: str):
         for d in dirs:
             yield from visit(os.path.join(path, d), parents | {real})
 
-    return visit(top, frozenset(ancestors))
+    return visit(top, frozenset())
 
 
 def _is_dir(entry) -> bool:
