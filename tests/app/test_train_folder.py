@@ -131,6 +131,17 @@ def test_ies_removes_and_reads_only_kept_and_scored_files(tmp_path, folder, load
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+def test_large_sizes_take_the_imagenet_augmentation(tmp_path, folder, loader):
+    """Above 64 px: RandomResizedCrop + flip, evaluation at the shorter side 8/7 and a
+    centre crop; --model resnet8 keeps it free of torchvision."""
+    summary = run(tmp_path, folder, loader=loader, image_size=72, model="resnet8", epochs=2)
+    rows = summary["history"]
+    assert read_files(rows)[0] == read_files(rows)[1] and all(np.isfinite(r["train_loss"]) for r in rows)
+    data = ds.load_dataset("folder", folder, image_size=72)
+    assert data.file_augment == "resized_crop" and data.input_shape == (3, 72, 72)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 def test_resume_equals_the_uninterrupted_run(tmp_path, folder, loader):
     kw = dict(loader=loader, epochs=3, workers=2 if loader == "torch" else 0)
     whole = run(tmp_path, folder, "whole", **kw)["history"]

@@ -71,8 +71,10 @@ def folder_recipe(image_size: Optional[int]) -> dict:
 
 def uses_torchvision_models(config: "TrainConfig") -> bool:
     """Whether ``--model`` names a torchvision ImageNet architecture (imagenet, and
-    ``folder`` above :data:`SMALL_FOLDER_SIZE`)."""
-    return config.dataset == "imagenet" or (config.dataset == "folder" and config.image_size > SMALL_FOLDER_SIZE)
+    ``folder`` above :data:`SMALL_FOLDER_SIZE` unless the model is the project's resnet8)."""
+    if config.dataset == "folder":
+        return config.image_size > SMALL_FOLDER_SIZE and config.model != "resnet8"
+    return config.dataset == "imagenet"
 
 
 @dataclass
