@@ -32,6 +32,7 @@ from ...selectors.stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config, uses_torchvision_models
 from .logs import RunFiles, plot_history
+from .progress_lines import ProgressLines
 from .run_lock import RunFolderBusy, RunLock, RunLockError
 from .samples import SampleRecord, write_samples
 from .schedule import EpochSchedule
@@ -161,11 +162,14 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "file write failed" in str(exc))
 
 
-def _bar(total: int, enabled: bool, **kw):
+def _bar(total: int, enabled: bool, *, lines: bool = False, **kw):
     """A tqdm bar on stderr, drawn only on a terminal: redirected to a file or a
-    pipe it would write escape codes, so there the epoch lines alone report."""
+    pipe it would write escape codes, so there the epoch lines report, and with
+    ``lines`` a plain progress line every 30 s (:mod:`.progress_lines`)."""
     from tqdm.auto import tqdm
 
+    if enabled and lines and not _is_terminal(sys.stderr):
+        return ProgressLines(total, **kw)
     enabled = enabled and _is_terminal(sys.stderr)
     return tqdm(total=total, disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kw)
 
@@ -454,7 +458,7 @@ class Trainer:
         kept_by_class = self.samples.start_epoch(epoch, sel)
         self._warn_if_kept_below_batch(epoch, kept)
         lr = self.schedule.get_last_lr()[0]
-        bar = _bar(len(self.batches), progress, desc=f"epoch {epoch + 1}", leave=False, position=1)
+        bar = _bar(len(self.batches), progress, lines=True, desc=f"epoch {epoch + 1}", leave=False, position=1)
         bar.set_postfix(kept=f"{kept / self.num_samples:.1%}", **self._warmup_note(epoch))
         t0, cpu0 = time.perf_counter(), time.process_time()
         row = self._train_epoch(epoch, bar)
