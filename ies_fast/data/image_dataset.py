@@ -63,7 +63,7 @@ class ImageFileDataset(Dataset):
         self.resize = resize
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.draws = EpochDraws(seed, len(self.files))
+        self.draws = EpochDraws(seed)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -91,18 +91,19 @@ class ImageFileDataset(Dataset):
                 left, top = (img.width - s) // 2, (img.height - s) // 2
                 img = img.crop((left, top, left + s, top + s))
             return np.asarray(img)
-        d = self.draws.get(epoch)
         if self.augment == "resized_crop":
-            box = resized_crop_box(img.width, img.height, d["area"][i], d["ratio"][i], d["center"][i])
+            area, ratio, center, flip = self.draws.resized_crop(epoch, i)
+            box = resized_crop_box(img.width, img.height, area, ratio, center)
             arr = np.asarray(img.resize((s, s), Image.BILINEAR, box=box))
         else:
             img = img if img.size == (s, s) else img.resize((s, s), Image.BILINEAR)
             p = self.padding
             padded = np.zeros((s + 2 * p, s + 2 * p, 3), dtype=np.uint8)
             padded[p:p + s, p:p + s] = np.asarray(img)
-            (dy, dx), _ = self.draws.pad_crop(epoch, i, p)
+            offsets, flips = self.draws.pad_crop(epoch, [i], p)
+            (dy, dx), flip = offsets[0], bool(flips[0])
             arr = padded[dy:dy + s, dx:dx + s]
-        if self.flip and d["flip"][i]:
+        if self.flip and flip:
             arr = arr[:, ::-1]
         return arr
 

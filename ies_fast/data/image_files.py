@@ -93,32 +93,47 @@ def read_image_bytes(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     return data
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 class EpochDraws:
-    """The random numbers of one epoch's training augmentation for every sample,
-    drawn at once from a generator seeded by ``(seed, epoch)`` and looked up by
-    sample index: each sample's crop and flip depend on ``(seed, epoch, index)``
-    only. ``pad_crop``: integer offsets in ``[0, 2 * padding]`` and a flip bit;
-    ``resized_crop``: ten (scale, log-ratio) uniform pairs and a flip bit."""
+    """The random numbers of a sample's training augmentation as a function of
+    ``(seed, epoch, index)`` alone (a counter-based SplitMix64 hash, vectorised over
+    the indices; memory O(batch), nothing per data set), so any worker or loader,
+    and a resumed run, draws the same crop for the same sample and epoch.
+    Streams: 0-1 the padded crop's offsets, 2 the flip, 3.. RandomResizedCrop's tries."""
 
-    def __init__(self, seed: int, num_samples: int, tries: int = 10):
-        self.seed, self.num_samples, self.tries = int(seed), int(num_samples), tries
-        self._epoch: Optional[int] = None
+    def __init__(self, seed: int, tries: int = 10):
+        self.seed, self.tries = int(seed), tries
 
-    def get(self, epoch: int) -> dict:
-        if self._epoch != epoch:
-            rng = np.random.default_rng([self.seed, int(epoch), 0x1E5])
-            n = self.num_samples
-            self._draws = {"offset": rng.random((n, 2)), "flip": rng.random(n) < 0.5,
-                           "area": rng.random((n, self.tries)), "ratio": rng.random((n, self.tries)),
-                           "center": rng.random((n, self.tries, 2))}
-            self._epoch = epoch
-        return self._draws
+    def uniforms(self, epoch: int, index, k: int) -> np.ndarray:
+        """float64 ``[n, k]`` in ``[0, 1)``: streams ``0 .. k-1`` of samples ``index``."""
+        with np.errstate(over="ignore"):
+            key = _mix(_mix(np.uint64(self.seed & (2**64 - 1))) ^ np.uint64(int(epoch) & (2**64 - 1)))
+            idx = np.asarray(index, dtype=np.int64).reshape(-1).astype(np.uint64)
+            per_sample = _mix(key ^ idx)
+            bits = _mix(per_sample[:, None] + np.arange(k, dtype=np.uint64)[None, :] * _GOLDEN)
+        return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
     def pad_crop(self, epoch: int, index, padding: int):
         """``(offsets int [n, 2] in [0, 2*padding], flip bool [n])`` for samples ``index``."""
-        d = self.get(epoch)
-        offsets = np.minimum((d["offset"][index] * (2 * padding + 1)).astype(np.int64), 2 * padding)
-        return offsets, d["flip"][index]
+        u = self.uniforms(epoch, index, 3)
+        offsets = np.minimum((u[:, :2] * (2 * padding + 1)).astype(np.int64), 2 * padding)
+        return offsets, u[:, 2] < 0.5
+
+    def resized_crop(self, epoch: int, i: int):
+        """``(area [tries], ratio [tries], center [tries, 2], flip)`` uniforms of sample ``i``."""
+        u = self.uniforms(epoch, [i], 3 + 4 * self.tries)[0]
+        t = self.tries
+        return u[3:3 + t], u[3 + t:3 + 2 * t], u[3 + 2 * t:].reshape(t, 2), bool(u[2] < 0.5)
 
 
 def resized_crop_box(width: int, height: int, area_u, ratio_u, center_u, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):

@@ -383,3 +383,21 @@ def test_resized_crop_box_follows_torchvision():
     assert inside.mean() > 0.95
     # no try fits: torchvision's fallback, the centre crop of the clamped aspect ratio
     assert resized_crop_box(100, 10, np.ones(10), np.ones(10), np.zeros((10, 2))) == (43, 0, 56, 10)
+
+
+def test_epoch_draws_are_a_uniform_function_of_seed_epoch_index():
+    from ies_fast.data.image_files import EpochDraws
+
+    d = EpochDraws(seed=3)
+    index = np.arange(20000)
+    u = d.uniforms(5, index, 4)
+    assert u.shape == (20000, 4) and (u >= 0).all() and (u < 1).all()
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert counts.min() > 0.95 * counts.mean() and counts.max() < 1.05 * counts.mean()
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.03 and abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < 0.03
+    pick = np.array([17, 4, 19999, 4])
+    np.testing.assert_array_equal(d.uniforms(5, pick, 2), u[pick, :2])  # per sample, whatever else is drawn
+    for other in (d.uniforms(6, index, 4), EpochDraws(seed=4).uniforms(5, index, 4)):
+        assert (other != u).mean() > 0.999
+    offsets, flip = d.pad_crop(5, index, 2)
+    assert set(np.unique(offsets)) == {0, 1, 2, 3, 4} and 0.48 < flip.mean() < 0.52

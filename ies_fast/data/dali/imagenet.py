@@ -171,7 +171,7 @@ def imagenet_pipeline(root_or_files, selector, batch_size: int, *, labels=None, 
     decoder = "mixed" if device_id is not None else "cpu"
     square = augment == "pad_crop"
     if square and train:
-        source.pad_crop = (EpochDraws(seed, len(files)), padding)
+        source.pad_crop = (EpochDraws(seed), padding)
 
     @pipeline_def(batch_size=batch_size, num_threads=_threads(num_threads), device_id=device_id,
                   prefetch_queue_depth=prefetch_queue_depth, seed=seed)
