@@ -401,3 +401,8 @@ def test_epoch_draws_are_a_uniform_function_of_seed_epoch_index():
         assert (other != u).mean() > 0.999
     offsets, flip = d.pad_crop(5, index, 2)
     assert set(np.unique(offsets)) == {0, 1, 2, 3, 4} and 0.48 < flip.mean() < 0.52
+
+
+def test_torch_loader_without_pillow_says_so(tmp_path, folder, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    one_line_error(capsys, cli(tmp_path, folder, "torch"), "pip install pillow")

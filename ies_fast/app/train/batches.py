@@ -255,6 +255,12 @@ class FileBatches:
         from ...data import KeptBatchSampler
         from ...data.image_dataset import EpochKeys, ImageFileDataset, collate_images
 
+        try:
+            import PIL.Image  # noqa: F401 - decoded in the workers: say it is missing before they start
+        except ImportError:
+            raise ImportError("--loader torch on an image folder decodes with Pillow: pip install pillow "
+                              "(or use --loader dali)") from None
+
         tf = file_transforms(data, image_size)
         common = dict(size=image_size, mean=data.mean, std=data.std, seed=seed, augment=tf["augment"],
                       padding=tf["padding"], flip=tf["flip"], resize=tf["resize"])
