@@ -406,3 +406,32 @@ def test_epoch_draws_are_a_uniform_function_of_seed_epoch_index():
 def test_torch_loader_without_pillow_says_so(tmp_path, folder, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
     one_line_error(capsys, cli(tmp_path, folder, "torch"), "pip install pillow")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_workers_do_not_keep_the_run_lock(tmp_path):
+    """DataLoader workers are forked children: once the run dies, they must not hold
+    its folder's flock (which lives while any process holds the file open)."""
+    import fcntl
+
+    from ies_fast.app.train.run_lock import RunLock
+
+    lock = RunLock(str(tmp_path)).acquire()
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker that outlives its parent's lock (os.fork ran the at-fork hooks)
+        os.write(ready_w, b"1")
+        time.sleep(5)
+        os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        os.close(lock._fd)  # the run dies (its fd closes); the child lives on
+        lock._fd = None
+        fd = os.open(lock.path, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child still held it
+        os.close(fd)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready_r)
+        os.close(ready_w)
