@@ -112,30 +112,39 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _train(args, argv) -> int:
+    from .train import interrupt
     from .train.arguments import config_from_args, given_options
     from .train.config import resolve, resumed_config
     from ..data.image_files import BadImageFile
     from .train.loop import RunError, Trainer
 
-    try:
-        config = config_from_args(args)
-        if args.print_config:  # with --resume: what the resumed run would use
-            if config.resume:
-                config = resumed_config(Trainer.read_resume_state(config)["config"], config, given_options(argv))
-            print(json.dumps(resolve(config, need_data=False).to_dict(), indent=2))  # the recipe, no data needed
-            return 0
-        trainer = Trainer(config, given=given_options(argv))
-    except _setup_errors() as exc:
-        return _error(_first_line(exc))
-    from ..io import distributed
+    trainer = None
+    with interrupt.signals_raise():  # Ctrl-C, kill: one line, the lock released, exit 130/143
+        try:
+            config = config_from_args(args)
+            if args.print_config:  # with --resume: what the resumed run would use
+                if config.resume:
+                    config = resumed_config(Trainer.read_resume_state(config)["config"], config, given_options(argv))
+                print(json.dumps(resolve(config, need_data=False).to_dict(), indent=2))  # the recipe, no data needed
+                return 0
+            trainer = Trainer(config, given=given_options(argv))
+        except _setup_errors() as exc:
+            return _error(_first_line(exc))
+        except (KeyboardInterrupt, interrupt.Interrupted) as exc:
+            print(f"ies-fast: {interrupt.interrupted_line(None, exc)}", file=sys.stderr)
+            return interrupt.exit_code(exc)
+        from ..io import distributed
 
-    try:
-        summary = trainer.run()
-    except (RunError, BadImageFile) as exc:  # a full disk, a planted link, a bad image: one line naming it
-        return _error(_first_line(exc))
-    finally:
-        trainer.release_run_lock()
-        distributed.cleanup()
+        try:
+            summary = trainer.run()
+        except (RunError, BadImageFile) as exc:  # a full disk, a planted link, a bad image: one line naming it
+            return _error(_first_line(exc))
+        except (KeyboardInterrupt, interrupt.Interrupted) as exc:
+            print(f"ies-fast: {interrupt.interrupted_line(trainer, exc)}", file=sys.stderr)
+            return interrupt.exit_code(exc)
+        finally:
+            trainer.release_run_lock()
+            distributed.cleanup()
     if trainer.main:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
