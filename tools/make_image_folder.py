@@ -63,7 +63,7 @@ def make_image_folder(out: str, *, source: str = FASHION_MNIST_DIR, size: int | 
     """Write ``out/train`` and ``out/val`` from the IDX files in ``source``; ``limit``
     keeps a balanced slice of each split, ``first`` the first images as stored (the
     slice ``ies-fast train --subset N`` trains on). Returns counts and bytes per split."""
-    from ies_fast.data.idx import read_idx_split
+    from ies_fast.app.train.idx import read_idx_split
 
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"size must be a positive int, got {size!r}")

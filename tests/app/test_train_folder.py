@@ -19,12 +19,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "data"))
 
-from cli_helpers import one_line_error  # noqa: E402
-from test_data_idx import write_idx_folder  # noqa: E402
-from train_fixtures import has_dali  # noqa: E402
+from _support.cli_helpers import one_line_error  # noqa: E402
+from _support.train_fixtures import has_dali  # noqa: E402
+from test_train_idx import write_idx_folder  # noqa: E402
 
 import ies_fast  # noqa: E402
 from ies_fast.app.train import datasets as ds  # noqa: E402
