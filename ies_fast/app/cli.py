@@ -115,6 +115,7 @@ def _train(args, argv) -> int:
     from .train import interrupt
     from .train.arguments import config_from_args, given_options
     from .train.config import resolve, resumed_config
+    from ..data.image_files import BadImageFile
     from .train.loop import RunError, Trainer
 
     trainer = None
@@ -136,7 +137,7 @@ def _train(args, argv) -> int:
 
         try:
             summary = trainer.run()
-        except RunError as exc:  # e.g. a full disk or a planted link: the message names the folder
+        except (RunError, BadImageFile) as exc:  # a full disk, a planted link, a bad image: one line naming it
             return _error(_first_line(exc))
         except (KeyboardInterrupt, interrupt.Interrupted) as exc:
             print(f"ies-fast: {interrupt.interrupted_line(trainer, exc)}", file=sys.stderr)

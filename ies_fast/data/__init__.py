@@ -3,6 +3,9 @@
 * torch: :class:`KeptSampler` / :class:`KeptBatchSampler` (training),
   :class:`ScoringSampler` (the forward-only scoring pass), :class:`IndexedDataset`
   (items carry their index), :func:`kept_loader` / :func:`scoring_loader`.
+* image folders: :mod:`.image_files` (the ``ImageFolder`` scan, the one counted
+  file read, per-``(seed, epoch, index)`` crop draws) and :mod:`.image_dataset`
+  (Pillow decoding and torchvision's recipes in ``DataLoader`` workers).
 * DALI: ``ies_fast.data.dali`` (imported on first use; needs ``nvidia-dali-cuda130``
   or ``nvidia-dali-cuda120``).
 """

@@ -101,11 +101,13 @@ def test_imagenet_folder_errors(capsys, tmp_path):
 
     one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "none"),
                              "--out", str(tmp_path / "o")], "train/<class>", "val/<class>")
-    if import_torchvision()[0] is None:
-        data = write_image_folder(tmp_path / "imnet")
-        one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", data, "--loader", "torch",
-                                 "--model", "mlp", "--image-size", "32", "--out", str(tmp_path / "o")],
-                        "torchvision", "--loader dali")
+    data = write_image_folder(tmp_path / "imnet")  # --loader torch decodes with Pillow: no torchvision needed
+    assert main(["train", "--dataset", "imagenet", "--data-dir", data, "--loader", "torch", "--model", "mlp",
+                 "--image-size", "32", "--epochs", "1", "--workers", "0", "--no-progress", "--no-plot",
+                 "--out", str(tmp_path / "o")]) == 0
+    if import_torchvision()[0] is None:  # the paper's resnet101 still needs it, and says so
+        one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", data, "--image-size", "32",
+                                 "--out", str(tmp_path / "o2")], "torchvision")
 
 
 TINY = ["train", "--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4", "--model", "mlp",

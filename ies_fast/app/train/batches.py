@@ -8,8 +8,11 @@ samples (augmented), of the samples to score (not augmented), and of the test se
   ``(seed, epoch)``, so a resumed run sees the same pixels.
 * :class:`DaliBatches` — the DALI pipelines of :mod:`ies_fast.data.dali`
   (arrays or an ImageNet folder) that decode and augment only kept samples.
-* :class:`FileBatches` — an ImageNet folder through torch ``DataLoader`` workers
-  and torchvision transforms (when DALI is not wanted).
+* :class:`FileBatches` — an image folder (``imagenet``, ``folder``) through torch
+  ``DataLoader`` workers with Pillow decoding (when DALI is not wanted).
+
+File-reading sources count the files opened and bytes read per epoch
+(``read_counts()``, the log's ``files_read`` / ``bytes_read``).
 """
 from __future__ import annotations
 
@@ -131,7 +134,7 @@ class DaliBatches:
     ``val/`` folder through a DALI ``val`` pipeline (every rank the whole set)."""
 
     def __init__(self, data, selector, *, batch_size: int, eval_batch_size: int, seed: int, device: torch.device,
-                 image_size: int, num_replicas: int = 1, rank: int = 0, workers: int = 4):
+                 image_size: int, num_replicas: int = 1, rank: int = 0, workers: int = 4, on_error: str = "raise"):
         from ...data import dali
 
         self.device = device
@@ -149,14 +152,16 @@ class DaliBatches:
             self.test_sharded = True
         elif data.kind == "files":
             labels = data.train_y.numpy()
-            common = dict(labels=labels, size=image_size, mean=data.mean, std=data.std, io_threads=max(1, workers),
-                          **shard)
+            tf = file_transforms(data, image_size)
+            files = dict(size=image_size, mean=data.mean, std=data.std, io_threads=max(1, workers), on_error=on_error,
+                         augment=tf["augment"], padding=tf["padding"], flip=tf["flip"], resize=tf["resize"])
+            common = dict(labels=labels, **files, **shard)
             self.train_it = dali.imagenet_loader(data.train_files, selector, batch_size, mode="train", seed=seed,
                                                  **common)
             self.score_it = dali.imagenet_loader(data.train_files, selector, eval_batch_size, mode="scoring", **common)
             self.val_it = dali.imagenet_loader(data.test_files, None, eval_batch_size, labels=data.test_y.numpy(),
-                                               mode="val", size=image_size, mean=data.mean, std=data.std,
-                                               io_threads=max(1, workers), device_id=device_id)
+                                               mode="val", device_id=device_id, **files)
+            self._skipped = 0
             self._tensor_test = None
             self.test_sharded = False
         else:
@@ -164,6 +169,22 @@ class DaliBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.train_it.set_epoch(epoch)
+
+    def read_counts(self) -> Optional[dict]:
+        """Files opened and bytes read by the training and scoring passes since the
+        last call, and the bad files they skipped (``None`` for in-memory data)."""
+        if self._tensor_test is not None:
+            return None
+        sources = (self.train_it.source, self.score_it.source)
+        reads = [s.take_read_counts() for s in sources]
+        skipped = sum(s.skipped for s in sources)
+        first = next((s.skipped_files[0] for s in sources if s.skipped_files), None)
+        out = {"files_read": sum(r[0] for r in reads), "bytes_read": sum(r[1] for r in reads),
+               "files_skipped": skipped - self._skipped}
+        if out["files_skipped"] and first:
+            out["first_skipped"] = first
+        self._skipped = skipped
+        return out
 
     @property
     def sampler(self):
@@ -189,76 +210,111 @@ class DaliBatches:
         return ((x, y) for x, y, _ in self._moved(self.val_it))
 
 
-class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, files, labels, transform):
-        self.files, self.labels, self.transform = files, labels, transform
+class ReadCounts:
+    """Files opened, bytes read and bad files skipped by a file-reading batch source
+    since the last :meth:`take` (the training and scoring passes; not the test set)."""
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def __init__(self):
+        self.files = self.bytes = self.skipped = 0
+        self.first_skipped: Optional[str] = None
 
-    def __getitem__(self, i: int):
-        from PIL import Image
+    def add(self, files: int, nbytes: int, skipped: int = 0, first: Optional[str] = None) -> None:
+        self.files += files
+        self.bytes += nbytes
+        self.skipped += skipped
+        self.first_skipped = self.first_skipped or first
 
-        with Image.open(self.files[i]) as img:
-            return self.transform(img.convert("RGB")), int(self.labels[i])
+    def take(self) -> dict:
+        out = {"files_read": self.files, "bytes_read": self.bytes, "files_skipped": self.skipped}
+        if self.first_skipped:
+            out["first_skipped"] = self.first_skipped
+        self.__init__()
+        return out
+
+
+def file_transforms(data, image_size: int) -> dict:
+    """How an image folder's files are augmented: the data's ``file_augment``
+    (``pad_crop`` for small folders, as CIFAR; ``resized_crop`` as ImageNet) and the
+    evaluation resize (none for ``pad_crop``: straight to the size; else the
+    shorter side to ``size * 8 / 7``, then a centre crop)."""
+    augment = getattr(data, "file_augment", "resized_crop")
+    return dict(augment=augment, padding=getattr(data, "crop_padding", CROP_PADDING),
+                flip=getattr(data, "hflip", True), resize=None if augment == "pad_crop" else image_size * 8 // 7)
 
 
 class FileBatches:
-    """An ImageNet folder through ``DataLoader`` workers: RandomResizedCrop + flip for
-    training, resize + centre crop for scoring and test (torchvision's reference
-    recipe). Needs torchvision and Pillow."""
+    """An image folder through ``DataLoader`` workers with Pillow decoding
+    (:class:`~ies_fast.data.image_dataset.ImageFileDataset`; no torchvision needed):
+    :func:`file_transforms`' recipe, crops drawn per ``(seed, epoch, index)`` so a
+    resumed run sees the same pixels. Files read are counted (:attr:`reads`); a bad
+    file raises :class:`~ies_fast.data.image_files.BadImageFile` naming it, or with
+    ``on_error="skip"`` is left out and counted."""
 
     def __init__(self, data, selector, *, batch_size: int, eval_batch_size: int, seed: int, device: torch.device,
-                 image_size: int, workers: int, num_replicas: int = 1, rank: int = 0):
-        from .models import import_torchvision
+                 image_size: int, workers: int, num_replicas: int = 1, rank: int = 0, on_error: str = "raise"):
+        from ...data import KeptBatchSampler
+        from ...data.image_dataset import EpochKeys, ImageFileDataset, collate_images
 
-        torchvision, why = import_torchvision()
-        if torchvision is None:
-            raise ImportError(f"--loader torch on an image folder needs torchvision (pip install torchvision{why}), "
-                              "or use --loader dali")
-        T = torchvision.transforms
-        from ...data import kept_loader, scoring_loader
+        try:
+            import PIL.Image  # noqa: F401 - decoded in the workers: say it is missing before they start
+        except ImportError:
+            raise ImportError("--loader torch on an image folder decodes with Pillow: pip install pillow "
+                              "(or use --loader dali)") from None
 
-        mean = [m / 255 for m in data.mean]
-        std = [s / 255 for s in data.std]
-        norm = [T.ToTensor(), T.Normalize(mean, std)]
-        train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm])
-        eval_tf = T.Compose([T.Resize(image_size * 8 // 7), T.CenterCrop(image_size), *norm])
-        labels = data.train_y.tolist()
-        loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-        self.device = device
-        self.train_loader = kept_loader(_FileDataset(data.train_files, labels, train_tf), selector, batch_size,
-                                        seed=seed, num_replicas=num_replicas, rank=rank, **loader_kw)
-        self.score_loader = scoring_loader(_FileDataset(data.train_files, labels, eval_tf), selector, eval_batch_size,
-                                           num_replicas=num_replicas, rank=rank, **loader_kw)
-        test = _FileDataset(data.test_files, data.test_y.tolist(), eval_tf)
+        tf = file_transforms(data, image_size)
+        common = dict(size=image_size, mean=data.mean, std=data.std, seed=seed, augment=tf["augment"],
+                      padding=tf["padding"], flip=tf["flip"], resize=tf["resize"])
+        labels = data.train_y.numpy()
+        loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                         collate_fn=collate_images)
+        DL = torch.utils.data.DataLoader
+        self.device, self.on_error, self.reads = device, on_error, ReadCounts()
+        self.kept = KeptBatchSampler(selector, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
+        self.train_loader = DL(ImageFileDataset(data.train_files, labels, train=True, **common),
+                               batch_sampler=EpochKeys(self.kept), **loader_kw)
+        self.score_loader = DL(ImageFileDataset(data.train_files, labels, train=False, **common), batch_size=eval_batch_size,
+                               sampler=ScoringSampler(selector, num_replicas=num_replicas, rank=rank), **loader_kw)
+        test = ImageFileDataset(data.test_files, data.test_y.numpy(), train=False, **common)
         shard = list(range(rank, len(test), num_replicas))
-        self.test_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test, shard), batch_size=eval_batch_size,
-                                                       **loader_kw)
+        self.test_loader = DL(torch.utils.data.Subset(test, shard), batch_size=eval_batch_size, **loader_kw)
         self.test_sharded = True
 
     def set_epoch(self, epoch: int) -> None:
-        self.train_loader.batch_sampler.set_epoch(epoch)
+        self.kept.set_epoch(epoch)
 
     @property
     def sampler(self):
-        return self.train_loader.batch_sampler
+        return self.kept
 
     def __len__(self) -> int:
-        return len(self.train_loader)
+        return len(self.kept)
 
-    def _moved(self, loader) -> Iterator:
-        for batch in loader:
-            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+    def _moved(self, loader, count: bool) -> Iterator:
+        from ...data.image_files import BadImageFile
+
+        for x, y, index, counts, errors in loader:
+            if errors and self.on_error == "raise":
+                more = f" (and {len(errors) - 1} more in this batch)" if len(errors) > 1 else ""
+                raise BadImageFile(errors[0] + more)
+            if count:
+                self.reads.add(int(counts[0]), int(counts[1]), len(errors), errors[0] if errors else None)
+            if index.numel():
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), \
+                    index.to(self.device, non_blocking=True)
+
+    def read_counts(self) -> dict:
+        """Files opened and bytes read by the training and scoring passes since the
+        last call, and the bad files they skipped."""
+        return self.reads.take()
 
     def train(self) -> Iterator:
-        return self._moved(self.train_loader)
+        return self._moved(self.train_loader, True)
 
     def score(self) -> Iterator:
-        return self._moved(self.score_loader)
+        return self._moved(self.score_loader, True)
 
     def test(self) -> Iterator:
-        return self._moved(self.test_loader)
+        return ((x, y) for x, y, _ in self._moved(self.test_loader, False))
 
 
 def make_batches(config, data, selector, device: torch.device, num_replicas: int, rank: int,
@@ -267,7 +323,9 @@ def make_batches(config, data, selector, device: torch.device, num_replicas: int
     common = dict(batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, seed=config.seed,
                   device=device, num_replicas=num_replicas, rank=rank)
     if config.loader == "dali":
-        return DaliBatches(data, selector, image_size=config.image_size, workers=config.workers, **common)
+        return DaliBatches(data, selector, image_size=config.image_size, workers=config.workers,
+                           on_error=getattr(config, "on_bad_image", "raise"), **common)
     if data.kind == "files":
-        return FileBatches(data, selector, image_size=config.image_size, workers=config.workers, **common)
+        return FileBatches(data, selector, image_size=config.image_size, workers=config.workers,
+                           on_error=getattr(config, "on_bad_image", "raise"), **common)
     return TensorBatches(data, selector, augment=True if augment is None else augment, **common)

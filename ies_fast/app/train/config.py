@@ -14,7 +14,8 @@ from typing import Optional
 
 from ...selectors.rule import ELIGIBILITY, decision_threshold
 
-DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic")
+ON_BAD_IMAGE = ("raise", "skip")
 SELECTORS = ("ies", "infobatch", "random", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("exp", "multistep", "linear", "cosine", "constant")
@@ -50,6 +51,30 @@ RECIPES = {
                   lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper",
                   score_policy="backoff"),
 }
+
+#: ``folder`` images up to this side (``--image-size``, default 64) train like Fashion-MNIST:
+#: the project's ResNet-8, resize + padded random crop; larger ones like ImageNet with
+#: torchvision's ResNet-18 and RandomResizedCrop (the same side as in datasets.SMALL_FOLDER_SIZE)
+SMALL_FOLDER_SIZE = 64
+FOLDER_DEFAULT_SIZE = 64
+
+
+def folder_recipe(image_size: Optional[int]) -> dict:
+    """The ``folder`` recipe for ``image_size``: Fashion-MNIST's (15 epochs, SGD 0.1 cosine,
+    δ=0.1 + backoff scoring) with ResNet-8 up to :data:`SMALL_FOLDER_SIZE` pixels, else
+    with torchvision's ResNet-18 (ImageNet stem)."""
+    size = FOLDER_DEFAULT_SIZE if image_size is None else image_size
+    small = isinstance(size, int) and size <= SMALL_FOLDER_SIZE
+    return {**RECIPES["fashion-mnist"], "model": "resnet8" if small else "resnet18", "image_size": size,
+            "loader": "torch"}
+
+
+def uses_torchvision_models(config: "TrainConfig") -> bool:
+    """Whether ``--model`` names a torchvision ImageNet architecture (imagenet, and
+    ``folder`` above :data:`SMALL_FOLDER_SIZE` unless the model is the project's resnet8)."""
+    if config.dataset == "folder":
+        return config.image_size > SMALL_FOLDER_SIZE and config.model != "resnet8"
+    return config.dataset == "imagenet"
 
 
 @dataclass
@@ -103,6 +128,7 @@ class TrainConfig:
     image_size: Optional[int] = None
     subset: Optional[int] = None
     label_noise: float = 0.0
+    on_bad_image: str = "raise"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,7 +207,8 @@ def _number(option: str, value, low: float, high: float = math.inf, *, open_low:
 
 def _with_recipe(config: TrainConfig) -> TrainConfig:
     _choice("dataset", config.dataset, DATASETS)
-    recipe = {"loader": "torch", "image_size": 32, "score_policy": "every", **RECIPES[config.dataset]}
+    chosen = folder_recipe(config.image_size) if config.dataset == "folder" else RECIPES[config.dataset]
+    recipe = {"loader": "torch", "image_size": 32, "score_policy": "every", **chosen}
     return dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
 
 
@@ -228,10 +255,12 @@ def validate(c: TrainConfig, *, need_data: bool = True) -> None:
     _number("random_ratio", c.random_ratio, 0.0, 1.0, open_high=True)
     if not all(isinstance(m, (int, float)) and 0 < m < 1 for m in c.lr_milestones):
         _fail("lr_milestones", f"must be fractions of the run in (0, 1); got {c.lr_milestones!r}")
-    if need_data and c.dataset in ("cifar10", "cifar100", "imagenet") and not c.data_dir:
+    _choice("on_bad_image", c.on_bad_image, ON_BAD_IMAGE)
+    if need_data and c.dataset in ("cifar10", "cifar100", "imagenet", "folder") and not c.data_dir:
         _fail("data_dir", f"is required for {c.dataset} (the folder holding the data set; see --help)")
     if c.loader == "dali" and c.dataset in ("digits", "mnist1d"):
-        _fail("loader", f"dali needs an image data set (fashion-mnist, mnist, cifar10, cifar100, imagenet, synthetic); "
+        _fail("loader", f"dali needs an image data set (fashion-mnist, mnist, cifar10, cifar100, imagenet, folder, "
+                        f"synthetic); "
                         f"{c.dataset} is vectors")
     if c.stop_after is not None:
         _positive_int("stop_after", c.stop_after)

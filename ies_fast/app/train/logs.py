@@ -18,6 +18,7 @@ COLUMNS = (
     "epoch", "lr", "num_samples", "train_loss", "train_acc", "test_loss", "test_acc", "kept", "kept_fraction", "mastered",
     "reincluded", "scored", "backward_samples", "backward_saved", "backward_saved_fraction", "removal_enabled",
     "time_train_s", "time_score_s", "time_eval_s", "time_epoch_s",
+    "files_read", "bytes_read", "files_skipped",  # image folders: the training + scoring passes' file reads
 )
 
 

@@ -32,7 +32,7 @@ from ...selectors.scoring import score
 from ...selectors.sync import assert_selector_in_sync
 from ...stopping import PatienceStopper, all_mastered
 from .batches import make_batches
-from .config import TrainConfig, resolve, resumed_config
+from .config import TrainConfig, resolve, resumed_config, uses_torchvision_models
 from .interrupt import signals_deferred
 from .logs import RunFiles, plot_history
 from .out_checks import OutFolderError, check_out_folder
@@ -288,7 +288,7 @@ class Trainer:
         self.data = _adapted_data(self.data, c)
         self.num_samples = self.data.num_train
         self.model = build_model(c.model, self.data.num_classes, self.data.input_shape,
-                                 imagenet=c.dataset == "imagenet").to(self.device)
+                                 imagenet=uses_torchvision_models(c)).to(self.device)
         if self.data.kind != "vector":  # channels-last convolutions are faster on CPUs too
             self.model = self.model.to(memory_format=torch.channels_last)
         self.selector = selector_for_config(c, self.num_samples, self.device)
@@ -514,7 +514,23 @@ class Trainer:
             # programs on a shared machine (includes loader threads; GPU time does not show)
             "time_cpu_s": time.process_time() - cpu0,
         }
+        row.update(self._read_counts(epoch))
         return row
+
+    def _read_counts(self, epoch: int) -> dict:
+        """An image folder's files opened / bytes read by this epoch's training and
+        scoring passes (summed over ranks), and the bad files skipped."""
+        take = getattr(self.batches, "read_counts", None)
+        counts = take() if take is not None else None
+        if counts is None:
+            return {}
+        first = counts.pop("first_skipped", None)
+        total = dist_utils.all_reduce_sum(torch.tensor(list(counts.values()), dtype=torch.float64, device=self.device))
+        counts = dict(zip(counts, (int(v) for v in total.tolist())))
+        if counts["files_skipped"] and self.main:
+            print(f"ies-fast: epoch {epoch + 1}: skipped {counts['files_skipped']} bad image file(s) "
+                  f"(--on-bad-image skip), e.g. {first}", file=sys.stderr)
+        return counts
 
     def _should_stop(self, row: dict) -> bool:
         if self.config.early_stop == "patience":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+import weakref
 from typing import Optional
 
 from ...io.run_folder import RunFolderError, check_slot
@@ -97,7 +98,21 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._forget_in_child)
+            os.register_at_fork(after_in_child=lambda: ref() and ref()())
         return self
+
+    def _forget_in_child(self) -> None:
+        """In a forked child (a DataLoader worker): close the inherited lock fd. An
+        ``flock`` lives as long as any process holds the file, so orphaned workers of a
+        killed run would otherwise keep the folder locked for seconds after it died."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
 
     def _open(self) -> int:
         """The lock file, opened without following a link or blocking on a FIFO."""

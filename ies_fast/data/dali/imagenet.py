@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
+from .. import image_files
+from ..image_files import CorruptImageFile, EpochDraws
 from .arrays import _threads
 from .iterator import DALIKeptIterator
 from .source import KeptSource, make_sampler
@@ -34,8 +36,8 @@ from .source import KeptSource, make_sampler
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8", b"II*\x00", b"MM\x00*", b"RIFF")
-ON_ERROR = ("raise", "skip")
+ON_ERROR = image_files.ON_ERROR
+AUGMENTS = ("resized_crop", "pad_crop")
 
 
 def scan_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -68,31 +70,44 @@ class ImageFolderSource(KeptSource):
         super().__init__(len(files), batch_size, selector, sampler)
         self.files, self.labels, self.on_error = list(files), labels, on_error
         self.skipped, self.skipped_files = 0, []
+        self.files_read = self.bytes_read = 0  # every file opened, and its bytes (see take_read_counts)
+        self.pad_crop: Optional[tuple] = None  # (EpochDraws, padding): serve per-sample crop offsets and flips
         self._pool = ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="ies-read")
 
     def _read(self, i: int):
-        path = self.files[i]
         try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as e:
-            return None, f"cannot read image file {path}: {e.strerror or e}"
-        if data.size == 0 or not data[:4].tobytes().startswith(_SIGNATURES):
-            return None, f"not an image file (empty or unknown header): {path}"
-        return data, None
+            data = image_files.read_image_bytes(self.files[i])
+        except image_files.BadImageFile as e:
+            return None, str(e)
+        return np.frombuffer(data, dtype=np.uint8), None
+
+    def take_read_counts(self) -> tuple:
+        """``(files opened, bytes read)`` since the last call."""
+        out = (self.files_read, self.bytes_read)
+        self.files_read = self.bytes_read = 0
+        return out
 
     def fetch(self, index):
         results = list(self._pool.map(self._read, index.tolist()))
+        self.files_read += len(results)
+        self.bytes_read += sum(d.size for d, _ in results if d is not None)
         ok = np.array([data is not None for data, _ in results], dtype=bool)
         if not ok.all():
             errors = [err for _, err in results if err is not None]
             if self.on_error == "raise":
-                raise ValueError(errors[0] + (f" (and {len(errors) - 1} more in this batch)" if len(errors) > 1 else ""))
+                raise image_files.BadImageFile(errors[0] + (f" (and {len(errors) - 1} more in this batch)"
+                                                            if len(errors) > 1 else ""))
             self.skipped += len(errors)
             self.skipped_files += [self.files[i] for i in index[~ok]]
             if not ok.any():
                 return None
         index = index[ok]
-        return [d for d, _ in results if d is not None], self.labels[index], index
+        out = ([d for d, _ in results if d is not None], self.labels[index], index)
+        if self.pad_crop is None:
+            return out
+        draws, padding = self.pad_crop
+        offsets, flip = draws.pad_crop(self.sampler.epoch, index, padding)
+        return (*out, (offsets - padding).astype(np.int32), flip.astype(np.int32))
 
     def explain(self, error: Exception) -> Exception:
         """A decode error with the names of the recently served files PIL cannot open."""
@@ -113,7 +128,7 @@ class ImageFolderSource(KeptSource):
             bad = []
         named = f"corrupt image file(s): {', '.join(bad)}" if bad else f"one of: {', '.join(recent[:16])}"
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
-        return RuntimeError(f"decoding failed ({named}): {first[0] if first else type(error).__name__}")
+        return CorruptImageFile(f"decoding failed ({named}): {first[0] if first else type(error).__name__}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -125,14 +140,23 @@ def imagenet_pipeline(root_or_files, selector, batch_size: int, *, labels=None, 
                       channels_last: bool = False, shuffle: bool = True, seed: int = 0,
                       num_replicas: Optional[int] = None, rank: Optional[int] = None, drop_last: bool = False,
                       on_error: str = "raise", device_id: Optional[int] = None, num_threads: Optional[int] = None,
-                      io_threads: int = 4, prefetch_queue_depth: int = 2):
+                      io_threads: int = 4, prefetch_queue_depth: int = 2, augment: str = "resized_crop",
+                      padding: int = 4, flip: bool = True):
     """Build (not run) the pipeline over a folder (``root/<class>/*``, see
     :func:`scan_folder`) or a ``files`` list with ``labels``. ``mode``: ``train``
     (kept samples, shuffled; RandomResizedCrop(``size``, ``scale``, ``ratio``) +
     flip), ``scoring`` (removed samples) or ``val`` (all samples; ``selector`` may
     be None) with resize of the shorter side to ``resize`` (default
     ``size * 8 // 7``, i.e. 256 for 224) and a centre crop. Decoding runs on
-    ``mixed`` (GPU) when ``device_id`` is given, else on ``cpu``."""
+    ``mixed`` (GPU) when ``device_id`` is given, else on ``cpu``.
+
+    ``augment="pad_crop"`` (small images, as CIFAR): every image is resized to
+    ``size x size``; training then crops at an offset in ``[-padding, padding]``
+    with zero fill and flips (if ``flip``), with the offsets and flips drawn per
+    ``(seed, epoch, index)`` (:class:`~ies_fast.data.image_files.EpochDraws`, the
+    same draws as the torch loader: a resumed run sees the same pixels)."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     if isinstance(root_or_files, (str, os.PathLike)):
         files, labels, _ = scan_folder(os.fspath(root_or_files))
     else:
@@ -145,13 +169,30 @@ def imagenet_pipeline(root_or_files, selector, batch_size: int, *, labels=None, 
     resize = resize or size * 8 // 7
     train = mode == "train"
     decoder = "mixed" if device_id is not None else "cpu"
+    square = augment == "pad_crop"
+    if square and train:
+        source.pad_crop = (EpochDraws(seed), padding)
 
     @pipeline_def(batch_size=batch_size, num_threads=_threads(num_threads), device_id=device_id,
                   prefetch_queue_depth=prefetch_queue_depth, seed=seed)
     def pipe():
+        if square and train:
+            data, y, index, anchor, flips = fn.external_source(
+                source=source, batch=True, batch_info=True, num_outputs=5,
+                dtype=[types.UINT8, types.INT64, types.INT64, types.INT32, types.INT32])
+            img = fn.resize(fn.decoders.image(data, device=decoder, output_type=types.RGB), resize_x=size,
+                            resize_y=size)
+            img = fn.slice(img, start=anchor, shape=[size, size], axis_names="HW", out_of_bounds_policy="pad")
+            img = fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="HWC" if channels_last else "CHW",
+                                           mirror=flips if flip else 0, mean=list(mean), std=list(std))
+            return img, y, index
         data, y, index = fn.external_source(source=source, batch=True, batch_info=True, num_outputs=3,
                                             dtype=[types.UINT8, types.INT64, types.INT64])
-        if train:
+        if square:
+            img = fn.resize(fn.decoders.image(data, device=decoder, output_type=types.RGB), resize_x=size,
+                            resize_y=size)
+            mirror = 0
+        elif train:
             img = fn.decoders.image_random_crop(data, device=decoder, output_type=types.RGB,
                                                 random_area=list(scale), random_aspect_ratio=list(ratio))
             img = fn.resize(img, resize_x=size, resize_y=size)
