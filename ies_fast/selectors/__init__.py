@@ -2,7 +2,8 @@
 
 * :class:`IES` (``ies.py``): instance-dependent early stopping, the mastered rule
   of ``rule.py``; per-exit decisions in ``per_exit.py``; the collapse guard
-  (``floor.py``) and the re-scoring schedule (``schedule.py``);
+  (``floor.py``) and the re-scoring schedule (``schedule.py``); its state sharded by
+  sample across ranks (``IES(..., shard_state=True)``) in ``sharded.py``;
 * :class:`InfoBatch`, :class:`RandomRemoval`: the baselines it is compared with;
 * :class:`PatienceStopper` (``stopping.py``): stopping a run on a plateau or when
   every sample is mastered; :func:`score` (``scoring.py``): the forward-only pass
@@ -17,6 +18,7 @@ from .ies import IES
 from .infobatch import InfoBatch
 from .per_exit import PerExitIES
 from .random_removal import RandomRemoval
+from .sharded import ShardedIES
 
 #: the names :func:`make_selector` takes, and what each builds
 KINDS = {"ies": IES, "infobatch": InfoBatch, "random": RandomRemoval}
@@ -33,4 +35,4 @@ def make_selector(kind: str, num_samples: int, **kwargs) -> Selector:
     return KINDS[kind](num_samples, **kwargs)
 
 
-__all__ = ["IES", "InfoBatch", "KINDS", "PerExitIES", "RandomRemoval", "Selector", "make_selector"]
+__all__ = ["IES", "InfoBatch", "KINDS", "PerExitIES", "RandomRemoval", "Selector", "ShardedIES", "make_selector"]

@@ -69,6 +69,16 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     KIND, VERSION, TOTALS = "IES", 1, TOTALS
     #: exit_reduction -> the class that implements it (filled by the variant's module)
     variants: dict = {}
+    #: whether the ring holds only this rank's samples (:mod:`ies_fast.selectors.sharded`)
+    _shards_state = False
+
+    def __new__(cls, *args, shard_state: bool = False, **kwargs):
+        """``IES(..., shard_state=True)`` builds :class:`ies_fast.selectors.sharded.ShardedIES`."""
+        if shard_state and cls is IES:
+            from .sharded import ShardedIES
+
+            cls = ShardedIES
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -90,8 +100,12 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         score_max_interval: int = 8,
         min_kept=0,
         seed: int = 0,
+        shard_state: bool = False,
     ):
         super().__init__(num_samples, device, backend)
+        if shard_state and not self._shards_state:
+            raise ValueError(f"shard_state=True is not supported by {type(self).__name__} "
+                             f"(exit_reduction={exit_reduction!r}): use IES with one exit")
         self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
         L = check_rule(order, window, k, eligibility)  # the ring length
         _check_fits(num_samples, 4 * L + 2, self.device, "IES")  # hist, count and mastered at least
@@ -102,8 +116,9 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
                                                 score_every=_check_positive_int("score_every", score_every),
                                                 max_interval=score_max_interval, device=self.device)
         self.distributed = distributed
-        self.hist = torch.full((num_samples, L), NOT_SEEN, dtype=torch.float32, device=self.device)
-        self.count = torch.zeros(num_samples, dtype=torch.uint8, device=self.device)
+        rows = self._ring_rows(num_samples)  # all of them here; this rank's share when sharded
+        self.hist = torch.full((rows, L), NOT_SEEN, dtype=torch.float32, device=self.device)
+        self.count = torch.zeros(rows, dtype=torch.uint8, device=self.device)
         self.mastered = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
         self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
@@ -192,10 +207,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         tracked = self.scoring_schedule.policy != "every"
         if tracked:
             observed, was_mastered = self._observed_this_epoch(), self.mastered.clone()
-        stats = dispatch.close_epoch(
-            self._op("close_epoch"), self.hist, self.count, self.mastered,
-            self.order, self.window, self.k, decision_threshold(self.delta, self.window),
-        )
+        stats = self._close_epoch()
         if tracked:
             self.scoring_schedule.update(self.epoch, observed, was_mastered, self.mastered)
         if self.replay.numel():
@@ -205,6 +217,17 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         self.totals[TOTALS.index("reincluded")] += stats[EPOCH_STATS.index("reincluded")]
         self.epoch += 1
         self._invalidate()
+
+    def _close_epoch(self) -> torch.Tensor:
+        """Fold the epoch into the ring and decide ``mastered``; returns :data:`EPOCH_STATS`."""
+        return dispatch.close_epoch(
+            self._op("close_epoch"), self.hist, self.count, self.mastered,
+            self.order, self.window, self.k, decision_threshold(self.delta, self.window),
+        )
+
+    def _ring_rows(self, num_samples: int) -> int:
+        """Rows of the loss ring this selector holds."""
+        return num_samples
 
     def _observed_this_epoch(self) -> torch.Tensor:
         """bool ``[S]``: samples with a loss recorded in the epoch being closed."""

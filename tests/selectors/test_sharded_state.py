@@ -1,0 +1,73 @@
+"""``IES(..., shard_state=True)``: the same decisions, masks, kept lists, statistics and
+ring values (bit for bit) as the replicated selector, on 1, 2 and 3 gloo ranks."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from ies_fast import IES
+from spawn_ranks import launch
+
+from ies_fast.selectors.sharded import ShardedIES, interleave, owned_rows, pack_bits, unpack_bits
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 64, 1001])
+def test_bits_round_trip(n):
+    g = torch.Generator().manual_seed(n)
+    mask = torch.rand(n, generator=g) < 0.4
+    nbytes = (n + 7) // 8 + 1
+    packed = pack_bits(mask, nbytes)
+    assert packed.dtype == torch.uint8 and packed.numel() == nbytes
+    ref = sum(int(b) << i for i, b in enumerate(mask.tolist()))
+    assert int.from_bytes(bytes(packed.tolist()), "little") == ref
+    assert torch.equal(unpack_bits(packed)[:n], mask) and not unpack_bits(packed)[n:].any()
+
+
+@pytest.mark.parametrize("n,world", [(10, 3), (9, 3), (5, 4), (7, 1)])
+def test_interleave_is_the_inverse_of_owning_rows(n, world):
+    full = torch.randn(n, 2)
+    rows = owned_rows(n, 0, world)
+    stacked = torch.zeros(world, rows, 2)
+    for r in range(world):
+        assert owned_rows(n, r, world) == len(range(r, n, world))
+        stacked[r, : owned_rows(n, r, world)] = full[r::world]
+    assert torch.equal(interleave(stacked, n), full)
+
+
+def test_constructor_routes_and_refuses_what_it_cannot_shard():
+    sel = IES(20, shard_state=True)
+    assert isinstance(sel, ShardedIES) and sel.world == 1 and "shard_state=True" in repr(sel)
+    assert type(IES(20)) is IES
+    with pytest.raises(ValueError, match="score_policy"):
+        IES(20, shard_state=True, score_policy="backoff")
+    with pytest.raises(ValueError, match="shard_state"):
+        IES(20, num_exits=2, exit_reduction="per_exit", shard_state=True)
+
+
+def test_one_process_equals_replicated_with_a_state_round_trip():
+    import sharded_worker as sw
+
+    replicated, sharded = sw.pair(min_kept=5)
+    mastered = []
+    for epoch in range(8):
+        loss, index = sw.epoch_observations(epoch)
+        for sel in (replicated, sharded):
+            sel.observe(loss, index)
+            sel.step()
+        sw.assert_same(replicated, sharded, f"epoch {epoch}")
+        mastered.append(int(replicated.mastered.sum()))
+        if epoch == 4:  # a shard saved on one rank is the whole state: both load it
+            state = sharded.state_dict()
+            again = sw.pair(min_kept=5)
+            again[0].load_state_dict(state)
+            again[1].load_state_dict(replicated.state_dict())
+            sw.assert_same(*again, "after loading each other's state")
+    assert max(mastered) > 0, mastered
+
+
+@pytest.mark.parametrize("world,min_kept", [(1, 0), (2, 20), (3, 0)])
+def test_bit_identical_to_replicated_over_gloo_ranks(tmp_path, world, min_kept):
+    launch("sharded_worker", world, tmp_path, {"epochs": 9, "min_kept": min_kept})

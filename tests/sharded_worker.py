@@ -1,0 +1,78 @@
+"""Worker side of tests/selectors/test_sharded_state.py and tests/io/test_selector_shards.py:
+each rank feeds its share of dist_worker's observations to a replicated and a sharded
+selector side by side and checks, after every step, that they agree bit for bit."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from ies_fast import IES
+
+S, DELTA, ORDER, WINDOW = 97, 5e-3, 1, 2
+
+
+def epoch_observations(epoch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(losses, index)`` observed in ``epoch`` by all ranks together: two thirds of the
+    samples settle (mastered after a few epochs), the rest move; a tenth go unseen each
+    epoch; some are observed twice (the larger loss counts); NaN/Inf in epoch 5; epoch 3
+    is empty."""
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    if epoch == 3:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    settles = torch.arange(S) % 3 != 0
+    loss = torch.where(settles, 1.0 / (1 + epoch) ** 2 + torch.rand(S, generator=g) * 1e-4,
+                       torch.rand(S, generator=g) * 2)
+    index = torch.randperm(S, generator=g)[: int(S * 0.9)]
+    twice = index[torch.randperm(index.numel(), generator=g)[:15]]
+    index = torch.cat([index, twice])
+    loss = torch.cat([loss[index[:-15]], loss[twice] * torch.rand(15, generator=g) * 1.5])
+    if epoch == 5:
+        loss[:2] = torch.tensor([float("nan"), float("inf")])
+    perm = torch.randperm(index.numel(), generator=g)
+    return loss[perm], index[perm]
+
+
+def pair(min_kept: int = 0) -> tuple[IES, IES]:
+    """A replicated and a sharded selector of the same configuration."""
+    kw = dict(delta=DELTA, order=ORDER, window=WINDOW, min_kept=min_kept, seed=3)
+    return IES(S, **kw), IES(S, shard_state=True, **kw)
+
+
+def assert_same(replicated: IES, sharded: IES, where: str) -> None:
+    rank, world = sharded.rank, sharded.world
+    checks = {
+        "hist": torch.equal(sharded.hist.view(torch.int32), replicated.hist[rank::world].view(torch.int32)),
+        "count": torch.equal(sharded.count, replicated.count[rank::world]),
+        "mastered": torch.equal(sharded.mastered, replicated.mastered),
+        "removed": torch.equal(sharded.removed_mask(), replicated.removed_mask()),
+        "kept": torch.equal(sharded.kept_indices(), replicated.kept_indices()),
+        "stats": sharded.stats() == replicated.stats(),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    assert not bad, f"{where}: sharded differs from replicated in {bad} (rank {rank} of {world})"
+
+
+def worker(rank: int, world: int, port: int, out_dir: str, job: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        replicated, sharded = pair(job.get("min_kept", 0))
+        assert sharded.world == world and sharded.hist.shape[0] == len(range(rank, S, world))
+        mastered_any = False
+        for epoch in range(job["epochs"]):
+            loss, index = epoch_observations(epoch)
+            for sel in (replicated, sharded):
+                sel.observe(loss[rank::world].half().float() if epoch == 2 else loss[rank::world], index[rank::world])
+                sel.step()
+            assert_same(replicated, sharded, f"epoch {epoch}")
+            mastered_any |= bool(replicated.mastered.any())
+        assert mastered_any, "the observations never mastered a sample: the test would prove nothing"
+        if job.get("save"):
+            torch.save({"shard": sharded.state_dict(), "replicated": replicated.state_dict()},
+                       os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
