@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 
 from ies_fast import IES
+from ies_fast.io.checkpoint import save_checkpoint
+from ies_fast.io.selector_shards import load_selector, save_selector
 
 S, DELTA, ORDER, WINDOW = 97, 5e-3, 1, 2
 
@@ -55,24 +57,40 @@ def assert_same(replicated: IES, sharded: IES, where: str) -> None:
     assert not bad, f"{where}: sharded differs from replicated in {bad} (rank {rank} of {world})"
 
 
+def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
+    """Train a replicated and a sharded selector side by side over ``job["epochs"]``
+    epochs (after loading ``job["load"]``, a pair of checkpoint folders: replicated,
+    sharded; ``job["cross"]`` swaps them), checking them equal after every step; saves
+    both at epoch ``job["save_at"]``. Returns the replicated one."""
+    replicated, sharded = pair(job.get("min_kept", 0))
+    assert sharded.world == world and sharded.hist.shape[0] == len(range(rank, S, world))
+    if job.get("load"):
+        rep_dir, shard_dir = job["load"][::-1] if job.get("cross") else job["load"]
+        load_selector(replicated, rep_dir)
+        load_selector(sharded, shard_dir)
+        assert_same(replicated, sharded, "after loading")
+    mastered_any = False
+    for epoch in range(replicated.epoch, job["epochs"]):
+        loss, index = epoch_observations(epoch)
+        for sel in (replicated, sharded):
+            sel.observe(loss[rank::world].half().float() if epoch == 2 else loss[rank::world], index[rank::world])
+            sel.step()
+        assert_same(replicated, sharded, f"epoch {epoch}")
+        mastered_any |= bool(replicated.mastered.any())
+        if epoch + 1 == job.get("save_at"):
+            save_selector(replicated, os.path.join(out_dir, "replicated"))
+            save_selector(sharded, os.path.join(out_dir, "sharded"))
+    assert mastered_any or job.get("load"), "the observations never mastered a sample: the test would prove nothing"
+    return replicated
+
+
 def worker(rank: int, world: int, port: int, out_dir: str, job: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        replicated, sharded = pair(job.get("min_kept", 0))
-        assert sharded.world == world and sharded.hist.shape[0] == len(range(rank, S, world))
-        mastered_any = False
-        for epoch in range(job["epochs"]):
-            loss, index = epoch_observations(epoch)
-            for sel in (replicated, sharded):
-                sel.observe(loss[rank::world].half().float() if epoch == 2 else loss[rank::world], index[rank::world])
-                sel.step()
-            assert_same(replicated, sharded, f"epoch {epoch}")
-            mastered_any |= bool(replicated.mastered.any())
-        assert mastered_any, "the observations never mastered a sample: the test would prove nothing"
-        if job.get("save"):
-            torch.save({"shard": sharded.state_dict(), "replicated": replicated.state_dict()},
-                       os.path.join(out_dir, f"rank{rank}.pt"))
+        replicated = run(rank, world, out_dir, job)
+        if rank == 0:
+            save_checkpoint(replicated.state_dict(), os.path.join(out_dir, "final.ckpt"))
     finally:
         dist.destroy_process_group()
