@@ -85,7 +85,8 @@ class ShardedIES(IES):
         if self.scoring_schedule.policy != "every":
             raise ValueError(f"shard_state=True needs score_policy='every', got {self.scoring_schedule.policy!r}")
         # this rank's own decisions (row j = sample j·W + rank); self.mastered is the global mask
-        self.owned_mastered = torch.zeros(self.hist.shape[0], dtype=torch.bool, device=self.device)
+        self.owned_mastered = (self.mastered if self.world == 1  # one rank owns all: the same tensor
+                               else torch.zeros(self.hist.shape[0], dtype=torch.bool, device=self.device))
         self._queued: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _ring_rows(self, num_samples: int) -> int:
@@ -143,7 +144,6 @@ class ShardedIES(IES):
             self.order, self.window, self.k, decision_threshold(self.delta, self.window),
         )
         if self.world == 1:
-            self.mastered.copy_(self.owned_mastered)
             return stats
         dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         self.mastered.copy_(self._gather_mask(self.owned_mastered))
@@ -188,12 +188,14 @@ class ShardedIES(IES):
         """Keep this rank's rows of the ring; the global mask and replay stay whole."""
         values = dict(values, hist=self._owned(values["hist"]), count=self._owned(values["count"]))
         super()._apply_state(values)
-        self.owned_mastered.copy_(self._owned(self.mastered))
+        if self.owned_mastered is not self.mastered:
+            self.owned_mastered.copy_(self._owned(self.mastered))
         self._queued = []
 
     def to(self, device) -> "ShardedIES":
+        alias = self.owned_mastered is self.mastered
         super().to(device)
-        self.owned_mastered = self.owned_mastered.to(self.device)
+        self.owned_mastered = self.mastered if alias else self.owned_mastered.to(self.device)
         self._queued = [(loss.to(self.device), index.to(self.device)) for loss, index in self._queued]
         return self
 
