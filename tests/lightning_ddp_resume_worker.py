@@ -1,5 +1,6 @@
 """Run as a script by tests/integrations/test_lightning_ddp_resume.py: ``IESCallback`` with
-``Trainer(strategy="ddp", accelerator="cpu", devices=D)`` on the bundled digits.
+``Trainer(strategy="ddp", accelerator="cpu", devices=D)`` on the bundled digits (the
+``"ddp"`` strategy, built as ``DDPStrategy`` for a 30 s collective timeout).
 
     python lightning_ddp_resume_worker.py OUT DEVICES EPOCHS [--kill EPOCH BATCH] [--resume]
 
@@ -10,6 +11,7 @@ the last rank SIGKILL itself at that batch; ``--resume`` goes on from ``last.ckp
 Rank 0 saves the final weights to ``OUT/final.pt``."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -18,6 +20,7 @@ import sys
 import lightning
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 
 from ies_fast.integrations.lightning import IESCallback
 
@@ -50,9 +53,9 @@ def main(out: str, devices: int, epochs: int, kill=None, resume: bool = False) -
     lightning.seed_everything(0, verbose=False)
     ies = IESCallback(1500, delta=DELTA, order=1, window=2)
     model = DigitsMLP(ies, batch_size=BATCH)
-    ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=0, every_n_epochs=1)
+    ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=-1, every_n_epochs=1)
     trainer = lightning.Trainer(max_epochs=epochs, callbacks=[ies, EpochLog(ies, out, kill), ckpt], accelerator="cpu",
-                                devices=devices, strategy="ddp", logger=False, enable_progress_bar=False,
+                                devices=devices, strategy=DDPStrategy(timeout=datetime.timedelta(seconds=30)), logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(model, ckpt_path=os.path.join(out, "ckpt", "last.ckpt") if resume else None)
     if trainer.global_rank == 0:

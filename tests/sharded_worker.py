@@ -9,6 +9,7 @@ import os
 import torch
 import torch.distributed as dist
 
+import ies_fast.selectors.sharded as sharded_module
 from ies_fast import IES
 from ies_fast.io.checkpoint import save_checkpoint
 from ies_fast.io.selector_shards import load_selector, save_selector
@@ -62,6 +63,8 @@ def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
     epochs (after loading ``job["load"]``, a pair of checkpoint folders: replicated,
     sharded; ``job["cross"]`` swaps them), checking them equal after every step; saves
     both at epoch ``job["save_at"]``. Returns the replicated one."""
+    sharded_module._GROUP_ROWS = job.get("group_rows", sharded_module._GROUP_ROWS)  # small: joins and splits
+    sharded_module._RECORD_CHUNK = job.get("record_chunk", sharded_module._RECORD_CHUNK)
     replicated, sharded = pair(job.get("min_kept", 0))
     assert sharded.world == world and sharded.hist.shape[0] == len(range(rank, S, world))
     if job.get("load"):
@@ -72,8 +75,12 @@ def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
     mastered_any = False
     for epoch in range(replicated.epoch, job["epochs"]):
         loss, index = epoch_observations(epoch)
+        mine, mine_index = loss[rank::world], index[rank::world]
+        if epoch == 2:
+            mine = mine.half().float()
         for sel in (replicated, sharded):
-            sel.observe(loss[rank::world].half().float() if epoch == 2 else loss[rank::world], index[rank::world])
+            for part, part_index in zip(mine.split(13), mine_index.split(13)):  # batches of 13 and a rest
+                sel.observe(part, part_index)
             sel.step()
         assert_same(replicated, sharded, f"epoch {epoch}")
         mastered_any |= bool(replicated.mastered.any())

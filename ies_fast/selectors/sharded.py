@@ -14,7 +14,8 @@ which does not depend on where or in which order the losses were taken.
 
 Memory per rank: ``(N / W)·(4·L + 2)`` bytes of ring, counts and own decisions, ``N``
 bytes of the global mask, and the queued pairs of one epoch (8 bytes per observation
-this rank made, about ``8·N / W``), against ``N·(4·L + 2)`` replicated.
+this rank made, about ``8·N / W``, and as much again at ``step()`` for the send and receive
+buffers each), against ``N·(4·L + 2)`` replicated.
 
 Limits (``ValueError`` at construction): one exit, ``score_policy="every"``.
 Checkpoints: :meth:`ShardedIES.state_dict` is this rank's shard (``state["shard"]``);
@@ -65,6 +66,29 @@ def interleave(rows_by_rank: torch.Tensor, num_samples: int) -> torch.Tensor:
     return rows_by_rank.transpose(0, 1).reshape(W * R, *rows_by_rank.shape[2:])[:num_samples]
 
 
+#: rows of arrived pairs recorded at a time, and of queued observations sorted by owner at
+#: a time (bound the temporaries of step(); many small batches are joined up to this)
+_RECORD_CHUNK = 1 << 20
+_GROUP_ROWS = 1 << 18
+
+
+def _groups(queued: list, rows: int):
+    """``(loss, index)`` of about ``rows`` queued observations at a time, emptying ``queued``
+    (small batches joined; a batch larger than ``rows`` comes in pieces)."""
+    queued.reverse()
+    parts, size = [], 0
+    while queued:
+        loss, index = queued.pop()
+        for start in range(0, index.numel(), rows):
+            parts.append((loss[start:start + rows], index[start:start + rows]))
+            size += parts[-1][1].numel()
+            if size >= rows:
+                yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+                parts, size = [], 0
+    if parts:
+        yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def _all_gather(out: torch.Tensor, mine: torch.Tensor) -> None:
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(out, mine)
@@ -98,7 +122,11 @@ class ShardedIES(IES):
             super().record(per_sample_loss, index)
             return
         loss = per_sample_loss.detach().to(self.device, torch.float32, non_blocking=True)
-        self._queued.append((loss, index))
+        self._queued.append((loss, index.to(self._index_dtype)))  # 8 bytes per observation while N < 2^31
+
+    @property
+    def _index_dtype(self) -> torch.dtype:
+        return torch.int32 if self.num_samples < 2**31 else torch.int64
 
     def ring(self):
         return None  # queued, not written in place
@@ -108,32 +136,46 @@ class ShardedIES(IES):
         pairs, after one of the per-rank counts) and record what arrives."""
         if self.world == 1:
             return
-        if self._queued:
-            loss = torch.cat([q[0] for q in self._queued])
-            index = torch.cat([q[1] for q in self._queued])
-        else:
-            loss = torch.zeros(0, dtype=torch.float32, device=self.device)
-            index = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._queued = []
-        valid = index >= 0  # rows check_index dropped on CUDA
-        loss, index = loss[valid], index[valid]
-        owner = index % self.world
-        order = torch.argsort(owner, stable=True)
-        pairs = torch.stack([(index // self.world).to(torch.int32), loss.view(torch.int32)], 1)[order]
-        send = torch.bincount(owner, minlength=self.world)
+        pairs, send = self._pairs_by_owner()
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send)
         send_sizes, recv_sizes = send.tolist(), recv.tolist()
         arrived = torch.empty(sum(recv_sizes), 2, dtype=torch.int32, device=self.device)
         dist.all_to_all_single(arrived, pairs, recv_sizes, send_sizes)
         del pairs
-        if arrived.numel():
-            dispatch.record(self._op("record"), self.hist, self.count,
-                            arrived[:, 1].contiguous().view(torch.float32), arrived[:, 0].long())
+        op = self._op("record")
+        for chunk in arrived.split(_RECORD_CHUNK):  # bounded temporaries
+            dispatch.record(op, self.hist, self.count, chunk[:, 1].contiguous().view(torch.float32), chunk[:, 0].long())
         counters = torch.cat([self._pending_scored, self._deferred_errors])
         dist.all_reduce(counters, op=dist.ReduceOp.SUM)
         self._pending_scored.copy_(counters[:1])
         self._deferred_errors.copy_(counters[1:])
+
+    def _pairs_by_owner(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pairs, counts)``: the queued observations as int32 ``[n, 2]`` rows
+        ``(owner's row, loss bits)`` grouped by owner rank, and int64 ``[W]`` rows per
+        owner. Built a queued batch at a time into one buffer (rows with a negative
+        index, dropped on CUDA by ``check_index``, are left out); empties the queue."""
+        W = self.world
+        queued, self._queued = self._queued, []
+        counts = torch.zeros(W, dtype=torch.int64, device=self.device)
+        for _, index in queued:
+            counts += torch.bincount(index[index >= 0].long() % W, minlength=W)
+        pairs = torch.empty(int(counts.sum()), 2, dtype=torch.int32, device=self.device)
+        fill = torch.cumsum(counts, 0) - counts  # next free row of each owner's block
+        for loss, index in _groups(queued, _GROUP_ROWS):
+            keep = index >= 0
+            loss, index = loss[keep], index[keep].long()
+            owner = index % W
+            order = torch.argsort(owner, stable=True)
+            owner = owner[order]
+            per_owner = torch.bincount(owner, minlength=W)
+            first = torch.cumsum(per_owner, 0) - per_owner
+            row = fill[owner] + torch.arange(owner.numel(), device=self.device) - first[owner]
+            pairs[row, 0] = (index[order] // W).to(torch.int32)
+            pairs[row, 1] = loss[order].view(torch.int32)
+            fill += per_owner
+        return pairs, counts
 
     # ---- the decision -----------------------------------------------------------------
     def _close_epoch(self) -> torch.Tensor:

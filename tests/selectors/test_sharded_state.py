@@ -68,6 +68,22 @@ def test_one_process_equals_replicated_with_a_state_round_trip():
     assert max(mastered) > 0, mastered
 
 
-@pytest.mark.parametrize("world,min_kept", [(1, 0), (2, 20), (3, 0)])
-def test_bit_identical_to_replicated_over_gloo_ranks(tmp_path, world, min_kept):
-    launch("sharded_worker", world, tmp_path, {"epochs": 9, "min_kept": min_kept})
+@pytest.mark.parametrize("world,job", [(1, {}), (2, {"min_kept": 20}), (3, {"group_rows": 7, "record_chunk": 5})])
+def test_bit_identical_to_replicated_over_gloo_ranks(tmp_path, world, job):
+    # group_rows/record_chunk: the exchange joins batches, splits a batch and records in pieces
+    launch("sharded_worker", world, tmp_path, {"epochs": 9, **job})
+
+
+@pytest.mark.parametrize("sizes,rows", [([3, 4, 10, 0, 2], 5), ([1] * 9, 4), ([20], 7), ([], 3)])
+def test_groups_join_and_split_queued_batches_in_order(sizes, rows):
+    from ies_fast.selectors.sharded import _groups
+
+    queued = [(torch.randn(n), torch.randint(0, 100, (n,))) for n in sizes]
+    expected = [torch.cat([q[i] for q in queued]) if queued else torch.zeros(0) for i in (0, 1)]
+    groups = list(_groups(list(queued), rows))
+    assert all(g[1].numel() <= 2 * rows for g in groups) and all(g[1].numel() >= rows for g in groups[:-1])
+    if sizes:
+        assert torch.equal(torch.cat([g[0] for g in groups]), expected[0])
+        assert torch.equal(torch.cat([g[1] for g in groups]), expected[1])
+    else:
+        assert groups == []
