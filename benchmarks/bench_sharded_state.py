@@ -8,9 +8,11 @@ Each (mode, world) runs in fresh spawned processes, one thread each. Every epoch
 rank observes its ``N / world`` share of a permutation of the samples (as from a
 ``DistributedSampler``; an affine permutation, so that generating it takes no
 ``N``-sized table, and a contiguous block of it per rank, so that a rank's samples are
-spread over all owners as a shuffle's are) in batches of 2^20, then calls ``step()``.
+spread over all owners as a shuffle's are) in batches of 2^16, then calls ``step()``.
 
 * state: bytes of the selector's tensors on each rank (exact);
+* ``MALLOC_MMAP_THRESHOLD_=131072`` is set for the ranks (glibc), so that freed large
+  blocks go back to the OS and the peak RSS is the peak of live memory;
 * peak RSS: the rank's peak resident memory minus its resident memory before the
   selector was built (``ru_maxrss``), after training, and again after a checkpoint
   save and load (loading joins the whole state for its check);
@@ -39,7 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-BATCH = 1 << 20
+BATCH = 1 << 16
 
 
 def _free_port() -> int:
@@ -179,6 +181,9 @@ def run(samples: int, world: int, epochs: int, sharded: bool) -> dict:
 
 
 def main() -> None:
+    # a fixed mmap threshold: large blocks are returned to the OS when freed, so a rank's peak
+    # RSS is its peak of live memory (glibc's moving threshold otherwise keeps freed blocks)
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=10_000_000)
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])

@@ -56,7 +56,7 @@ def pack_bits(mask: torch.Tensor, nbytes: int) -> torch.Tensor:
 def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
     """bool ``[8·packed.numel()]``: the inverse of :func:`pack_bits`."""
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(1) >> shifts) & 1).bool().reshape(-1)
+    return (packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(torch.bool).reshape(-1)  # 0/1 bytes are bools
 
 
 def interleave(rows_by_rank: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -197,8 +197,9 @@ class ShardedIES(IES):
         nbytes = (rows + 7) // 8
         gathered = torch.empty(self.world * nbytes, dtype=torch.uint8, device=self.device)
         _all_gather(gathered, pack_bits(owned, nbytes))
-        bits = unpack_bits(gathered).view(self.world, nbytes * 8)[:, :rows]
-        return interleave(bits, self.num_samples)
+        bits = unpack_bits(gathered)
+        del gathered
+        return interleave(bits.view(self.world, nbytes * 8)[:, :rows], self.num_samples)
 
     # ---- checkpoints ------------------------------------------------------------------
     def _owned(self, per_sample: torch.Tensor) -> torch.Tensor:

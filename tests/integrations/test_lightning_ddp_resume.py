@@ -5,10 +5,6 @@ DDP); a rank SIGKILLed mid-epoch, then ``fit(ckpt_path=last.ckpt)``, ends equal 
 uninterrupted run; the checkpoint resumes on 1 and on 3 processes."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,8 @@ import torch
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 
+import ddp_runs  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "lightning_ddp_resume_worker.py"
@@ -24,17 +22,7 @@ EPOCHS, TIMEOUT_S = 6, 240
 
 
 def run(out: Path, devices: int, *extra, check: bool = True) -> int:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(SCRIPT.parent))
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), *map(str, extra)], env=env,
-                          timeout=TIMEOUT_S, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        pytest.fail(f"exit {proc.returncode}: {proc.stderr[-3000:]}")
-    return proc.returncode
-
-
-def logs(out: Path, world: int) -> list[list[dict]]:
-    return [[json.loads(line) for line in (out / f"log-rank{r}.jsonl").read_text().splitlines()] for r in range(world)]
+    return ddp_runs.run([SCRIPT, out, devices, *extra], TIMEOUT_S, check)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +33,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_every_rank_the_same_kept_set_and_steps_with_uneven_counts(uninterrupted):
-    a, b = logs(uninterrupted, 2)
+    a, b = ddp_runs.rank_logs(uninterrupted, 2)
     assert a == b and len(a) == EPOCHS
     kept = [len(e["kept"]) for e in a]
     assert min(kept) < 1500 and any(k % 2 for k in kept), kept  # IES removed samples, and an odd count was run
@@ -55,7 +43,7 @@ def test_every_rank_the_same_kept_set_and_steps_with_uneven_counts(uninterrupted
 def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path):
     assert run(tmp_path, 2, EPOCHS, "--kill", 3, 2, check=False) != 0
     run(tmp_path, 2, EPOCHS, "--resume")
-    full, resumed = logs(uninterrupted, 2)[0], logs(tmp_path, 2)[0]
+    full, resumed = ddp_runs.rank_logs(uninterrupted, 2)[0], ddp_runs.rank_logs(tmp_path, 2)[0]
     assert [e["epoch"] for e in resumed] == [0, 1, 2, 3, 4, 5]  # epoch 3 ran again from its start
     assert resumed == full
     a, b = torch.load(uninterrupted / "final.pt"), torch.load(tmp_path / "final.pt")
@@ -66,8 +54,8 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_pat
 def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, devices):
     run(tmp_path, 2, 3)
     run(tmp_path, devices, EPOCHS, "--resume")
-    full = logs(uninterrupted, 2)[0]
-    resumed = logs(tmp_path, devices)
+    full = ddp_runs.rank_logs(uninterrupted, 2)[0]
+    resumed = ddp_runs.rank_logs(tmp_path, devices)
     assert all(r[3:] == resumed[0][3:] for r in resumed)  # the new ranks agree
     assert [e["world"] for e in resumed[0]][3:] == [devices] * (EPOCHS - 3)
     assert resumed[0][3]["kept"] == full[3]["kept"]  # the decision taken on 2 processes holds
