@@ -53,7 +53,8 @@ def main(out: str, devices: int, epochs: int, kill=None, resume: bool = False) -
     lightning.seed_everything(0, verbose=False)
     ies = IESCallback(1500, delta=DELTA, order=1, window=2)
     model = DigitsMLP(ies, batch_size=BATCH)
-    ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=-1, every_n_epochs=1)
+    ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=-1, every_n_epochs=1,
+                           save_on_train_epoch_end=True)
     trainer = lightning.Trainer(max_epochs=epochs, callbacks=[ies, EpochLog(ies, out, kill), ckpt], accelerator="cpu",
                                 devices=devices, strategy=DDPStrategy(timeout=datetime.timedelta(seconds=30)), logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
