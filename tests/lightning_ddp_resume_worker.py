@@ -1,6 +1,6 @@
 """Run as a script by tests/integrations/test_lightning_ddp_resume.py: ``IESCallback`` with
 ``Trainer(strategy="ddp", accelerator="cpu", devices=D)`` on the bundled digits (the
-``"ddp"`` strategy, built as ``DDPStrategy`` for a 30 s collective timeout).
+``"ddp"`` strategy, built as ``DDPStrategy`` for a 120 s collective timeout).
 
     python lightning_ddp_resume_worker.py OUT DEVICES EPOCHS [--kill EPOCH BATCH] [--resume]
 
@@ -56,7 +56,7 @@ def main(out: str, devices: int, epochs: int, kill=None, resume: bool = False) -
     ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=-1, every_n_epochs=1,
                            save_on_train_epoch_end=True)
     trainer = lightning.Trainer(max_epochs=epochs, callbacks=[ies, EpochLog(ies, out, kill), ckpt], accelerator="cpu",
-                                devices=devices, strategy=DDPStrategy(timeout=datetime.timedelta(seconds=30)), logger=False, enable_progress_bar=False,
+                                devices=devices, strategy=DDPStrategy(timeout=datetime.timedelta(seconds=120)), logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(model, ckpt_path=os.path.join(out, "ckpt", "last.ckpt") if resume else None)
     if trainer.global_rank == 0:

@@ -18,7 +18,7 @@ import ddp_runs  # noqa: E402
 pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "lightning_ddp_resume_worker.py"
-EPOCHS, TIMEOUT_S = 6, 240
+EPOCHS, TIMEOUT_S = 6, 400
 
 
 def run(out: Path, devices: int, *extra, check: bool = True) -> int:
@@ -56,6 +56,6 @@ def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, devices)
     run(tmp_path, devices, EPOCHS, "--resume")
     full = ddp_runs.rank_logs(uninterrupted, 2)[0]
     resumed = ddp_runs.rank_logs(tmp_path, devices)
-    assert all(r[3:] == resumed[0][3:] for r in resumed)  # the new ranks agree
+    assert all(r[-(EPOCHS - 3):] == resumed[0][-(EPOCHS - 3):] for r in resumed)  # the new ranks agree
     assert [e["world"] for e in resumed[0]][3:] == [devices] * (EPOCHS - 3)
     assert resumed[0][3]["kept"] == full[3]["kept"]  # the decision taken on 2 processes holds
