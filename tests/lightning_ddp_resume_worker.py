@@ -55,8 +55,9 @@ def main(out: str, devices: int, epochs: int, kill=None, resume: bool = False) -
     model = DigitsMLP(ies, batch_size=BATCH)
     ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=-1, every_n_epochs=1,
                            save_on_train_epoch_end=True)
+    ddp = DDPStrategy(timeout=datetime.timedelta(seconds=120))  # strategy="ddp", with a timeout
     trainer = lightning.Trainer(max_epochs=epochs, callbacks=[ies, EpochLog(ies, out, kill), ckpt], accelerator="cpu",
-                                devices=devices, strategy=DDPStrategy(timeout=datetime.timedelta(seconds=120)), logger=False, enable_progress_bar=False,
+                                devices=devices, strategy=ddp, logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(model, ckpt_path=os.path.join(out, "ckpt", "last.ckpt") if resume else None)
     if trainer.global_rank == 0:

@@ -54,7 +54,9 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_pat
 
 @pytest.mark.parametrize("world", [1, 3])
 def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, world):
-    run(tmp_path, 2, 3)
+    # the same 6-epoch run (its LR schedule shapes the losses), stopped in epoch 3 (step 22; epochs of
+    # 50 examples are 7 steps of 2 x 4): the newest checkpoint is the end of epoch 2
+    assert run(tmp_path, 2, EPOCHS, "--kill", 22, check=False) != 0
     run(tmp_path, world, EPOCHS, "--resume")
     full = ddp_runs.rank_logs(uninterrupted, 2)[0]
     resumed = ddp_runs.rank_logs(tmp_path, world)
