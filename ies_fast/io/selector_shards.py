@@ -178,12 +178,6 @@ def _plain_equal(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _check_state(selector, state: dict) -> dict:
-    """The selector's whole-state check, which changes nothing (IES: ``_checked_state``)."""
-    check = getattr(selector, "check_state", None) or getattr(selector, "_checked_state", None)
-    return check(state) if check is not None else None
-
-
 def load_selector(selector, directory) -> None:
     """Load the checkpoint folder ``directory`` (saved on any number of ranks) into
     ``selector`` (collective under a process group). Everything is read and checked
@@ -202,7 +196,7 @@ def load_selector(selector, directory) -> None:
         shards = [load_checkpoint(os.path.join(folder, shard_name(r, m["world"]))) for r in range(m["world"])]
         state = join_shards(shards, selector.num_samples, where=folder)
         del shards
-        checked = _check_state(selector, state)
+        checked = selector.check_state(state)  # the whole state, nothing applied
     except Exception as exc:  # noqa: BLE001 - re-raised below, after the ranks agree
         error = exc
     if world > 1:
@@ -213,7 +207,4 @@ def load_selector(selector, directory) -> None:
                                "nothing was applied on any rank")
     if error is not None:
         raise error
-    if checked is None:  # a selector without a separate check: its load_state_dict checks whole
-        selector.load_state_dict(state)
-    else:
-        (getattr(selector, "apply_state", None) or selector._apply_state)(checked)
+    selector.apply_state(checked)

@@ -1,4 +1,4 @@
-"""IES with its per-sample state sharded by sample across ranks (``IES(..., shard_state=True)``).
+"""IES with its per-sample state sharded by sample across ranks (``make_selector("ies", ..., shard_state=True)``).
 
 Rank ``r`` of ``W`` owns the samples ``i`` with ``i % W == r``: their loss ring, counts
 and own decisions (row ``i // W`` of its ring). During an epoch a rank only queues the
@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..ops import dispatch
+from ..ops import ring as ring_ops
 from .ies import IES
 from .rule import decision_threshold
 
@@ -96,12 +96,15 @@ def _all_gather(out: torch.Tensor, mine: torch.Tensor) -> None:
 
 class ShardedIES(IES):
     """:class:`ies_fast.IES` whose ring, counts and decisions are held by their owner rank
-    (see the module docstring). Built by ``IES(..., shard_state=True)``; the rank and
+    (see the module docstring). Built by ``make_selector("ies", ..., shard_state=True)``
+    (or directly); the rank and
     world size are those of the process group at construction."""
 
     _shards_state = True
 
     def __init__(self, num_samples: int, *args, shard_state: bool = True, **kwargs):
+        if shard_state is not True:
+            raise ValueError(f"ShardedIES shards its state: shard_state must be True, got {shard_state!r}")
         self.rank, self.world = process_group_shape(kwargs.get("distributed", True))
         super().__init__(num_samples, *args, **kwargs)
         if self.num_exits != 1:
@@ -143,9 +146,9 @@ class ShardedIES(IES):
         arrived = torch.empty(sum(recv_sizes), 2, dtype=torch.int32, device=self.device)
         dist.all_to_all_single(arrived, pairs, recv_sizes, send_sizes)
         del pairs
-        op = self._op("record")
+        op = self.kernel_backend
         for chunk in arrived.split(_RECORD_CHUNK):  # bounded temporaries
-            dispatch.record(op, self.hist, self.count, chunk[:, 1].contiguous().view(torch.float32), chunk[:, 0].long())
+            ring_ops.record(op, self.hist, self.count, chunk[:, 1].contiguous().view(torch.float32), chunk[:, 0].long())
         counters = torch.cat([self._pending_scored, self._deferred_errors])
         dist.all_reduce(counters, op=dist.ReduceOp.SUM)
         self._pending_scored.copy_(counters[:1])
@@ -181,8 +184,8 @@ class ShardedIES(IES):
     def _close_epoch(self) -> torch.Tensor:
         """Decide this rank's rows, sum the statistics over ranks and rebuild the global
         mask from the ranks' bitmasks."""
-        stats = dispatch.close_epoch(
-            self._op("close_epoch"), self.hist, self.count, self.owned_mastered,
+        stats = ring_ops.close_epoch(
+            self.kernel_backend, self.hist, self.count, self.owned_mastered,
             self.order, self.window, self.k, decision_threshold(self.delta, self.window),
         )
         if self.world == 1:
@@ -225,20 +228,21 @@ class ShardedIES(IES):
         if shard != {"rank": 0, "world": 1}:
             raise ValueError(f"state_dict['shard'] is {shard!r}: load one rank's shard through "
                              "ies_fast.io.selector_shards.load_selector (it joins every shard first)")
-        self._apply_state(self._checked_state(state))
+        self.apply_state(self.check_state(state))
 
-    def _apply_state(self, values: dict) -> None:
+    def apply_state(self, values: dict) -> None:
         """Keep this rank's rows of the ring; the global mask and replay stay whole."""
         values = dict(values, hist=self._owned(values["hist"]), count=self._owned(values["count"]))
-        super()._apply_state(values)
+        super().apply_state(values)
         if self.owned_mastered is not self.mastered:
             self.owned_mastered.copy_(self._owned(self.mastered))
         self._queued = []
 
     def to(self, device) -> "ShardedIES":
         alias = self.owned_mastered is self.mastered
-        super().to(device)
-        self.owned_mastered = self.mastered if alias else self.owned_mastered.to(self.device)
+        super().to(device)  # moves every tensor attribute
+        if alias:
+            self.owned_mastered = self.mastered
         self._queued = [(loss.to(self.device), index.to(self.device)) for loss, index in self._queued]
         return self
 

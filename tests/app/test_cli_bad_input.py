@@ -5,15 +5,12 @@ folder, ``bench --out`` naming a file or a read-only place, and bad options.
 ``compare``/``sweep`` keep each data set's runs in its own default folder."""
 import errno
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ies_fast.app.train.loop as loop  # noqa: E402
-from cli_helpers import one_line_error  # noqa: E402
+from _support.cli_helpers import one_line_error  # noqa: E402
 from ies_fast.app.cli import main  # noqa: E402
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4", "--model", "mlp",
@@ -126,3 +123,15 @@ def test_argument_errors_leave_no_run_folder(tmp_path, capsys, argv, needle):
     base = ["train", "--no-progress", "--no-plot", "--out", str(out)]
     one_line_error(capsys, [*base, *argv], needle)
     assert not (tmp_path / "new").exists()
+
+
+# ---- --out that is a file or lies under one (issue 31) ------------------------------------
+@pytest.mark.parametrize("command", ["train", "compare", "sweep"])
+@pytest.mark.parametrize("under", [False, True])
+def test_out_naming_a_file_or_under_a_file(tmp_path, capsys, command, under):
+    (tmp_path / "f").write_text("mine")
+    out = tmp_path / "f" / "runs" if under else tmp_path / "f"
+    extra = {"train": ["--no-plot"], "compare": ["--selectors", "none", "--seeds", "0", "--plot", ""],
+             "sweep": ["--deltas", "0.1", "--prune-ratios", "--random-ratios", "--seeds", "0", "--plot", ""]}[command]
+    one_line_error(capsys, [command, *TINY, *extra, "--out", str(out)], "--out", "file")
+    assert (tmp_path / "f").read_text() == "mine"

@@ -9,7 +9,7 @@ import pytest
 import ies_fast.app.train.loop as loop
 from ies_fast.app.cli import main
 
-from cli_helpers import one_line_error
+from _support.cli_helpers import one_line_error
 
 TINY = ["train", "--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4", "--model", "mlp",
         "--batch-size", "16", "--epochs", "2", "--no-progress", "--no-plot"]
@@ -92,6 +92,16 @@ def test_full_disk_names_the_folder_and_the_bytes(capsys, tmp_path, monkeypatch,
 
     monkeypatch.setattr(loop, "save_checkpoint", full)
     err = one_line_error(capsys, [*TINY, "--out", str(tmp_path)], f"--out {tmp_path}", "no space left", "bytes")
+    assert "after epoch 1" in err
+
+
+def test_file_size_limit_is_said_like_a_full_disk(capsys, tmp_path, monkeypatch):
+    """``ulimit -f``: Python ignores SIGXFSZ, so a write fails with EFBIG (issue 31)."""
+    def too_large(*args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(loop, "save_checkpoint", too_large)
+    err = one_line_error(capsys, [*TINY, "--out", str(tmp_path)], f"--out {tmp_path}", "ulimit -f", "bytes")
     assert "after epoch 1" in err
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ies_fast.io.checkpoint import load_checkpoint
-from spawn_ranks import launch
+from _support.spawn_ranks import launch
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")]
@@ -28,7 +28,7 @@ def final(folder) -> tuple[dict, list]:
 @pytest.fixture(scope="module", params=[False, True], ids=["replicated", "sharded"])
 def uninterrupted(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    launch("ddp_plain_worker", 2, out, {"epochs": EPOCHS, "shard_state": request.param}, timeout_s=TIMEOUT_S)
+    launch("_support.ddp_plain_worker", 2, out, {"epochs": EPOCHS, "shard_state": request.param}, timeout_s=TIMEOUT_S)
     return request.param, out
 
 
@@ -43,10 +43,10 @@ def test_same_kept_set_and_steps_on_every_rank_with_uneven_counts(uninterrupted)
 
 def test_sigkill_of_one_rank_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path):
     shard_state, full = uninterrupted
-    codes = launch("ddp_plain_worker", 2, tmp_path, {"epochs": EPOCHS, "shard_state": shard_state,
+    codes = launch("_support.ddp_plain_worker", 2, tmp_path, {"epochs": EPOCHS, "shard_state": shard_state,
                                                    "kill_at": [4, 1]}, timeout_s=TIMEOUT_S, check=False)
     assert codes[1] == -9 and codes[0] != 0, codes
-    launch("ddp_plain_worker", 2, tmp_path, {"epochs": EPOCHS, "shard_state": shard_state, "resume": True},
+    launch("_support.ddp_plain_worker", 2, tmp_path, {"epochs": EPOCHS, "shard_state": shard_state, "resume": True},
            timeout_s=TIMEOUT_S)
     (a, log_a), (b, log_b) = final(full), final(tmp_path)
     assert log_a == log_b
@@ -57,9 +57,9 @@ def test_sigkill_of_one_rank_then_resume_equals_the_uninterrupted_run(uninterrup
 @pytest.mark.parametrize("world", [1, 3])
 def test_resume_at_another_world_size(uninterrupted, tmp_path, world):
     shard_state, full = uninterrupted
-    codes = launch("ddp_plain_worker", 2, tmp_path, {"epochs": 4, "shard_state": shard_state}, timeout_s=TIMEOUT_S)
+    codes = launch("_support.ddp_plain_worker", 2, tmp_path, {"epochs": 4, "shard_state": shard_state}, timeout_s=TIMEOUT_S)
     assert codes == [0, 0]
-    launch("ddp_plain_worker", world, tmp_path, {"epochs": EPOCHS, "shard_state": shard_state, "resume": True},
+    launch("_support.ddp_plain_worker", world, tmp_path, {"epochs": EPOCHS, "shard_state": shard_state, "resume": True},
            timeout_s=TIMEOUT_S)
     _, log_full = final(full)
     _, log = final(tmp_path)

@@ -13,12 +13,12 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-import ddp_runs  # noqa: E402
-from spawn_ranks import free_port  # noqa: E402
+from _support import ddp_runs  # noqa: E402
+from _support.spawn_ranks import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "hf_ddp_worker.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "_support" / "hf_ddp_worker.py"
 EPOCHS, TIMEOUT_S = 6, 300
 
 

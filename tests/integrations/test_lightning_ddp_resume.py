@@ -13,11 +13,11 @@ import torch
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 
-import ddp_runs  # noqa: E402
+from _support import ddp_runs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "lightning_ddp_resume_worker.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "_support" / "lightning_ddp_resume_worker.py"
 EPOCHS, TIMEOUT_S = 6, 400
 
 

@@ -15,9 +15,9 @@ from ies_fast import ReferenceCriterion
 from ies_fast.io import distributed as d
 from ies_fast.io.checkpoint import load_checkpoint
 
-import dist_worker as w
-import spawn_ranks
-from spawn_ranks import free_port
+from _support import dist_worker as w
+from _support import spawn_ranks
+from _support.spawn_ranks import free_port
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -27,7 +27,7 @@ EPOCHS = 9
 def launch(world: int, out_dir, job: dict) -> list[dict]:
     """Run ``dist_worker.worker`` on ``world`` spawned processes (failing, never hanging,
     if one dies or outlives the timeout). Returns each rank's snapshot."""
-    spawn_ranks.launch("dist_worker", world, out_dir, job)
+    spawn_ranks.launch("_support.dist_worker", world, out_dir, job)
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
 
 
@@ -108,7 +108,7 @@ def test_torchrun_loop_with_helpers(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", os.path.join(root, "tests", "torchrun_script.py"), str(tmp_path), "6"]
+           f"--master_port={free_port()}", os.path.join(root, "tests", "_support", "torchrun_script.py"), str(tmp_path), "6"]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:

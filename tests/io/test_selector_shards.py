@@ -13,9 +13,8 @@ import torch.distributed as dist
 
 from ies_fast.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ies_fast.io.selector_shards import MANIFEST, join_shards, load_selector, save_selector, shard_name
-from spawn_ranks import launch
-
-import sharded_worker as sw
+from _support import sharded_worker as sw
+from _support.spawn_ranks import launch
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -26,7 +25,7 @@ EPOCHS, SAVE_AT = 9, 5
 def saved_on_two(tmp_path_factory):
     """A 2-rank run of EPOCHS epochs that saved both selectors at epoch SAVE_AT."""
     out = tmp_path_factory.mktemp("two")
-    launch("sharded_worker", 2, out, {"epochs": EPOCHS, "save_at": SAVE_AT, "min_kept": 20})
+    launch("_support.sharded_worker", 2, out, {"epochs": EPOCHS, "save_at": SAVE_AT, "min_kept": 20})
     return out
 
 
@@ -54,7 +53,7 @@ def test_resume_on_three_ranks_equals_the_uninterrupted_run(saved_on_two, tmp_pa
     # cross: the sharded selector resumes from the replicated save and the other way round
     job = {"epochs": EPOCHS, "min_kept": 20, "cross": True,
            "load": [str(saved_on_two / "replicated"), str(saved_on_two / "sharded")]}
-    launch("sharded_worker", 3, tmp_path, job)
+    launch("_support.sharded_worker", 3, tmp_path, job)
     assert _tensors_equal(load_checkpoint(tmp_path / "final.ckpt"), load_checkpoint(saved_on_two / "final.ckpt"))
 
 

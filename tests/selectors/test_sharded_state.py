@@ -7,7 +7,8 @@ import torch
 import torch.distributed as dist
 
 from ies_fast import IES
-from spawn_ranks import launch
+from ies_fast.selectors import make_selector
+from _support.spawn_ranks import launch
 
 from ies_fast.selectors.sharded import ShardedIES, interleave, owned_rows, pack_bits, unpack_bits
 
@@ -38,17 +39,19 @@ def test_interleave_is_the_inverse_of_owning_rows(n, world):
 
 
 def test_constructor_routes_and_refuses_what_it_cannot_shard():
-    sel = IES(20, shard_state=True)
+    sel = make_selector("ies", 20, shard_state=True)
     assert isinstance(sel, ShardedIES) and sel.world == 1 and "shard_state=True" in repr(sel)
-    assert type(IES(20)) is IES
+    assert type(make_selector("ies", 20)) is IES and type(make_selector("ies", 20, shard_state=False)) is IES
+    with pytest.raises(ValueError, match="make_selector"):
+        IES(20, shard_state=True)
     with pytest.raises(ValueError, match="score_policy"):
-        IES(20, shard_state=True, score_policy="backoff")
-    with pytest.raises(ValueError, match="shard_state"):
-        IES(20, num_exits=2, exit_reduction="per_exit", shard_state=True)
+        make_selector("ies", 20, shard_state=True, score_policy="backoff")
+    with pytest.raises(ValueError, match="per_exit"):
+        make_selector("ies", 20, num_exits=2, exit_reduction="per_exit", shard_state=True)
 
 
 def test_one_process_equals_replicated_with_a_state_round_trip():
-    import sharded_worker as sw
+    from _support import sharded_worker as sw
 
     replicated, sharded = sw.pair(min_kept=5)
     mastered = []
@@ -71,7 +74,7 @@ def test_one_process_equals_replicated_with_a_state_round_trip():
 @pytest.mark.parametrize("world,job", [(1, {}), (2, {"min_kept": 20}), (3, {"group_rows": 7, "record_chunk": 5})])
 def test_bit_identical_to_replicated_over_gloo_ranks(tmp_path, world, job):
     # group_rows/record_chunk: the exchange joins batches, splits a batch and records in pieces
-    launch("sharded_worker", world, tmp_path, {"epochs": 9, **job})
+    launch("_support.sharded_worker", world, tmp_path, {"epochs": 9, **job})
 
 
 @pytest.mark.parametrize("sizes,rows", [([3, 4, 10, 0, 2], 5), ([1] * 9, 4), ([20], 7), ([], 3)])

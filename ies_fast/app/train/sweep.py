@@ -20,6 +20,7 @@ from ... import extras
 from ...io.run_folder import RunFolderError
 from .arguments import add_seed_arguments
 from . import compare as cmp
+from .out_checks import check_out_folder
 
 #: the config field a sweep varies for each selector, and its folder-name prefix
 PARAM_FIELDS = {"ies": "delta", "infobatch": "prune_ratio", "random": "random_ratio"}
@@ -241,6 +242,7 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
     options, run the grid, print the table and the recommendation, write the plot
     (and JSON). Returns the rows."""
     check_args(args)
+    check_out_folder(getattr(base_config, "out", None))
     deltas = args.deltas if args.deltas is not None else log_grid(*args.delta_range, args.delta_points)
     plot_path = os.path.join(base_config.out, "sweep.png") if args.plot is None else args.plot
     plot_path = plot_path if extras.can_plot(plot_path, print_fn) else ""  # said before any run

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 
-from ies_fast import IES
+from ies_fast.selectors import make_selector
 from ies_fast.data.selected_dataset import IESDataset
 from ies_fast.io.checkpoint import load_checkpoint, save_checkpoint
 from ies_fast.io.selector_shards import load_selector, save_selector
@@ -54,7 +54,7 @@ def _train(rank: int, world: int, out_dir: str, job: dict) -> None:
     model = torch.nn.Linear(FEATURES, CLASSES)
     ddp = DDP(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-    selector = IES(S, delta=DELTA, order=1, window=2, shard_state=job.get("shard_state", False))
+    selector = make_selector("ies", S, delta=DELTA, order=1, window=2, shard_state=job.get("shard_state", False))
     ds = IESDataset(data(), model, selector=selector, seed=1)
     loader = DataLoader(ds, batch_size=BATCH, sampler=ds.sampler)
     ckpt = job.get("ckpt", os.path.join(out_dir, "ckpt"))

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 import ies_fast.selectors.sharded as sharded_module
 from ies_fast import IES
+from ies_fast.selectors import make_selector
 from ies_fast.io.checkpoint import save_checkpoint
 from ies_fast.io.selector_shards import load_selector, save_selector
 
@@ -41,7 +42,7 @@ def epoch_observations(epoch: int, seed: int = 0) -> tuple[torch.Tensor, torch.T
 def pair(min_kept: int = 0) -> tuple[IES, IES]:
     """A replicated and a sharded selector of the same configuration."""
     kw = dict(delta=DELTA, order=ORDER, window=WINDOW, min_kept=min_kept, seed=3)
-    return IES(S, **kw), IES(S, shard_state=True, **kw)
+    return IES(S, **kw), make_selector("ies", S, shard_state=True, **kw)
 
 
 def assert_same(replicated: IES, sharded: IES, where: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "integrations"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integrations"))
 from hf_tiny import make_trainer  # noqa: E402
 
 

@@ -24,7 +24,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from ies_fast.integrations.lightning import IESCallback
 
-from lightning_ddp_worker import BATCH, DELTA, DigitsMLP
+from _support.lightning_ddp_worker import BATCH, DELTA, DigitsMLP
 
 
 class EpochLog(Callback):
