@@ -1,4 +1,5 @@
-"""IES with its per-sample state sharded by sample across ranks (``make_selector("ies", ..., shard_state=True)``).
+"""IES with its per-sample state sharded by sample across ranks
+(``make_selector("ies", ..., shard_state=True)``).
 
 Rank ``r`` of ``W`` owns the samples ``i`` with ``i % W == r``: their loss ring, counts
 and own decisions (row ``i // W`` of its ring). During an epoch a rank only queues the
@@ -97,8 +98,9 @@ def _all_gather(out: torch.Tensor, mine: torch.Tensor) -> None:
 class ShardedIES(IES):
     """:class:`ies_fast.IES` whose ring, counts and decisions are held by their owner rank
     (see the module docstring). Built by ``make_selector("ies", ..., shard_state=True)``
-    (or directly); the rank and
-    world size are those of the process group at construction."""
+    (or directly); the rank and world size are those of the process group at construction.
+    Its ``state_dict()`` is this rank's shard: save and load it with
+    :mod:`ies_fast.io.selector_shards`, not through a wrapper's rank-0 checkpoint."""
 
     _shards_state = True
 
