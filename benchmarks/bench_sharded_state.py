@@ -195,13 +195,14 @@ def main() -> None:
             res = run(args.samples, world, args.epochs, sharded)
             print(json.dumps(res), flush=True)
             results.append(res)
-    print(f"\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, N={args.samples}, torch {torch.__version__}")
-    print("| mode | ranks | state MB/rank | peak RSS MB/rank (train) | (+ ckpt save/load) | step() CPU s | step() wall s "
-          "| sent MB/rank/epoch | save s | load s |")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    print(f"\n{now:%Y-%m-%d %H:%M} UTC, N={args.samples}, torch {torch.__version__}")
+    print("| mode | ranks | state MB/rank | peak RSS MB/rank (train) | (+ ckpt save/load) | step() CPU s "
+          "| step() wall s | sent MB/rank/epoch | save s | load s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['mode']} | {r['world']} | {r['state_MB']:.0f} | {r['peak_train_MB']:.0f} | {r['peak_with_ckpt_MB']:.0f} "
-              f"| {r['step_cpu_s']:.2f} | {r['step_wall_s']:.2f} | {r['sent_MB_per_epoch']:.1f} | {r['save_s']:.2f} "
+        print(f"| {r['mode']} | {r['world']} | {r['state_MB']:.0f} | {r['peak_train_MB']:.0f} "
+              f"| {r['peak_with_ckpt_MB']:.0f} | {r['step_cpu_s']:.2f} | {r['step_wall_s']:.2f} | {r['sent_MB_per_epoch']:.1f} | {r['save_s']:.2f} "
               f"| {r['load_s']:.2f} |")
 
 

@@ -57,7 +57,8 @@ def test_sigkill_of_one_rank_then_resume_equals_the_uninterrupted_run(uninterrup
 @pytest.mark.parametrize("world", [1, 3])
 def test_resume_at_another_world_size(uninterrupted, tmp_path, world):
     shard_state, full = uninterrupted
-    codes = launch("_support.ddp_plain_worker", 2, tmp_path, {"epochs": 4, "shard_state": shard_state}, timeout_s=TIMEOUT_S)
+    codes = launch("_support.ddp_plain_worker", 2, tmp_path, {"epochs": 4, "shard_state": shard_state},
+                   timeout_s=TIMEOUT_S)
     assert codes == [0, 0]
     launch("_support.ddp_plain_worker", world, tmp_path, {"epochs": EPOCHS, "shard_state": shard_state, "resume": True},
            timeout_s=TIMEOUT_S)
