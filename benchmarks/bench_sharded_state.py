@@ -1,4 +1,4 @@
-"""Replicated against sharded selector state (``IES(..., shard_state=True)``) on gloo ranks:
+"""Replicated against sharded selector state (``make_selector("ies", ..., shard_state=True)``) on gloo ranks:
 per-rank memory, ``step()`` time, bytes each rank sends per epoch, and checkpoint
 save/load time (:mod:`ies_fast.io.selector_shards`).
 
@@ -120,11 +120,11 @@ def _worker(rank, world, port, samples, epochs, sharded, folder, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=1800))
-    from ies_fast import IES
+    from ies_fast.selectors import make_selector
     from ies_fast.io.selector_shards import load_selector, save_selector
 
     base = _rss_bytes()
-    sel = IES(samples, delta=1e-2, shard_state=sharded)
+    sel = make_selector("ies", samples, delta=1e-2, shard_state=sharded)
     cpu, wall, sent = [], [], []
     for epoch in range(epochs):
         first, last = rank * samples // world, (rank + 1) * samples // world

@@ -1,4 +1,4 @@
-"""``IES(..., shard_state=True)``: the same decisions, masks, kept lists, statistics and
+"""``make_selector("ies", ..., shard_state=True)`` (ShardedIES): the same decisions, masks, kept lists, statistics and
 ring values (bit for bit) as the replicated selector, on 1, 2 and 3 gloo ranks."""
 from __future__ import annotations
 
