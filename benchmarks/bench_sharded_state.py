@@ -202,7 +202,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['mode']} | {r['world']} | {r['state_MB']:.0f} | {r['peak_train_MB']:.0f} "
-              f"| {r['peak_with_ckpt_MB']:.0f} | {r['step_cpu_s']:.2f} | {r['step_wall_s']:.2f} | {r['sent_MB_per_epoch']:.1f} | {r['save_s']:.2f} "
+              f"| {r['peak_with_ckpt_MB']:.0f} | {r['step_cpu_s']:.2f} | {r['step_wall_s']:.2f} "
+              f"| {r['sent_MB_per_epoch']:.1f} | {r['save_s']:.2f} "
               f"| {r['load_s']:.2f} |")
 
 

@@ -25,8 +25,8 @@ KINDS = {"ies": IES, "infobatch": InfoBatch, "random": RandomRemoval}
 
 def make_selector(kind: str, num_samples: int, **kwargs) -> Selector:
     """A selector by name: ``"ies"`` (``exit_reduction="per_exit"`` gives a
-    :class:`PerExitIES`, ``shard_state=True`` a :class:`ShardedIES`), ``"infobatch"`` or ``"random"``; keyword arguments go to its
-    constructor. The one place that picks a class from arguments."""
+    :class:`PerExitIES`, ``shard_state=True`` a :class:`ShardedIES`), ``"infobatch"`` or
+    ``"random"``; keyword arguments go to its constructor. The one place that picks a class from arguments."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if kind == "ies" and kwargs.get("shard_state"):
