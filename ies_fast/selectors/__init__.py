@@ -2,7 +2,8 @@
 
 * :class:`IES` (``ies.py``): instance-dependent early stopping, the mastered rule
   of ``rule.py``; per-exit decisions in ``per_exit.py``; the collapse guard
-  (``floor.py``) and the re-scoring schedule (``schedule.py``);
+  (``floor.py``) and the re-scoring schedule (``schedule.py``); its state sharded by
+  sample across ranks (``make_selector("ies", ..., shard_state=True)``) in ``sharded.py``;
 * :class:`InfoBatch`, :class:`RandomRemoval`: the baselines it is compared with;
 :func:`score` (``scoring.py``): the forward-only pass over removed samples.
 (:class:`ies_fast.PatienceStopper`, stopping a run on a plateau, is ``ies_fast/stopping.py``.)
@@ -16,6 +17,7 @@ from .ies import IES
 from .infobatch import InfoBatch
 from .per_exit import PerExitIES
 from .random_removal import RandomRemoval
+from .sharded import ShardedIES
 
 #: the names :func:`make_selector` takes, and what each builds
 KINDS = {"ies": IES, "infobatch": InfoBatch, "random": RandomRemoval}
@@ -26,8 +28,8 @@ def make_selector(kind: str, num_samples: int, **kwargs) -> Selector:
 
     Args:
         kind: ``"ies"`` (:class:`IES`; with ``exit_reduction="per_exit"`` a
-            :class:`PerExitIES`), ``"infobatch"`` (:class:`InfoBatch`) or
-            ``"random"`` (:class:`RandomRemoval`).
+            :class:`PerExitIES`, with ``shard_state=True`` a :class:`ShardedIES`),
+            ``"infobatch"`` (:class:`InfoBatch`) or ``"random"`` (:class:`RandomRemoval`).
         num_samples: the training set's size.
         **kwargs: the chosen class's constructor arguments.
 
@@ -35,14 +37,18 @@ def make_selector(kind: str, num_samples: int, **kwargs) -> Selector:
         The new selector.
 
     Raises:
-        ValueError: an unknown ``kind``; otherwise what the constructor raises
+        ValueError: an unknown ``kind``, or ``shard_state`` with ``exit_reduction="per_exit"``; otherwise what the constructor raises
             (``TypeError`` or ``ValueError`` naming the argument).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if kind == "ies" and kwargs.get("shard_state"):
+        if kwargs.get("exit_reduction") == "per_exit":
+            raise ValueError("shard_state=True supports one decision per sample: not exit_reduction='per_exit'")
+        return ShardedIES(num_samples, **kwargs)
     if kind == "ies" and kwargs.get("exit_reduction") == "per_exit":
         return PerExitIES(num_samples, **kwargs)
     return KINDS[kind](num_samples, **kwargs)
 
 
-__all__ = ["IES", "InfoBatch", "KINDS", "PerExitIES", "RandomRemoval", "Selector", "make_selector"]
+__all__ = ["IES", "InfoBatch", "KINDS", "PerExitIES", "RandomRemoval", "Selector", "ShardedIES", "make_selector"]

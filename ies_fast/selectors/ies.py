@@ -94,6 +94,8 @@ class IES(Selector):
 
     KIND, VERSION, TOTALS = "IES", 1, TOTALS
     BOUNDED_TOTALS = ("backward_saved", "nonfinite", "reincluded")
+    #: whether the ring holds only this rank's samples (:mod:`ies_fast.selectors.sharded`)
+    _shards_state = False
 
     def __init__(
         self,
@@ -115,8 +117,12 @@ class IES(Selector):
         score_max_interval: int = 8,
         min_kept=0,
         seed: int = 0,
+        shard_state: bool = False,
     ):
         super().__init__(num_samples, device, backend)
+        if shard_state and not self._shards_state:
+            raise ValueError("shard_state=True holds each rank's samples only: build it with "
+                             "ies_fast.make_selector('ies', ..., shard_state=True) (a ShardedIES)")
         self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
         if self.exit_reduction == "per_exit":
             raise ValueError("exit_reduction='per_exit' decides per (sample, exit): build it with "
@@ -130,8 +136,9 @@ class IES(Selector):
                                                 score_every=check_int("score_every", score_every, min=1),
                                                 max_interval=score_max_interval, device=self.device)
         self.distributed = distributed
-        self.hist = torch.full((num_samples, L), NOT_SEEN, dtype=torch.float32, device=self.device)
-        self.count = torch.zeros(num_samples, dtype=torch.uint8, device=self.device)
+        rows = self._ring_rows(num_samples)  # all of them here; this rank's share when sharded
+        self.hist = torch.full((rows, L), NOT_SEEN, dtype=torch.float32, device=self.device)
+        self.count = torch.zeros(rows, dtype=torch.uint8, device=self.device)
         self.mastered = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
         self.last = torch.zeros(len(EPOCH_STATS), dtype=torch.int64, device=self.device)
@@ -244,10 +251,7 @@ class IES(Selector):
         tracked = self.scoring_schedule.policy != "every"
         if tracked:
             observed, was_mastered = self._observed_this_epoch(), self.mastered.clone()
-        stats = ring_ops.close_epoch(
-            self.kernel_backend, self.hist, self.count, self.mastered,
-            self.order, self.window, self.k, decision_threshold(self.delta, self.window),
-        )
+        stats = self._close_epoch()
         if tracked:
             self.scoring_schedule.update(self.epoch, observed, was_mastered, self.mastered)
         if self.replay.numel():
@@ -257,6 +261,17 @@ class IES(Selector):
         self.totals[TOTALS.index("reincluded")] += stats[EPOCH_STATS.index("reincluded")]
         self.epoch += 1
         self._invalidate()
+
+    def _close_epoch(self) -> torch.Tensor:
+        """Fold the epoch into the ring and decide ``mastered``; returns :data:`EPOCH_STATS`."""
+        return ring_ops.close_epoch(
+            self.kernel_backend, self.hist, self.count, self.mastered,
+            self.order, self.window, self.k, decision_threshold(self.delta, self.window),
+        )
+
+    def _ring_rows(self, num_samples: int) -> int:
+        """Rows of the loss ring this selector holds."""
+        return num_samples
 
     def _observed_this_epoch(self) -> torch.Tensor:
         """bool ``[S]``: samples with a loss recorded in the epoch being closed."""

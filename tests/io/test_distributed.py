@@ -4,14 +4,12 @@ criterion; a state saved from 2 ranks resumes on 3 ranks or 1 process."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ies_fast import ReferenceCriterion
 from ies_fast.io import distributed as d
@@ -19,39 +17,18 @@ from ies_fast.selectors import sync
 from ies_fast.io.checkpoint import load_checkpoint
 
 from _support import dist_worker as w
+from _support import spawn_ranks
+from _support.spawn_ranks import free_port
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
 EPOCHS = 9
-JOIN_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(world: int, out_dir, job: dict) -> list[dict]:
-    """Run ``dist_worker.worker`` on ``world`` spawned processes; fail (never hang)
-    if one dies or outlives ``JOIN_TIMEOUT_S``. Returns each rank's snapshot."""
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=w.worker, args=(r, world, port, str(out_dir), job), daemon=True) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(JOIN_TIMEOUT_S)
-    alive = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-    if alive:
-        pytest.fail(f"ranks {alive} of {world} still running after {JOIN_TIMEOUT_S}s (hang in a collective?)")
-    codes = [p.exitcode for p in procs]
-    if any(c != 0 for c in codes):
-        pytest.fail(f"rank exit codes {codes} (world {world}, job {job})")
+    """Run ``dist_worker.worker`` on ``world`` spawned processes (failing, never hanging,
+    if one dies or outlives the timeout). Returns each rank's snapshot."""
+    spawn_ranks.launch("_support.dist_worker", world, out_dir, job)
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
 
 

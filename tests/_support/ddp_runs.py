@@ -1,0 +1,29 @@
+"""Shared by the multi-process integration tests (Lightning ``ddp``, ``IESTrainer`` under
+torchrun): run a launcher command with a timeout (a hang in a collective fails the
+test instead of the suite), and read the per-rank epoch logs the workers append."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def run(args: list, timeout_s: float, check: bool = True) -> int:
+    """``python *args`` with one thread and ``tests/`` importable; its exit code."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, *map(str, args)], env=env, timeout=timeout_s, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        pytest.fail(f"exit {proc.returncode}: {proc.stderr[-3000:]}")
+    return proc.returncode
+
+
+def rank_logs(out: Path, world: int) -> list[list[dict]]:
+    """Each rank's ``log-rank<r>.jsonl`` lines."""
+    return [[json.loads(line) for line in (out / f"log-rank{r}.jsonl").read_text().splitlines()] for r in range(world)]

@@ -1,0 +1,66 @@
+"""``IESTrainer`` under ``torchrun --nproc_per_node 2`` (CPU, gloo): every rank trains on
+the same kept set with the same optimizer steps although the kept count does not
+divide by 2 (each run has a timeout: unequal steps would hang DDP); a rank SIGKILLed
+mid-run, then ``train(resume_from_checkpoint=True)``, ends equal to the uninterrupted
+run; the checkpoint resumes on 1 and on 3 processes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from _support import ddp_runs  # noqa: E402
+from _support.spawn_ranks import free_port  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[1] / "_support" / "hf_ddp_worker.py"
+EPOCHS, TIMEOUT_S = 6, 300
+
+
+def run(out: Path, world: int, *extra, check: bool = True) -> int:
+    return ddp_runs.run(["-m", "torch.distributed.run", "--nproc_per_node", world, "--master_port", free_port(),
+                         SCRIPT, out, *extra], TIMEOUT_S, check)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    run(out, 2, EPOCHS)
+    return out
+
+
+def test_every_rank_the_same_kept_set_and_steps_with_uneven_counts(uninterrupted):
+    a, b = ddp_runs.rank_logs(uninterrupted, 2)
+    assert a == b and len(a) == EPOCHS
+    kept = [len(e["kept"]) for e in a]
+    assert min(kept) < 50 and any(k % 8 for k in kept), kept  # removed samples; batches of 2 x 4 do not divide
+    assert all(e["steps"] == -(-len(e["kept"]) // 8) for e in a)  # ceil(k / (2 ranks x 4))
+
+
+def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path):
+    assert run(tmp_path, 2, EPOCHS, "--kill", 20, check=False) != 0
+    run(tmp_path, 2, EPOCHS, "--resume")
+    full, resumed = ddp_runs.rank_logs(uninterrupted, 2)[0], ddp_runs.rank_logs(tmp_path, 2)[0]
+    done = {e["epoch"]: e for e in resumed}  # the killed epoch was logged by no one, then ran again
+    assert [done[e["epoch"]] for e in full] == full
+    a, b = torch.load(uninterrupted / "final.pt"), torch.load(tmp_path / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, world):
+    # the same 6-epoch run (its LR schedule shapes the losses), stopped in epoch 3 (step 22; epochs of
+    # 50 examples are 7 steps of 2 x 4): the newest checkpoint is the end of epoch 2
+    assert run(tmp_path, 2, EPOCHS, "--kill", 22, check=False) != 0
+    run(tmp_path, world, EPOCHS, "--resume")
+    full = ddp_runs.rank_logs(uninterrupted, 2)[0]
+    resumed = ddp_runs.rank_logs(tmp_path, world)
+    tail = EPOCHS - 3
+    assert all(r[-tail:] == resumed[0][-tail:] for r in resumed)  # the new ranks agree
+    assert [e["world"] for e in resumed[0]][3:] == [world] * tail
+    assert resumed[0][3]["kept"] == full[3]["kept"]  # the decision taken on 2 processes holds

@@ -1,0 +1,61 @@
+"""``IESCallback`` under ``Trainer(strategy="ddp", accelerator="cpu", devices=2)``: every
+rank trains on the same kept set with the same number of optimizer steps although the
+kept count does not divide by 2 (each run has a timeout: unequal steps would hang
+DDP); a rank SIGKILLed mid-epoch, then ``fit(ckpt_path=last.ckpt)``, ends equal to the
+uninterrupted run; the checkpoint resumes on 1 and on 3 processes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+pytest.importorskip("sklearn")
+
+from _support import ddp_runs  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[1] / "_support" / "lightning_ddp_resume_worker.py"
+EPOCHS, TIMEOUT_S = 6, 400
+
+
+def run(out: Path, devices: int, *extra, check: bool = True) -> int:
+    return ddp_runs.run([SCRIPT, out, devices, *extra], TIMEOUT_S, check)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    run(out, 2, EPOCHS)
+    return out
+
+
+def test_every_rank_the_same_kept_set_and_steps_with_uneven_counts(uninterrupted):
+    a, b = ddp_runs.rank_logs(uninterrupted, 2)
+    assert a == b and len(a) == EPOCHS
+    kept = [len(e["kept"]) for e in a]
+    assert min(kept) < 1500 and any(k % 2 for k in kept), kept  # IES removed samples, and an odd count was run
+    assert all(e["steps"] == -(-(-(-len(e["kept"]) // 2)) // 64) for e in a)  # ceil(ceil(k / 2) / 64)
+
+
+def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path):
+    assert run(tmp_path, 2, EPOCHS, "--kill", 3, 2, check=False) != 0
+    run(tmp_path, 2, EPOCHS, "--resume")
+    full, resumed = ddp_runs.rank_logs(uninterrupted, 2)[0], ddp_runs.rank_logs(tmp_path, 2)[0]
+    assert [e["epoch"] for e in resumed] == [0, 1, 2, 3, 4, 5]  # epoch 3 ran again from its start
+    assert resumed == full
+    a, b = torch.load(uninterrupted / "final.pt"), torch.load(tmp_path / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, devices):
+    run(tmp_path, 2, 3)
+    run(tmp_path, devices, EPOCHS, "--resume")
+    full = ddp_runs.rank_logs(uninterrupted, 2)[0]
+    resumed = ddp_runs.rank_logs(tmp_path, devices)
+    assert all(r[-(EPOCHS - 3):] == resumed[0][-(EPOCHS - 3):] for r in resumed)  # the new ranks agree
+    assert [e["world"] for e in resumed[0]][3:] == [devices] * (EPOCHS - 3)
+    assert resumed[0][3]["kept"] == full[3]["kept"]  # the decision taken on 2 processes holds
