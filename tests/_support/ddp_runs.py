@@ -27,3 +27,14 @@ def run(args: list, timeout_s: float, check: bool = True) -> int:
 def rank_logs(out: Path, world: int) -> list[list[dict]]:
     """Each rank's ``log-rank<r>.jsonl`` lines."""
     return [[json.loads(line) for line in (out / f"log-rank{r}.jsonl").read_text().splitlines()] for r in range(world)]
+
+
+#: ``IES_FAST_FULL_DDP=1`` runs every world-size change of the multi-process integration
+#: tests; by default CI runs one change per integration (they cost 20-80 s each on 2 cores)
+FULL_DDP = os.environ.get("IES_FAST_FULL_DDP", "0") not in ("", "0")
+
+
+def world_sizes(default: int, *others: int) -> list:
+    """pytest params: ``default`` always, ``others`` only with ``IES_FAST_FULL_DDP=1``."""
+    skip = pytest.mark.skipif(not FULL_DDP, reason="set IES_FAST_FULL_DDP=1 for every world-size change")
+    return [default, *(pytest.param(w, marks=skip) for w in others)]

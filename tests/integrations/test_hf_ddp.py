@@ -52,7 +52,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("world", [1, 3])
+@pytest.mark.parametrize("world", ddp_runs.world_sizes(1, 3))
 def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, world):
     # the same 6-epoch run (its LR schedule shapes the losses), stopped in epoch 3 (step 22; epochs of
     # 50 examples are 7 steps of 2 x 4): the newest checkpoint is the end of epoch 2

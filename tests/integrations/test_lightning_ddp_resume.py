@@ -50,7 +50,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("devices", [1, 3])
+@pytest.mark.parametrize("devices", ddp_runs.world_sizes(1, 3))
 def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, devices):
     run(tmp_path, 2, 3)
     run(tmp_path, devices, EPOCHS, "--resume")
