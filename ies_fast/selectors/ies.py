@@ -3,6 +3,7 @@ at each epoch end, the keep mask, statistics, checkpoints and DDP merging."""
 from __future__ import annotations
 
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -18,6 +19,10 @@ from .base import Ring, Selector, _check_fits, _check_positive_int
 
 #: running totals kept on device (no host sync while training)
 TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "reincluded", "scored")
+#: what ``delta`` is measured against: ``"absolute"`` (the paper: loss units), or
+#: ``"relative"`` (a fraction of the mean loss recorded in the epoch being closed, so
+#: one setting does not depend on the loss's scale)
+THRESHOLDS = ("absolute", "relative")
 
 
 class _RoutedByExitReduction(type):
@@ -90,6 +95,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         score_max_interval: int = 8,
         min_kept=0,
         seed: int = 0,
+        threshold: str = "absolute",
     ):
         super().__init__(num_samples, device, backend)
         self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
@@ -97,6 +103,10 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         _check_fits(num_samples, 4 * L + 2, self.device, "IES")  # hist, count and mastered at least
         decision_threshold(delta, window)  # rejects a bad delta, or one that rounds to 0
         self.delta = float(delta)
+        if threshold not in THRESHOLDS:
+            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
+        self.threshold = threshold
+        self.loss_scale = 0.0  # "relative": the last epoch's mean recorded loss
         self.order, self.window, self.k, self.eligibility = order, window, k, eligibility
         self.scoring_schedule = ScoringSchedule(num_samples, score_policy,
                                                 score_every=_check_positive_int("score_every", score_every),
@@ -194,7 +204,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
             observed, was_mastered = self._observed_this_epoch(), self.mastered.clone()
         stats = dispatch.close_epoch(
             self._op("close_epoch"), self.hist, self.count, self.mastered,
-            self.order, self.window, self.k, decision_threshold(self.delta, self.window),
+            self.order, self.window, self.k, self._epoch_threshold(),
         )
         if tracked:
             self.scoring_schedule.update(self.epoch, observed, was_mastered, self.mastered)
@@ -205,6 +215,21 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         self.totals[TOTALS.index("reincluded")] += stats[EPOCH_STATS.index("reincluded")]
         self.epoch += 1
         self._invalidate()
+
+    def _epoch_threshold(self) -> float:
+        """The fp32 threshold θ of this epoch's decision: ``δ · window`` (``"absolute"``),
+        or ``δ · window · mean loss`` of the samples recorded in the epoch being closed
+        (``"relative"``; one host read per epoch; an epoch with no finite loss recorded
+        keeps the last scale)."""
+        if self.threshold == "absolute":
+            return decision_threshold(self.delta, self.window)
+        slot = (self.count.long() % self.history_length).unsqueeze(1)
+        current = self.hist.gather(1, slot).squeeze(1)
+        finite = (current > NOT_SEEN) & torch.isfinite(current)
+        n = int(finite.sum())
+        if n:
+            self.loss_scale = float(torch.where(finite, current, torch.zeros_like(current)).sum(dtype=torch.float64)) / n
+        return float(np.float32(self.delta * self.window * self.loss_scale))
 
     def _observed_this_epoch(self) -> torch.Tensor:
         """bool ``[S]``: samples with a loss recorded in the epoch being closed."""
@@ -268,6 +293,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
             "k": self.k,
             "eligibility": self.eligibility,
             "delta": self.delta,
+            "threshold": self.threshold,
             "score_every": self.score_every,
             "epoch": self.epoch,
             "removal_enabled": self.removal_enabled,
@@ -295,6 +321,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
             check.matches(state, name, getattr(self, name), where)
         check.matches(state, "k", self.k, where, default=1)  # states from before k and eligibility
         check.matches(state, "eligibility", self.eligibility, where, default="paper")
+        check.matches(state, "threshold", self.threshold, where, default="absolute")  # states from before it
         S, L = self.num_samples, self.history_length
         delta = check.number(state, "delta", where=where)
         try:
@@ -359,6 +386,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     def __repr__(self) -> str:
         return (
             f"IES(num_samples={self.num_samples}, delta={self.delta}, order={self.order}, "
-            f"window={self.window}, k={self.k}, eligibility={self.eligibility!r}, device={self.device}, "
+            f"window={self.window}, k={self.k}, eligibility={self.eligibility!r}, threshold={self.threshold!r}, "
+            f"device={self.device}, "
             f"backend={self.backend!r})"
         )

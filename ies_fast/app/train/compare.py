@@ -84,12 +84,13 @@ def read_finished_run(out: str, config) -> Optional[dict]:
     ``None`` when there is none, it is unfinished, or its files do not validate:
     ``config.json`` must hold the same run-defining options as ``config``,
     ``summary.json`` an accuracy, a saved fraction and a wall time in range."""
-    from .config import CHANGEABLE_ON_RESUME, resolve
+    from .config import ADDED_OPTIONS, CHANGEABLE_ON_RESUME, resolve
 
     summary, saved = _read_json(os.path.join(out, "summary.json")), _read_json(os.path.join(out, "config.json"))
     if not isinstance(summary, dict) or not isinstance(saved, dict):
         return None
     wanted = resolve(config).to_dict()
+    saved = {**{k: v for k, v in ADDED_OPTIONS.items() if k not in saved}, **saved}  # runs from before them
     if any(k not in saved or _jsonable(saved[k]) != _jsonable(v) for k, v in wanted.items()
            if k not in CHANGEABLE_ON_RESUME):
         return None

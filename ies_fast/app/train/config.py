@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from ...selectors.ies import THRESHOLDS
 from ...selectors.rule import ELIGIBILITY, decision_threshold
 
 DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
@@ -69,8 +70,10 @@ class TrainConfig:
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     eval_batch_size: int = 512
+    eval_every: int = 1
     selector: str = "ies"
     delta: Optional[float] = None
+    threshold: str = "absolute"
     order: int = 2
     window: int = 3
     k: int = 1
@@ -112,6 +115,10 @@ class TrainConfig:
 #: executes, not what it computes. Every other option defines the run and must match.
 CHANGEABLE_ON_RESUME = ("out", "resume", "stop_after", "progress", "plot", "workers", "data_dir", "device", "backend",
                         "compile", "deterministic", "eval_batch_size", "dist_timeout")
+
+#: options added after runs were recorded, with the value that reproduces those runs: a
+#: finished run whose config.json lacks one is read back when the option is at that value
+ADDED_OPTIONS = {"eval_every": 1, "threshold": "absolute"}
 
 #: changeable options that belong to one invocation: a resumed run takes them from its own
 #: command line (their defaults when left out), never from the checkpoint
@@ -201,7 +208,7 @@ def validate(c: TrainConfig, *, need_data: bool = True) -> None:
     _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     _choice("loader", c.loader, LOADERS)
     _choice("early_stop", c.early_stop, EARLY_STOP)
-    for name in ("epochs", "batch_size", "eval_batch_size", "window", "k", "score_every", "patience", "synthetic_size",
+    for name in ("epochs", "batch_size", "eval_batch_size", "eval_every", "window", "k", "score_every", "patience", "synthetic_size",
                  "image_size"):
         _positive_int(name, getattr(c, name))
     if c.synthetic_classes < 2:
@@ -215,6 +222,7 @@ def validate(c: TrainConfig, *, need_data: bool = True) -> None:
     _number("weight_decay", c.weight_decay, 0.0)
     _number("lr_gamma", c.lr_gamma, 0.0, 1.0, open_low=True)
     _number("delta", c.delta, 0.0)
+    _choice("threshold", c.threshold, THRESHOLDS)
     _choice("eligibility", c.eligibility, ELIGIBILITY)
     try:
         decision_threshold(c.delta, c.window)
@@ -233,6 +241,9 @@ def validate(c: TrainConfig, *, need_data: bool = True) -> None:
     if c.loader == "dali" and c.dataset in ("digits", "mnist1d"):
         _fail("loader", f"dali needs an image data set (fashion-mnist, mnist, cifar10, cifar100, imagenet, synthetic); "
                         f"{c.dataset} is vectors")
+    if c.eval_every > 1 and c.early_stop != "none":
+        _fail("eval_every", f"must be 1 with --early-stop {c.early_stop} (it reads the test accuracy every epoch); "
+                            f"got {c.eval_every!r}")
     if c.stop_after is not None:
         _positive_int("stop_after", c.stop_after)
     if c.subset is not None:
