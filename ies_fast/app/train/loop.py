@@ -442,7 +442,7 @@ class Trainer:
         model = dist_utils.unwrap_model(self.net)
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        with torch.inference_mode():
+        with torch.no_grad():
             for x, y in self.batches.test():
                 with self.amp:
                     logits = model(x)
