@@ -1,6 +1,6 @@
 """Levers of issue 27 on the selector side: ``IES(threshold="relative")`` (δ as a
 fraction of each epoch's mean recorded loss) against the absolute rule fed that
-epoch's δ by hand, and its checkpoint field.
+epoch's δ by hand, and its checkpoint field."""
 import pytest
 import torch
 
