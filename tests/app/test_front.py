@@ -188,3 +188,16 @@ def test_sweep_help_says_how_delta_and_deltas_differ(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "the training option --delta (one run's δ) is not used by a sweep" in text
     assert "--front" in text and "--ies-variant" in text
+
+
+def test_only_finished_reads_back_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = ["sweep", "--front", "--dataset", "digits", "--epochs", "2", "--deltas", "0.2", "--prune-ratios",
+            "--random-ratios", "--seeds", "0", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv + ["--seeds", "0", "1", "--only-finished", "--plot", ""]) == 0
+    text = capsys.readouterr().out
+    assert "IES δ=0.2 seed 1 skipped" in text and "has no finished run" in text
+    assert not (out / "ies-delta0.2-seed1").exists() and not (out / "none-seed1").exists()
+    assert any(line.startswith("IES ") and " 1 " in line for line in text.splitlines())

@@ -80,16 +80,32 @@ def run_point(config, variant: Optional[dict] = None) -> dict:
     return cmp.run_in_subfolder(config, run_folder(config, variant))
 
 
+class NotFinished(Exception):
+    """``--only-finished``: the point has no finished run (it is left out, not run)."""
+
+
+def finished_point(config, variant: Optional[dict] = None) -> dict:
+    """``--only-finished``'s ``train_fn``: the finished run in ``OUT/<run_folder>`` read
+    back from its JSON files, or :class:`NotFinished`; nothing is trained."""
+    folder = os.path.join(config.out, run_folder(config, variant))
+    summary = cmp.read_finished_run(folder, config) if os.path.isdir(folder) else None
+    if summary is None:
+        raise NotFinished(f"{folder} has no finished run")
+    return summary
+
+
 def sweep(base_config, deltas: Iterable[float] = log_grid(*DEFAULT_DELTA_RANGE, DEFAULT_DELTA_POINTS),
           prune_ratios: Iterable[float] = DEFAULT_PRUNE_RATIOS, random_ratios: Iterable[float] = DEFAULT_RANDOM_RATIOS,
           seeds: Iterable[int] = (0, 1, 2), *, variants: Iterable[dict] = (), train_fn: Optional[Callable] = None,
-          log: Optional[Callable[[str], None]] = None) -> list:
+          log: Optional[Callable[[str], None]] = None, only_finished: bool = False) -> list:
     """Run every point with every seed; returns one row per run, as
     :func:`ies_fast.app.train.compare.run_one` makes them, with the point's ``param``
     (``None`` for the baseline) and ``variant`` (``""``, or an IES variant's name).
 
     ``variants``: IES option overrides (:data:`front.VARIANT_FIELDS`), each run at every
-    δ of ``deltas`` unless it sets its own ``delta``; after the plain IES points."""
+    δ of ``deltas`` unless it sets its own ``delta``; after the plain IES points.
+    ``only_finished``: read the finished runs back and leave the others out (the
+    default ``train_fn`` only)."""
     deltas, variants = list(deltas), [dict(v) for v in variants]
     front.check_variants(variants)
     grid = [(selector, value, {}) for selector, value in points(deltas, prune_ratios, random_ratios)]
@@ -105,13 +121,14 @@ def sweep(base_config, deltas: Iterable[float] = log_grid(*DEFAULT_DELTA_RANGE, 
         changes = {"selector": selector} if value is None else {"selector": selector, PARAM_FIELDS[selector]: value}
         name = front.variant_name(variant)
         label = cmp.point_label(selector, value, name)
-        run = train_fn or (lambda config, variant=variant: run_point(config, variant))
+        run = train_fn or (lambda config, variant=variant: (finished_point if only_finished else run_point)(
+            config, variant))
         for seed in seeds:
             if log:
                 log(f"sweep: {label} seed {seed} ({len(rows) + 1}/{total}) ...")
             try:
                 row = cmp.run_one(cmp.with_changes(base_config, seed=seed, **changes, **variant), run)
-            except RunFolderError as exc:  # a planted link or FIFO in that point's folder
+            except (RunFolderError, NotFinished) as exc:  # a planted link or FIFO; not run (--only-finished)
                 (log or print)(f"sweep: {label} seed {seed} skipped: {exc}")
                 continue
             row["param"], row["variant"] = value, name
@@ -233,6 +250,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ies-variant", dest="ies_variants", action="append", default=[], metavar="KEY=VALUE[,...]",
                    help="also run IES with these options changed (a lever: anneal=0.1; order=1,window=2; "
                         "threshold=relative,delta=1), at every --deltas value unless it sets delta; repeatable")
+    g.add_argument("--only-finished", action="store_true",
+                   help="train nothing: read back the points' finished runs and leave out the rest (a report "
+                        "while a sweep is still running elsewhere)")
     g.add_argument("--front", action="store_true",
                    help="print each method's accuracy-versus-time Pareto front (training-only and total time) "
                         "and plot it, one line per method (OUT/front.png), instead of the δ table")
@@ -274,7 +294,7 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
     cmp.check_output("--json", args.json)
     cmp.check_output("--plot", plot_path)
     rows = sweep(base_config, deltas, args.prune_ratios, args.random_ratios, args.seeds, variants=args.variants,
-                 train_fn=train_fn, log=print_fn)
+                 train_fn=train_fn, log=print_fn, only_finished=args.only_finished)
     if not any(r["selector"] == "none" for r in rows):
         raise ValueError("every baseline run was skipped: the sweep has nothing to compare against")
     clock = cmp.pick_clock(rows, args.clock, print_fn)
