@@ -116,7 +116,7 @@ def sweep(base_config, deltas: Iterable[float] = log_grid(*DEFAULT_DELTA_RANGE, 
     seeds = list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must be distinct integers; got {seeds!r}")
-    rows, total = [], len(grid) * len(seeds)
+    rows, total, done = [], len(grid) * len(seeds), 0
     for selector, value, variant in grid:
         changes = {"selector": selector} if value is None else {"selector": selector, PARAM_FIELDS[selector]: value}
         name = front.variant_name(variant)
@@ -124,8 +124,9 @@ def sweep(base_config, deltas: Iterable[float] = log_grid(*DEFAULT_DELTA_RANGE, 
         run = train_fn or (lambda config, variant=variant: (finished_point if only_finished else run_point)(
             config, variant))
         for seed in seeds:
+            done += 1
             if log:
-                log(f"sweep: {label} seed {seed} ({len(rows) + 1}/{total}) ...")
+                log(f"sweep: {label} seed {seed} ({done}/{total}) ...")
             try:
                 row = cmp.run_one(cmp.with_changes(base_config, seed=seed, **changes, **variant), run)
             except (RunFolderError, NotFinished) as exc:  # a planted link or FIFO; not run (--only-finished)
