@@ -179,6 +179,7 @@ def draw(ax, pts: list) -> list:
     ax.axhline(acc0, color=cmp.COLORS["none"], lw=1.2, label=f"baseline ({base['wall_time_s']:.3g} s)")
     if sd0 > 0:
         ax.axhspan(acc0 - sd0, acc0 + sd0, color=cmp.COLORS["none"], alpha=0.2)
+    ax.plot([base["wall_time_s"]], [acc0], cmp.MARKERS["none"], color=cmp.COLORS["none"], ms=6)  # its time
     colors, drawn = method_colors(pts), []
     for method, color in colors.items():
         mine = sorted((a for a in pts if a["method"] == method), key=lambda a: a["wall_time_s"])
@@ -217,8 +218,8 @@ def plot(rows: list, path: str, clock: str = "cpu", title: str = "") -> str:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
     seeds = sorted({a["seeds"] for a in pts})
     spread = cmp.seeds_text(seeds[-1])
-    fig.suptitle(f"accuracy against {cmp._CLOCK_LABEL[clock]}{': ' + title if title else ''}\n{spread}; "
-                 f"numbers: δ / prune ratio / removed fraction; filled: the method's Pareto front", fontsize=10)
+    fig.suptitle(f"accuracy against {cmp._CLOCK_LABEL[clock]}{':' if title else ''}\n{title}\n{spread}; "
+                 f"numbers: δ / prune ratio / removed fraction; filled: the method's Pareto front", fontsize=9)
     fig.tight_layout()
     return save(fig, path, dpi=110, layout=False)
 
