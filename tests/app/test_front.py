@@ -152,6 +152,13 @@ def test_eval_every_tests_every_n_epochs_and_after_the_last(tmp_path):
     tested = [not math.isnan(r["test_acc"]) for r in s["history"]]
     assert tested == [False, True, False, True, True]
     assert s["test_acc"] == s["history"][-1]["test_acc"] > 0.5 and s["best_test_acc"] >= s["test_acc"]
+    every = train(TrainConfig(dataset="digits", epochs=5, eval_every=1, out=str(tmp_path / "e"), progress=False,
+                              plot=False))
+    assert every["test_acc"] == s["test_acc"], "the test pass does not change training"
+    assert [r["train_loss"] for r in every["history"]] == [r["train_loss"] for r in s["history"]]
+    assert resolve(TrainConfig(dataset="fashion-mnist"), need_data=False).eval_every == 5
+    assert resolve(TrainConfig(dataset="fashion-mnist", early_stop="patience"), need_data=False).eval_every == 1
+    assert resolve(TrainConfig(dataset="digits")).eval_every == 1
     with pytest.raises(ValueError, match="--eval-every"):
         resolve(TrainConfig(dataset="digits", eval_every=2, early_stop="patience"))
     with pytest.raises(ValueError, match="--eval-every"):
