@@ -7,7 +7,7 @@ For B=256 rows and C in (10, 1000) classes, times forward and forward+backward o
 and the hand-written route (``F.cross_entropy(reduction="none")``, ``sel.observe``,
 ``.mean()``). The alternatives take turns call by call; each figure is the median
 single-call time; ratios are against F.cross_entropy
-from the same run. Prints a Markdown table (docs/benchmarks.md, "CPU loss").
+from the same run. Prints a Markdown table (docs/results.md, "CPU loss").
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ from typing import Callable, Optional
 
 import torch
 
-SIZES = ("small", "gpu")
+#: "smoke": the smallest shapes, for the suite's in-process check that every benchmark runs;
+#: "small": CPU-sized figures; "gpu": the issue's shapes (skipped without CUDA)
+SIZES = ("smoke", "small", "gpu")
 
 
 def device() -> torch.device:

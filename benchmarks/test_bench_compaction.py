@@ -21,7 +21,7 @@ from ies_fast import backend
 from ies_fast.ops.compact.reference import compact_torch
 
 VARIANTS = ("triton", "native", "nonzero", "torch_cumsum", "kept_indices")
-SIZES = {"small": (50_000, 1_280_000), "gpu": (50_000, 1_280_000, 10_000_000)}
+SIZES = {"smoke": (4096,), "small": (50_000, 1_280_000), "gpu": (50_000, 1_280_000, 10_000_000)}
 KEPT = 0.6
 
 

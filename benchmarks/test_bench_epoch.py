@@ -31,6 +31,7 @@ from epoch_loaders import DaliLoader, IndexListSampler, TorchLoader, dali_availa
 from resnet_cifar import resnet18
 
 SIZES = {
+    "smoke": dict(samples=64, batches=(32,), kept=(1.0, 0.5), cost_batches=1, rounds=1),
     "small": dict(samples=256, batches=(64,), kept=(1.0, 0.6, 0.3), cost_batches=3, rounds=3),
     "gpu": dict(samples=50_000, batches=(64, 512), kept=(1.0, 0.6, 0.5, 0.3), cost_batches=20, rounds=2),
 }

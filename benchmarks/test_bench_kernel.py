@@ -38,6 +38,7 @@ from ies_fast.ops.ring.reference import chronological, difference_score, record_
 VARIANTS = ("fused_triton", "torch_eager", "torch_compile", "torch_eager_test", "native_record", "liger")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SHAPES = {
+    "smoke": {"N": (256,), "C": (10,)},
     "small": {"N": (4096,), "C": (10, 1000)},
     "gpu": {"N": (4096, 65536), "C": (10, 100, 1000, 32768, 131072)},
 }

@@ -18,9 +18,9 @@ from ies_fast import IES, backend
 from python_loop import PythonLoopIES
 
 BACKENDS = ("torch", "native", "triton")
-SIZES = {"small": (50_000, 1_280_000), "gpu": (1_280_000, 10_000_000)}
-LOOP_SIZES = {"small": (50_000,), "gpu": (1_280_000,)}
-ROUNDS = {"small": 5, "gpu": 20}
+SIZES = {"smoke": (4096,), "small": (50_000, 1_280_000), "gpu": (1_280_000, 10_000_000)}
+LOOP_SIZES = {"smoke": (1024,), "small": (50_000,), "gpu": (1_280_000,)}
+ROUNDS = {"smoke": 1, "small": 5, "gpu": 20}
 DELTA = 1e-3
 
 

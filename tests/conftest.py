@@ -27,3 +27,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+class Hung(BaseException):
+    """Raised by :func:`no_hang`'s alarm: not an OSError, so no ``except OSError`` swallows it."""
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (not hang) when something blocks, e.g. opening a FIFO nobody writes."""
+    import signal
+
+    def hung(signum, frame):
+        raise Hung("blocked on a file")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

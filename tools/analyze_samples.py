@@ -13,12 +13,13 @@ For each run (a folder holding ``samples.parquet`` or ``samples.csv``, written b
 - per true class: the fraction of sample-epochs removed, the fraction ever
   mastered, and the mean first mastered epoch.
 
-Numbers only from the file; nothing is unpickled.
+Numbers only from the file; nothing is unpickled. The files are read like a run
+folder's (regular files only, never through a link or from a FIFO, bounded sizes;
+see docs/security.md): anything else ends in one line and exit 2.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -27,6 +28,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ies_fast.app.train.samples import read_samples  # noqa: E402
+from ies_fast.io import run_folder  # noqa: E402
+
+#: the largest log.jsonl read (a row is ~1 KiB; 64 MiB is 60,000 epochs)
+MAX_LOG_BYTES = 64 * 2**20
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -97,12 +102,14 @@ def read_run(folder: str) -> tuple:
     """``(columns, epochs run)`` of a run folder (its log.jsonl counts the epochs)."""
     for name in ("samples.parquet", "samples.csv"):
         path = os.path.join(folder, name)
-        if os.path.exists(path):
+        if os.path.lexists(path):
             break
     else:
         raise FileNotFoundError(f"{folder} holds no samples.parquet or samples.csv")
-    with open(os.path.join(folder, "log.jsonl")) as f:
-        epochs = sum(1 for line in f if line.strip())
+    log = run_folder.read_bytes(os.path.join(folder, "log.jsonl"), MAX_LOG_BYTES)
+    epochs = sum(1 for line in log.splitlines() if line.strip())
+    if epochs == 0:
+        raise ValueError(f"{os.path.join(folder, 'log.jsonl')} records no epoch")
     return read_samples(path), epochs
 
 
@@ -128,13 +135,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     results = {}
-    for folder in args.runs:
-        cols, epochs = read_run(folder)
-        results[folder] = analyze(cols, epochs)
-        print(format_report(folder, results[folder]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    try:
+        for folder in args.runs:
+            cols, epochs = read_run(folder)
+            results[folder] = analyze(cols, epochs)
+            print(format_report(folder, results[folder]))
+        if args.json:
+            run_folder.write_json(args.json, results, indent=2)
+    except (OSError, ValueError, run_folder.RunFolderError) as exc:
+        print(f"analyze_samples: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

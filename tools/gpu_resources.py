@@ -13,7 +13,7 @@ says each kernel uses: registers, spills, local memory (stack), shared memory.
   to a cubin with Triton's own ptxas. The launches come from the dispatch code
   itself, so a change of tiles or kernels is picked up without editing this file.
 
-The gate (``python tools/gpu_resources.py --check``, and tests/test_gpu_build.py):
+The gate (``python tools/gpu_resources.py --check``, and tests/ops/test_gpu_build.py):
 every kernel compiles, and none spills or uses local memory at the default history
 lengths. ``--write-docs docs/kernels.md`` rewrites the generated table there.
 """
@@ -415,7 +415,7 @@ def render(rows: list[Usage], archs=ARCHS) -> str:
         f"(torch {torch.__version__}, Triton {triton.__version__}, {find_nvcc_version()}); compiled ahead of "
         "time, no GPU involved. "
         f"Figures are per thread ({a}); smem is per block (Triton: its dynamic allocation). "
-        "`gated` rows must show 0 spills and 0 B local memory (tests/test_gpu_build.py).",
+        "`gated` rows must show 0 spills and 0 B local memory (tests/ops/test_gpu_build.py).",
         "",
         "| source | kernel | configs | gated | max registers | max spill stores (B) | max local memory (B) | max smem (B) |",
         "|---|---|---|---|---|---|---|---|",
@@ -449,7 +449,7 @@ def source_state() -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "an unknown commit"
-    dirty = git("status", "--porcelain", "--", "csrc", "ies_fast/kernels", "ies_fast/ops")
+    dirty = git("status", "--porcelain", "--", "csrc", "ies_fast/ops")
     return f"commit {head}" + (" + uncommitted kernel changes" if dirty else "")
 
 

@@ -9,7 +9,7 @@ budget (default 9.5 minutes: a phase that would run past it is stopped and repor
 as such); on a CPU it runs the small sizes. It writes ``bench.json`` (every result,
 plus the device, driver, torch and Triton versions) and ``bench.md`` (the tables, and
 measured time over the bandwidth lower bound of each kernel), and with ``--readme``
-replaces the GPU table between the markers of a Markdown file (docs/benchmarks.md).
+replaces the GPU table between the markers of a Markdown file (docs/results.md).
 It installs nothing: the suite needs the ``test`` extra (pytest-benchmark) and a
 source checkout (``benchmarks/``).
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
-#: the GPU table's place, in docs/benchmarks.md ("Summary of the CPU micro-benchmarks")
+#: the GPU table's place, in docs/results.md ("Summary of the CPU micro-benchmarks")
 README_BEGIN = "<!-- ies-bench:begin (written by `ies-fast bench --readme FILE` on a GPU; do not edit) -->"
 README_END = "<!-- ies-bench:end -->"
 
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     parser.add_argument("--readme", metavar="MD",
                         help="replace the GPU table between the ies-bench markers of this Markdown file, e.g. "
-                             "docs/benchmarks.md (GPU results only)")
+                             "docs/results.md (GPU results only)")
     parser.add_argument("--budget", type=float, default=570.0,
                         help="total seconds for all phases, shared out by phase; a phase that would overrun its share "
                              "is stopped and reported as timed out (570 s keeps the command under 10 minutes)")

@@ -25,12 +25,33 @@ def _out_per_dataset(parser: argparse.ArgumentParser, command: str) -> None:
             action.help = f"folder of the runs, one sub-folder per run (default: runs/{command}-DATASET)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """``ies-fast``'s parsers: a bad flag or value is one line on stderr and exit 2
+    (the valid choices are in argparse's message; ``--help`` has the usage), and a
+    long flag must be spelled out (``--epoch 3`` is an error, not ``--epochs 3``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _hint_misplaced_seeds(argv: list) -> None:
+    """``train`` runs one seed: ``train --seeds 1`` says so instead of argparse's
+    "unrecognized arguments" against the top-level usage."""
+    if argv and argv[0] == "train" and any(a == "--seeds" or a.startswith(("--seeds=", "--num-seeds")) for a in argv):
+        raise SystemExit(_error("train runs one seed: did you mean --seed S? (compare and sweep take --seeds S [S ...])",
+                                prog="ies-fast train"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train import arguments
     from .train import compare as _compare
     from .train import sweep as _sweep
 
-    parser = argparse.ArgumentParser(prog="ies-fast", description="Instance-dependent Early Stopping for PyTorch")
+    parser = OneLineParser(prog="ies-fast", description="Instance-dependent Early Stopping for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="baseline vs IES on scikit-learn's bundled digits; prints a table, writes a plot",
                           formatter_class=arguments.HelpFormatter)
@@ -61,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> int:
-    print(f"ies-fast: error: {message}", file=sys.stderr)
+def _error(message: str, prog: str = "ies-fast") -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -91,29 +112,38 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _train(args, argv) -> int:
+    from .train import interrupt
     from .train.arguments import config_from_args, given_options
     from .train.config import resolve, resumed_config
     from .train.loop import RunError, Trainer
 
-    try:
-        config = config_from_args(args)
-        if args.print_config:  # with --resume: what the resumed run would use
-            if config.resume:
-                config = resumed_config(Trainer.read_resume_state(config)["config"], config, given_options(argv))
-            print(json.dumps(resolve(config, need_data=False).to_dict(), indent=2))  # the recipe, no data needed
-            return 0
-        trainer = Trainer(config, given=given_options(argv))
-    except _setup_errors() as exc:
-        return _error(_first_line(exc))
-    from ..io import distributed
+    trainer = None
+    with interrupt.signals_raise():  # Ctrl-C, kill: one line, the lock released, exit 130/143
+        try:
+            config = config_from_args(args)
+            if args.print_config:  # with --resume: what the resumed run would use
+                if config.resume:
+                    config = resumed_config(Trainer.read_resume_state(config)["config"], config, given_options(argv))
+                print(json.dumps(resolve(config, need_data=False).to_dict(), indent=2))  # the recipe, no data needed
+                return 0
+            trainer = Trainer(config, given=given_options(argv))
+        except _setup_errors() as exc:
+            return _error(_first_line(exc))
+        except (KeyboardInterrupt, interrupt.Interrupted) as exc:
+            print(f"ies-fast: {interrupt.interrupted_line(None, exc)}", file=sys.stderr)
+            return interrupt.exit_code(exc)
+        from ..io import distributed
 
-    try:
-        summary = trainer.run()
-    except RunError as exc:  # e.g. a full disk or a planted link: the message names the folder
-        return _error(_first_line(exc))
-    finally:
-        trainer.release_run_lock()
-        distributed.cleanup()
+        try:
+            summary = trainer.run()
+        except RunError as exc:  # e.g. a full disk or a planted link: the message names the folder
+            return _error(_first_line(exc))
+        except (KeyboardInterrupt, interrupt.Interrupted) as exc:
+            print(f"ies-fast: {interrupt.interrupted_line(trainer, exc)}", file=sys.stderr)
+            return interrupt.exit_code(exc)
+        finally:
+            trainer.release_run_lock()
+            distributed.cleanup()
     if trainer.main:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
@@ -188,6 +218,7 @@ COMMANDS = {"demo": _demo, "train": _train, "compare": lambda args, argv: _compa
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    _hint_misplaced_seeds(argv)
     args = build_parser().parse_args(argv)
     return COMMANDS[args.command](args, argv)
 

@@ -18,8 +18,9 @@ directory under an ``flock``, fsyncs it, moves the existing file to
 ``path + ".prev"`` if its header and digest verify (nothing is unpickled on save)
 and renames the new one into place (``os.replace``; atomic on POSIX). A crash at
 any moment leaves either the old or the new file whole. A temporary file left by a
-killed save (``path``'s name + ``.<random>.tmp``, its lock released by the kernel)
-is removed by the next save or load of that checkpoint.
+killed save (``path``'s name + ``.<random>.tmp``, its lock released by the kernel),
+and any ``.<name>.<random>.tmp`` file of a killed write in the same folder, is
+removed by the next save or load of that checkpoint.
 """
 from __future__ import annotations
 
@@ -36,11 +37,6 @@ import warnings
 import torch
 
 from . import run_folder
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: temp files are then removed without the liveness check
-    fcntl = None
 
 FORMAT = "ies_fast.checkpoint/2"
 MAGIC = b"IES_FAST_CKPT\x00\x02\n"
@@ -86,34 +82,12 @@ def _tmp_pattern(path: str) -> str:
     return glob.escape(path) + ".*" + TMP_SUFFIX
 
 
-def _try_lock(fd: int) -> bool:
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-
-
 def remove_stale_temp_files(path) -> list:
-    """Delete the temporary files of ``path``'s checkpoint that no live save holds
-    (left by a killed process). Returns the removed paths."""
-    removed = []
-    for tmp in glob.glob(_tmp_pattern(os.fspath(path))):
-        try:
-            fd, _ = run_folder.open_regular(tmp)  # a FIFO or link of that name is left alone, unopened
-        except (OSError, run_folder.RunFolderError):
-            continue
-        try:
-            if _try_lock(fd):  # nobody writes it: a live save holds its lock until the rename
-                os.unlink(tmp)
-                removed.append(tmp)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return removed
+    """Delete the temporary files of ``path``'s checkpoint, and the ``.<name>.<random>.tmp``
+    files of other writes in its folder, that no live writer holds (left by a killed
+    process). Returns the removed paths."""
+    removed = [tmp for tmp in glob.glob(_tmp_pattern(os.fspath(path))) if run_folder.remove_stale_temp(tmp)]
+    return removed + run_folder.remove_stale_temps(os.path.dirname(os.path.abspath(os.fspath(path))))
 
 
 def _open_locked_tmp(path: str, directory: str) -> tuple:
@@ -121,7 +95,7 @@ def _open_locked_tmp(path: str, directory: str) -> tuple:
     may unlink it between the two: then it is made again)."""
     while True:
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=directory)
-        _try_lock(fd)
+        run_folder.try_lock(fd)
         if os.fstat(fd).st_nlink > 0:
             return fd, tmp
         os.close(fd)

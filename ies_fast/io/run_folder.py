@@ -2,7 +2,10 @@
 
 Writes never follow a symlink: a file is written to a new temporary file in the
 same folder (``O_CREAT | O_EXCL | O_NOFOLLOW``, a random name), fsynced and
-renamed over its name (``os.replace``); a name that holds a symlink, a folder, a
+renamed over its name (``os.replace``) while the writer holds an ``flock`` on it; the
+temporary files of killed writers (no lock held) are removed by
+:func:`remove_stale_temps`, which the next checkpoint save or load in a run folder
+and the next write to the data cache call. A name that holds a symlink, a folder, a
 FIFO or anything but a regular file is refused (:class:`RunFolderError`), never
 written through. Reads open regular files only (``O_NOFOLLOW | O_NONBLOCK``, so a
 FIFO or a device cannot block, then ``fstat``), read at most a bounded number of
@@ -17,6 +20,11 @@ import re
 import secrets
 import stat
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: temporary files are then removed without the liveness check
+    fcntl = None
+
 #: the largest JSON file a run folder may hold (summary.json with thousands of epochs is ~1 MiB)
 MAX_JSON_BYTES = 16 * 2**20
 #: the deepest nesting of arrays and objects a run folder's JSON may have (ours: 3)
@@ -28,6 +36,8 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+#: the names :func:`create_temp` gives: ``.<name>.<12 hex digits>.tmp``
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 
 class RunFolderError(RuntimeError):
@@ -93,16 +103,63 @@ def fsync_dir(directory) -> None:
         os.close(fd)
 
 
+def try_lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting; ``False`` when another
+    open file holds it. A writer holds one on its temporary file until the rename,
+    and the kernel drops it when the writer dies."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def remove_stale_temp(tmp: str) -> bool:
+    """Delete the temporary file ``tmp`` unless a live writer holds its lock (a FIFO,
+    link or folder of that name is left alone, unopened). Returns whether it went."""
+    try:
+        fd, _ = open_regular(tmp)
+    except (OSError, RunFolderError):
+        return False
+    try:
+        if try_lock(fd):
+            os.unlink(tmp)
+            return True
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return False
+
+
+def remove_stale_temps(directory) -> list:
+    """Delete the ``.<name>.<random>.tmp`` files in ``directory`` that killed writers
+    left (no live process holds their lock). Returns the removed paths."""
+    try:
+        names = [e.name for e in os.scandir(directory) if _TEMP_NAME.match(e.name)]
+    except OSError:
+        return []
+    paths = [os.path.join(directory, n) for n in names]
+    return [p for p in paths if remove_stale_temp(p)]
+
+
 def create_temp(path) -> tuple:
     """A new empty file ``.<name>.<random>.tmp`` next to ``path``, opened for writing
-    (``O_EXCL | O_NOFOLLOW``: never an existing file or link). Returns ``(fd, tmp)``."""
+    (``O_EXCL | O_NOFOLLOW``: never an existing file or link) and locked (see
+    :func:`try_lock`; keep ``fd`` open until the rename). Returns ``(fd, tmp)``."""
     directory, name = os.path.split(os.path.abspath(os.fspath(path)))
     while True:
         tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644), tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
         except FileExistsError:
             continue
+        try_lock(fd)
+        if os.fstat(fd).st_nlink > 0:  # a cleaner may unlink it between the open and the lock
+            return fd, tmp
+        os.close(fd)
 
 
 def replace_into(tmp: str, path) -> None:
@@ -130,10 +187,11 @@ def write_bytes(path, data) -> str:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            replace_into(tmp, path)  # still under the temporary file's lock
     except BaseException:
-        os.unlink(tmp)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
         raise
-    replace_into(tmp, path)
     return path
 
 

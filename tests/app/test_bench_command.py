@@ -73,7 +73,7 @@ def test_readme_gpu_table_is_replaced_between_markers(tmp_path):
     bench.write_readme(readme, "### H100\n\n| a |\n")
     text = readme.read_text()
     assert "old" not in text and "| a |" in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
-    real = (ROOT / "docs" / "benchmarks.md").read_text()  # the GPU table lives with the other measurements
+    real = (ROOT / "docs" / "results.md").read_text()  # the GPU table lives with the other measurements
     assert bench.README_BEGIN in real and bench.README_END in real and "ies-fast bench" in real
 
 

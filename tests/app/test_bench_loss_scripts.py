@@ -1,4 +1,4 @@
-"""benchmarks/bench_loss_cpu.py runs and prints the table docs/benchmarks.md
+"""benchmarks/bench_loss_cpu.py runs and prints the table docs/results.md
 quotes (one tiny round; no timing is asserted)."""
 from __future__ import annotations
 

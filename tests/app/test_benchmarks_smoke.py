@@ -1,12 +1,11 @@
-"""CI proof that the benchmark suite runs: its CPU-small configuration with one
-timed round, then ``benchmarks/report.py`` on the JSON it wrote. No timing is
+"""CI proof that the benchmark suite runs: its smoke size (the smallest shapes), in
+this process, with one timed round, then ``benchmarks/report.py`` on the JSON it wrote. No timing is
 asserted; only that every benchmark ran and reported its fields."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,19 +28,33 @@ FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def suite_json(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "small.json"
-    env = dict(os.environ, IES_BENCH_SIZE="small", IES_BENCH_ROUNDS="1", IES_BENCH_SAMPLES="128")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("TRITON_INTERPRET", None)  # interpreted Triton is too slow to time; those cases skip
-    cmd = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--size", "small",
-        "--benchmark-min-rounds=1", "--benchmark-max-time=0", "--benchmark-warmup=off",
-        f"--benchmark-json={out}", *SUITE,
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+def suite_json(tmp_path_factory, monkeypatch_module):
+    """The benchmark suite at its smoke size, run in this process (no second interpreter,
+    no wall-clock limit that a busy machine could exceed), one timed round each."""
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    for name, value in dict(IES_BENCH_SIZE="smoke", IES_BENCH_ROUNDS="1").items():
+        monkeypatch_module.setenv(name, value)
+    monkeypatch_module.delenv("TRITON_INTERPRET", raising=False)  # interpreted Triton is too slow to time
+    monkeypatch_module.chdir(ROOT)
+    monkeypatch_module.setattr(sys, "path", list(sys.path))  # the suite's rootdir conftest prepends benchmarks/
+    before = set(sys.modules)
+    args = ["-q", "-p", "no:cacheprovider",
+            "--size", "smoke", "--benchmark-min-rounds=1", "--benchmark-max-time=0", "--benchmark-warmup=off",
+            f"--benchmark-json={out}", *SUITE]
+    try:
+        code = pytest.main(args)
+    finally:
+        for name in set(sys.modules) - before:  # the suite's own modules (benchutil, conftest, ...)
+            if not name.startswith(("torch", "triton", "ies_fast", "numpy", "_pytest", "pytest")):
+                sys.modules.pop(name, None)
+    assert code == 0, f"the benchmark suite failed (pytest exit {code})"
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
 
 
 def test_every_benchmark_reports_its_fields(suite_json):
@@ -60,7 +73,7 @@ def test_every_benchmark_reports_its_fields(suite_json):
     assert "python_loop" in {r["variant"] for r in seen["step"]}
     assert {r["kept_fraction"] for r in seen["epoch"]} >= {1.0}
     info = suite_json["machine_info"]["ies_bench"]
-    assert {"device", "driver", "torch", "triton", "size"} <= info.keys() and info["size"] == "small"
+    assert {"device", "driver", "torch", "triton", "size"} <= info.keys() and info["size"] == "smoke"
 
 
 def test_report_renders_the_suite(suite_json):

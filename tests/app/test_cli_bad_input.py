@@ -126,3 +126,15 @@ def test_argument_errors_leave_no_run_folder(tmp_path, capsys, argv, needle):
     base = ["train", "--no-progress", "--no-plot", "--out", str(out)]
     one_line_error(capsys, [*base, *argv], needle)
     assert not (tmp_path / "new").exists()
+
+
+# ---- --out that is a file or lies under one (issue 31) ------------------------------------
+@pytest.mark.parametrize("command", ["train", "compare", "sweep"])
+@pytest.mark.parametrize("under", [False, True])
+def test_out_naming_a_file_or_under_a_file(tmp_path, capsys, command, under):
+    (tmp_path / "f").write_text("mine")
+    out = tmp_path / "f" / "runs" if under else tmp_path / "f"
+    extra = {"train": ["--no-plot"], "compare": ["--selectors", "none", "--seeds", "0", "--plot", ""],
+             "sweep": ["--deltas", "0.1", "--prune-ratios", "--random-ratios", "--seeds", "0", "--plot", ""]}[command]
+    one_line_error(capsys, [command, *TINY, *extra, "--out", str(out)], "--out", "file")
+    assert (tmp_path / "f").read_text() == "mine"

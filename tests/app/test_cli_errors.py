@@ -95,6 +95,16 @@ def test_full_disk_names_the_folder_and_the_bytes(capsys, tmp_path, monkeypatch,
     assert "after epoch 1" in err
 
 
+def test_file_size_limit_is_said_like_a_full_disk(capsys, tmp_path, monkeypatch):
+    """``ulimit -f``: Python ignores SIGXFSZ, so a write fails with EFBIG (issue 31)."""
+    def too_large(*args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(loop, "save_checkpoint", too_large)
+    err = one_line_error(capsys, [*TINY, "--out", str(tmp_path)], f"--out {tmp_path}", "ulimit -f", "bytes")
+    assert "after epoch 1" in err
+
+
 def test_full_disk_when_writing_config_json(capsys, tmp_path, monkeypatch):
     from ies_fast.app.train.logs import RunFiles
 

@@ -145,6 +145,47 @@ def test_redirected_output_has_plain_epoch_lines_and_no_escape_codes(tmp_path, m
     assert "\x1b" not in text and "\r" not in text, text[:500]
 
 
+def test_redirected_output_reports_progress_inside_an_epoch(tmp_path, monkeypatch):
+    from ies_fast.app.train import progress_lines
+
+    monkeypatch.setattr(progress_lines, "EVERY_S", 0.0)  # a line after every batch instead of every 30 s
+    err = tmp_path / "err.txt"
+    with open(err, "w") as f:
+        monkeypatch.setattr(sys, "stderr", f)
+        assert main(["train", "--dataset", "digits", "--epochs", "1", "--subset", "256", "--batch-size", "64",
+                     "--out", str(tmp_path / "run"), "--no-plot"]) == 0
+    lines = [line for line in err.read_text().splitlines() if line.startswith("epoch 1: ")]
+    assert lines and lines[0].startswith("epoch 1: 1/") and "batches" in lines[0], err.read_text()[:500]
+
+
+def _one_line_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_bad_choice_is_one_line_with_the_choices(capsys):
+    err = _one_line_error(capsys, ["train", "--dataset", "fashoin-mnist", "--print-config"])
+    assert "invalid choice: 'fashoin-mnist'" in err and "fashion-mnist" in err and "usage" not in err
+
+
+def test_long_flags_must_be_spelled_out(capsys):
+    err = _one_line_error(capsys, ["train", "--epoch", "3", "--print-config"])
+    assert "--epoch" in err
+
+
+def test_train_seeds_suggests_seed(capsys):
+    assert "did you mean --seed" in _one_line_error(capsys, ["train", "--seeds", "1", "--print-config"])
+    assert main(["train", "--seed", "1", "--print-config"]) == 0
+
+
+def test_train_help_names_resnet8_the_dataset_default_and_a_quick_run(capsys):
+    flat = " ".join(_help(capsys, "train").split())
+    assert "resnet8" in flat and "(default: digits)" in flat and "takes minutes on a CPU" in flat
+
+
 # ---- bench report --------------------------------------------------------------------------
 def _bench_data(copy_gbps=31.5):
     kernel = dict(bench="kernel", variant="torch_eager", N=4096, C=10, dtype="fp32", direction="fwd", time_s=1e-4,

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 
 from cli_helpers import one_line_error  # noqa: E402
-from test_data_idx import write_idx_folder  # noqa: E402
+from test_train_idx import write_idx_folder  # noqa: E402
 from train_fixtures import has_dali  # noqa: E402
 
 from ies_fast.app.train import datasets as ds  # noqa: E402

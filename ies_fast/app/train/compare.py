@@ -22,6 +22,7 @@ from ... import extras
 from ...io import run_folder
 from ...io.run_folder import RunFolderError
 from .arguments import add_seed_arguments
+from .out_checks import check_out_folder, valid_time
 
 SELECTORS = ("none", "ies", "infobatch", "random")
 LABELS = {"none": "baseline", "ies": "IES", "infobatch": "InfoBatch", "random": "random removal"}
@@ -85,7 +86,8 @@ def read_finished_run(out: str, config) -> Optional[dict]:
     from its JSON files only (a run folder is untrusted: nothing is unpickled), or
     ``None`` when there is none, it is unfinished, or its files do not validate:
     ``config.json`` must hold the same run-defining options as ``config``,
-    ``summary.json`` an accuracy, a saved fraction and a wall time in range."""
+    ``summary.json`` an accuracy, a saved fraction, and wall and CPU times in range
+    (:func:`~ies_fast.app.train.out_checks.valid_time`)."""
     from .config import ADDED_OPTIONS, CHANGEABLE_ON_RESUME, resolve
 
     summary, saved = _read_json(os.path.join(out, "summary.json")), _read_json(os.path.join(out, "config.json"))
@@ -99,7 +101,7 @@ def read_finished_run(out: str, config) -> Optional[dict]:
     epochs_run = summary.get("epochs_run")
     finished = isinstance(epochs_run, int) and (epochs_run == wanted["epochs"] or summary.get("stopped_early") is True)
     valid = (_finite(summary.get("test_acc"), 0.0, 1.0) and _finite(summary.get("backward_saved_fraction"), 0.0, 1.0)
-             and _finite(summary.get("wall_time_s"), 0.0))
+             and valid_time(summary.get("wall_time_s")) and valid_time(summary.get("cpu_time_s", 0.0)))
     return summary if finished and valid else None
 
 
@@ -390,6 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] = None, print_fn=print) -> list:
     """What ``ies-fast compare`` does once its training config is built: run,
     print the table, write the plot (and JSON). Returns the rows."""
+    check_out_folder(getattr(base_config, "out", None))
     check_output("--json", args.json)
     plot_path = os.path.join(base_config.out, "compare.png") if args.plot is None else args.plot
     plot_path = plot_path if extras.can_plot(plot_path, print_fn) else ""  # before any run

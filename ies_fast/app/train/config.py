@@ -37,15 +37,15 @@ RECIPES = {
                       lr_schedule="exp", delta=1e-3, anneal=0.0, min_kept=0.0, eligibility="paper"),
     "digits": dict(model="mlp", epochs=60, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=0.0,
                    lr_schedule="constant", delta=2e-4, anneal=0.0, min_kept=0.05, eligibility="paper"),
-    # mnist1d: δ=1e-2 + backoff scoring + the 5% floor, the measured winner (docs/benchmarks.md,
+    # mnist1d: δ=1e-2 + backoff scoring + the 5% floor, the measured winner (docs/results.md,
     # "Cheaper scoring and the collapse guard": 0.92x random removal's time, 95.47% vs 93.97%)
     "mnist1d": dict(model="cnn1d", epochs=60, batch_size=100, optimizer="sgd", lr=0.05, weight_decay=0.0,
                     lr_schedule="constant", delta=1e-2, anneal=0.0, min_kept=0.05, eligibility="paper",
                     score_policy="backoff"),
     # sized so that `ies-fast compare` (4 selectors x 3 seeds) fits an hour on a 2-core CPU
-    # (docs/training.md, docs/benchmarks.md)
+    # (docs/training.md, docs/results.md)
     # eval_every=5: the test pass (10,000 images) is the same for every selector and was a third of a
-    # 10k-slice run; it does not change training (docs/benchmarks.md, "Fashion-MNIST 10k-slice front")
+    # 10k-slice run; it does not change training (docs/results.md, "Fashion-MNIST 10k-slice front")
     "fashion-mnist": dict(model="resnet8", epochs=15, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
                           lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper",
                           score_policy="backoff", eval_every=5),

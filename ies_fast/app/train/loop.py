@@ -32,8 +32,12 @@ from ...selectors.scoring import score
 from ...selectors.stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
+from .interrupt import signals_deferred
 from .logs import RunFiles, plot_history
-from .run_lock import RunFolderBusy, RunLock, RunLockError
+from .out_checks import OutFolderError, check_out_folder
+from .progress_lines import ProgressLines
+from .resume_checks import ResumeStateError, check_resume_state, check_top
+from .run_lock import RunFolderBusy, RunLock, RunLockError, stale_lock_line
 from .samples import SampleRecord, write_samples
 from .schedule import EpochSchedule
 
@@ -134,9 +138,11 @@ def _check_backend(requested: str, device: torch.device) -> None:
 
 
 def _check_out(out: str) -> None:
-    """Fail before any work if ``--out`` is a file or cannot be written."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RunError(f"--out {out} is a file; it must name a folder")
+    """Fail before any work if ``--out`` is a file, lies under one, or cannot be written."""
+    try:
+        check_out_folder(out)
+    except OutFolderError as exc:
+        raise RunError(str(exc)) from None
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -157,17 +163,21 @@ def _state_nbytes(obj) -> int:
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC, or torch.save's zip writer failing mid-file (how a full disk shows up there)."""
+    """ENOSPC, EDQUOT or EFBIG (``ulimit -f``: Python ignores SIGXFSZ, so the write fails),
+    or torch.save's zip writer failing mid-file (how a full disk shows up there)."""
     if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     return isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "file write failed" in str(exc))
 
 
-def _bar(total: int, enabled: bool, **kw):
+def _bar(total: int, enabled: bool, *, lines: bool = False, **kw):
     """A tqdm bar on stderr, drawn only on a terminal: redirected to a file or a
-    pipe it would write escape codes, so there the epoch lines alone report."""
+    pipe it would write escape codes, so there the epoch lines report, and with
+    ``lines`` a plain progress line every 30 s (:mod:`.progress_lines`)."""
     from tqdm.auto import tqdm
 
+    if enabled and lines and not _is_terminal(sys.stderr):
+        return ProgressLines(total, **kw)
     enabled = enabled and _is_terminal(sys.stderr)
     return tqdm(total=total, disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kw)
 
@@ -190,13 +200,17 @@ def _lock_run_folder(config: TrainConfig):
     if config.resume and not os.path.isdir(out):
         return None  # nothing to resume: reported without creating the folder
     try:
-        return RunLock(out).acquire()
+        lock = RunLock(out).acquire()
     except RunFolderBusy as exc:
         raise RunError(str(exc)) from None
     except (RunLockError, OSError) as exc:
         _check_out(out)  # a folder nobody may write: said as such
         raise RunError(str(exc) if isinstance(exc, RunLockError) else
                        f"--out {out}: cannot take the run lock: {exc.strerror or exc}") from None
+    stale = stale_lock_line(lock)
+    if stale:
+        print(f"ies-fast: {stale}", file=sys.stderr)
+    return lock
 
 
 def _missing_folders(path: str) -> list:
@@ -290,6 +304,8 @@ class Trainer:
         self.stopped = False
         if resume_state is not None:
             self._restore(resume_state)
+        self.epoch_running = None  #: the epoch (from 0) being trained, for the interrupted line
+        self.saved_epochs = self.start_epoch  #: epochs the checkpoint on disk holds
         net = torch.compile(self.model) if c.compile else self.model
         self.net = dist_utils.wrap_model(net, self.device)
 
@@ -314,10 +330,19 @@ class Trainer:
         if not found:
             what = "does not exist" if not os.path.exists(config.out) else "holds no checkpoint.pt"
             raise RunError(f"--resume: {config.out} {what}; leave out --resume to start a new run there")
-        return load_checkpoint(path, fallback=True, map_location="cpu")
+        state = load_checkpoint(path, fallback=True, map_location="cpu")
+        try:
+            return check_top(state)
+        except ResumeStateError as exc:
+            raise RunError(f"cannot resume {config.out}: {exc}") from None
 
     def _restore(self, state: dict) -> None:
+        """Apply a checkpoint after checking all of it (:mod:`.resume_checks`)."""
         path = self.files.checkpoint
+        try:
+            check_resume_state(state, self)
+        except ResumeStateError as exc:
+            raise RunError(f"cannot resume {self.config.out}: {exc}") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -364,13 +389,16 @@ class Trainer:
             if not _is_disk_full(exc):
                 raise
             need = _state_nbytes([self.model.state_dict(), self.optimizer.state_dict(), self.selector.state_dict()])
-            raise RunError(f"--out {self.config.out}: no space left on the device {when}: a checkpoint needs about "
+            full = ("the file size limit (ulimit -f) is reached" if getattr(exc, "errno", None) == errno.EFBIG
+                    else "no space left on the device")
+            raise RunError(f"--out {self.config.out}: {full} {when}: a checkpoint needs about "
                            f"{need / 2**20:.1f} MiB ({need} bytes) free (the last complete checkpoint is kept)") from None
 
     def _save_epoch(self, epoch: int) -> None:
-        """Checkpoint and logs after ``epoch``."""
-        with self._disk_full_is_run_error(f"after epoch {epoch + 1}"):
+        """Checkpoint and logs after ``epoch`` (SIGINT/SIGTERM wait until they are written)."""
+        with self._disk_full_is_run_error(f"after epoch {epoch + 1}"), signals_deferred():
             self._checkpoint(epoch)
+            self.saved_epochs = epoch + 1
             self.files.write_rows(self.history)
             write_samples(self.samples.columns(self.selector), self.config.out)
 
@@ -463,7 +491,7 @@ class Trainer:
         kept_by_class = self.samples.start_epoch(epoch, sel)
         self._warn_if_kept_below_batch(epoch, kept)
         lr = self.schedule.get_last_lr()[0]
-        bar = _bar(len(self.batches), progress, desc=f"epoch {epoch + 1}", leave=False, position=1)
+        bar = _bar(len(self.batches), progress, lines=True, desc=f"epoch {epoch + 1}", leave=False, position=1)
         bar.set_postfix(kept=f"{kept / self.num_samples:.1%}", **self._warmup_note(epoch))
         t0, cpu0 = time.perf_counter(), time.process_time()
         row = self._train_epoch(epoch, bar)
@@ -516,6 +544,7 @@ class Trainer:
         for epoch in range(self.start_epoch, end):
             if self.stopped:
                 break
+            self.epoch_running = epoch
             row = self._epoch(epoch, progress)
             self.history.append(row)
             self.stopped = self._should_stop(row)

@@ -2,10 +2,11 @@
 run's lifetime.
 
 The kernel drops an ``flock`` when its process dies, so a lock left by a killed run
-never blocks the next one (its ``run.lock`` file may remain; it is simply locked
-again). A finished run removes the file while still holding the lock; a process that
-opened the old file in that moment notices the file it locked is no longer the one at
-the path and tries again, so two runs never both hold the lock.
+never blocks the next one: its ``run.lock`` file remains, holding the dead run's
+pid, and the next run takes it over and says so (:func:`stale_lock_line`). A
+finished run removes the file while still holding the lock; a process that opened
+the old file in that moment notices the file it locked is no longer the one at the
+path and tries again, so two runs never both hold the lock.
 """
 from __future__ import annotations
 
@@ -35,6 +36,25 @@ class RunLockError(RuntimeError):
 _FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+def _pid(data: bytes) -> Optional[int]:
+    text = data.decode(errors="replace").strip()
+    return int(text) if text.isdigit() and len(text) < 10 else None
+
+
+def stale_lock_line(lock: "RunLock") -> Optional[str]:
+    """One line saying a stale lock was taken over (``None`` when it was not stale)."""
+    if lock is None or lock.stale_holder is None:
+        return None
+    try:
+        os.kill(lock.stale_holder, 0)
+        gone = "has ended without releasing it"
+    except ProcessLookupError:
+        gone = "no longer exists"
+    except OSError:
+        gone = "has ended without releasing it"
+    return f"{lock.path} was left by process {lock.stale_holder}, which {gone}: a stale lock, taken over"
+
+
 class RunLock:
     """``RunLock(out).acquire()`` or ``with RunLock(out): ...``; :meth:`release` at the end."""
 
@@ -42,6 +62,9 @@ class RunLock:
         self.out = os.fspath(out)
         self.path = os.path.join(self.out, FILENAME)
         self._fd: Optional[int] = None
+        #: the pid written in a ``run.lock`` whose holder ended without releasing it
+        #: (killed): the lock was stale and is taken over; ``None`` otherwise
+        self.stale_holder: Optional[int] = None
 
     @property
     def held(self) -> bool:
@@ -69,6 +92,8 @@ class RunLock:
             if self._is_current(fd):
                 break
             os.close(fd)  # the holder removed the file between our open and our lock: again
+        self.stale_holder = _pid(os.read(fd, 64))
+        os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -171,20 +171,82 @@ def write_samples(columns: dict, out: str) -> str:
     return run_folder.write_bytes(path, buf.getvalue())
 
 
-def read_samples(path: str) -> dict:
-    """The columns of a ``samples.parquet`` or ``samples.csv`` as numpy arrays."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
+#: the most rows a samples table may have when read back (ImageNet-21k: 14M samples; 88 bytes a row)
+MAX_SAMPLE_ROWS = 2**25
+#: the largest samples file read back (a parquet file of MAX_SAMPLE_ROWS rows is ~1 GiB)
+MAX_SAMPLES_BYTES = 2 * 2**30
+_BOOL_COLUMNS = ("flipped", "removed_at_end")
+_FLOAT_COLUMNS = ("last_score", "mean_loss", "last_loss")
 
-        table = pq.read_table(path)
-        return {name: table.column(name).to_numpy() for name in table.column_names}
-    with open(path) as f:
-        names = f.readline().strip().split(",")
-    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    cols = {name: data[:, i] for i, name in enumerate(names)}
-    for name in names:
-        if name in ("flipped", "removed_at_end"):
-            cols[name] = cols[name].astype(bool)
-        elif name not in ("last_score", "mean_loss", "last_loss"):
-            cols[name] = cols[name].astype(np.int64)
+
+class SamplesFileError(ValueError):
+    """A samples table that is not one this package wrote (message names the file)."""
+
+
+def read_samples(path: str, max_rows: Optional[int] = None) -> dict:
+    """The columns of a ``samples.parquet`` or ``samples.csv`` as numpy arrays, read
+    like a run folder's files (regular files only, never through a link, at most
+    :data:`MAX_SAMPLES_BYTES`; a parquet file's row count checked from its footer
+    before any column is read). Every column of :data:`COLUMNS` must be there,
+    numeric, of one length and without nulls (NaN only in the float ones);
+    :class:`SamplesFileError` otherwise."""
+    path = os.fspath(path)
+    max_rows = MAX_SAMPLE_ROWS if max_rows is None else max_rows
+    data = run_folder.read_bytes(path, min(MAX_SAMPLES_BYTES, run_folder.memory_bytes() // 4))
+    try:
+        cols = _parse_parquet(data, max_rows) if path.endswith(".parquet") else _parse_csv(data, max_rows)
+    except SamplesFileError as exc:
+        raise SamplesFileError(f"{path}: {exc}") from None
+    except Exception as exc:  # pyarrow's and numpy's parse errors are of many types
+        raise SamplesFileError(f"{path} is not a samples table ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return _checked_columns(cols, path)
+
+
+def _parse_parquet(data: bytes, max_rows: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(pa.BufferReader(data))
+    if f.metadata.num_rows > max_rows:
+        raise SamplesFileError(f"{f.metadata.num_rows} rows, more than the {max_rows} allowed: refused unread")
+    names = [n for n in f.schema_arrow.names if n in COLUMNS]
+    table = f.read(columns=names)
+    nulls = [n for n in names if table.column(n).null_count]
+    if nulls:
+        raise SamplesFileError(f"column {nulls[0]!r} has {table.column(nulls[0]).null_count} nulls")
+    return {name: table.column(name).to_numpy() for name in names}
+
+
+def _parse_csv(data: bytes, max_rows: int) -> dict:
+    text = data.decode("ascii")
+    head, _, body = text.partition("\n")
+    names = head.strip().split(",")
+    if body.count("\n") > max_rows:
+        raise SamplesFileError(f"more than the {max_rows} rows allowed: refused")
+    table = np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, dtype=np.float64)
+    if table.size and table.shape[1] != len(names):
+        raise SamplesFileError(f"{table.shape[1]} values a row under {len(names)} column names")
+    table = table.reshape(-1, len(names))
+    cols = {name: table[:, i] for i, name in enumerate(names) if name in COLUMNS}
+    for name, col in cols.items():
+        if name not in _FLOAT_COLUMNS:
+            if not np.all(np.isfinite(col)) or np.any(col != np.round(col)):
+                raise SamplesFileError(f"column {name!r} holds values that are not integers")
+            cols[name] = col.astype(bool) if name in _BOOL_COLUMNS else col.astype(np.int64)
+    return cols
+
+
+def _checked_columns(cols: dict, path: str) -> dict:
+    missing = [c for c in COLUMNS if c not in cols]
+    if missing:
+        raise SamplesFileError(f"{path} has no column {missing[0]!r} (a samples table has {', '.join(COLUMNS)})")
+    n = len(cols["index"])
+    for name in COLUMNS:
+        col = cols[name]
+        if col.ndim != 1 or len(col) != n or col.dtype.kind not in "biuf":
+            raise SamplesFileError(f"{path}: column {name!r} is {col.dtype} of shape {list(col.shape)}, not numbers "
+                                   f"for each of the {n} samples")
+        if name not in _FLOAT_COLUMNS and col.dtype.kind == "f":
+            raise SamplesFileError(f"{path}: column {name!r} holds floats or nulls where integers belong")
     return cols

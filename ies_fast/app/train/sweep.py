@@ -22,6 +22,7 @@ from .arguments import add_seed_arguments
 from . import compare as cmp
 from . import front
 from .front import pareto_front  # noqa: F401 (sweep's name since the first Pareto plot)
+from .out_checks import check_out_folder
 
 #: the config field a sweep varies for each selector, and its folder-name prefix
 PARAM_FIELDS = {"ies": "delta", "infobatch": "prune_ratio", "random": "random_ratio"}
@@ -288,6 +289,7 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
     options, run the grid, print the table and the recommendation, write the plot
     (and JSON). Returns the rows."""
     check_args(args)
+    check_out_folder(getattr(base_config, "out", None))
     deltas = args.deltas if args.deltas is not None else log_grid(*args.delta_range, args.delta_points)
     default_plot = "front.png" if args.front else "sweep.png"
     plot_path = os.path.join(base_config.out, default_plot) if args.plot is None else args.plot

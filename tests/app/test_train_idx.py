@@ -1,4 +1,4 @@
-"""ies_fast.data.idx: IDX files (raw and gzip) and label + pixel CSVs read back
+"""ies_fast.app.train.idx: IDX files (raw and gzip) and label + pixel CSVs read back
 exactly, the .npy cache is used and never unpickles, malformed files name the file."""
 import gzip
 import os
@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from ies_fast.data.idx import cached_pixel_csv, find_idx, read_idx, read_idx_split, read_pixel_csv
+from ies_fast.app.train.data_cache import cached_pixel_csv
+from ies_fast.app.train.idx import find_idx, read_idx, read_idx_split, read_pixel_csv
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -115,11 +116,62 @@ def test_csv_cache_is_npy_and_used(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     a = cached_pixel_csv(str(tmp_path / "d.csv"), str(cache))
     files = sorted(os.listdir(cache))
-    assert len(files) == 2 and all(f.endswith(".npy") for f in files)
-    import ies_fast.data.idx as idx
+    assert len(files) == 3 and sum(f.endswith(".npy") for f in files) == 2 and files[0].endswith("-entry.json")
+    import ies_fast.app.train.data_cache as idx
 
     monkeypatch.setattr(idx, "read_pixel_csv", lambda *a, **k: pytest.fail("parsed again despite the cache"))
     b = cached_pixel_csv(str(tmp_path / "d.csv"), str(cache))
     for got in (a, b):
         np.testing.assert_array_equal(got[0], x)
         np.testing.assert_array_equal(got[1], y)
+
+
+# ---- hostile IDX files (issue 31): header first, bounded streaming, regular files only ----
+def test_idx_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    """A small header followed by 64 MiB of zeros (64 KiB compressed): refused after
+    reading what the header promises, never holding the whole stream."""
+    import tracemalloc
+    import zlib
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    parts = [comp.compress(idx_bytes(np.zeros((10, 28, 28), np.uint8)))]
+    zeros = bytes(1 << 20)
+    parts += [comp.compress(zeros) for _ in range(64)] + [comp.flush()]
+    (tmp_path / "bomb.gz").write_bytes(b"".join(parts))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="bomb.gz.*more than 7840"):
+            read_idx(str(tmp_path / "bomb.gz"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"{peak} bytes held while reading"
+
+
+def test_idx_header_claiming_too_much_is_refused_unread(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + np.asarray([2**31, 28, 28], ">u4").tobytes()
+    (tmp_path / "huge.gz").write_bytes(gzip.compress(header + bytes(100)))
+    with pytest.raises(ValueError, match="huge.gz.*refused unread"):
+        read_idx(str(tmp_path / "huge.gz"))
+
+
+def test_idx_sparse_terabyte_is_refused_up_front(tmp_path, no_hang):
+    path = tmp_path / "sparse"
+    with open(path, "wb") as f:
+        f.write(idx_bytes(np.zeros((10, 28, 28), np.uint8)))
+        f.truncate(2**40)
+    with pytest.raises(ValueError, match="sparse.*header says shape"):
+        read_idx(str(path))
+
+
+def test_idx_fifo_is_refused_without_blocking(tmp_path, no_hang):
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match="fifo.*not a regular file"):
+        read_idx(str(tmp_path / "fifo"))
+
+
+@pytest.mark.parametrize("split,stem", [("test", "t10k-images-idx3-ubyte"), ("train", "train-images-idx3-ubyte")])
+def test_idx_split_without_samples_names_the_file(tmp_path, split, stem):
+    write_idx_folder(tmp_path, gz=False, **{f"n_{split}": 0})
+    with pytest.raises(ValueError, match=f"{stem}.*no {split} samples"):
+        read_idx_split(str(tmp_path), split)
