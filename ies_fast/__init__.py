@@ -9,17 +9,15 @@ from .backend import backend_info, warn_if_native_missing
 
 warn_if_native_missing()  # once: a build without ies_fast._C is otherwise silent
 
-from . import _moved  # noqa: E402  (old module paths, with a DeprecationWarning)
 from .data.selected_dataset import IESDataset  # noqa: E402
 from .losses import causal_lm_cross_entropy, cross_entropy, multi_exit_loss, per_exit_cross_entropy  # noqa: E402
-from .nn import MultiExitResNet  # noqa: E402
 from .selectors import IES, InfoBatch, PerExitIES, RandomRemoval, Selector, make_selector  # noqa: E402
 from .selectors.rule import ReferenceCriterion, instability_score  # noqa: E402
 from .selectors.scoring import score  # noqa: E402
-from .selectors.stopping import PatienceStopper, all_mastered  # noqa: E402
+from .stopping import PatienceStopper, all_mastered  # noqa: E402
 
 __all__ = [
-    "IES", "IESDataset", "InfoBatch", "MultiExitResNet", "PatienceStopper", "PerExitIES", "RandomRemoval",
+    "IES", "IESDataset", "InfoBatch", "PatienceStopper", "PerExitIES", "RandomRemoval",
     "ReferenceCriterion", "Selector", "all_mastered", "backend_info", "causal_lm_cross_entropy", "cross_entropy",
     "instability_score", "make_selector", "multi_exit_loss", "per_exit_cross_entropy", "score",
 ]

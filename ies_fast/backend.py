@@ -96,8 +96,9 @@ def native_usable(device: torch.device) -> bool:
     return (device.type == "cpu" and cpu) or (device.type == "cuda" and cuda)
 
 
-def resolve(requested: str, device: torch.device, op: str = "") -> str:
-    """The concrete backend for ``op`` on ``device`` given the user's ``requested`` one."""
+def resolve_backend(requested: str, device: torch.device) -> str:
+    """The concrete backend (``"torch"``, ``"native"`` or ``"triton"``) every op runs on
+    on ``device``, given the user's ``requested`` one (``"auto"`` picks)."""
     if requested not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
     device = torch.device(device)
@@ -131,8 +132,8 @@ def backend_info() -> dict:
         "triton": tri,
         "triton_message": tri_msg,
         "triton_interpret": triton_interpret(),
-        "auto_cpu": resolve("auto", torch.device("cpu")),
-        "auto_cuda": resolve("auto", torch.device("cuda")) if torch.cuda.is_available() else None,
+        "auto_cpu": resolve_backend("auto", torch.device("cpu")),
+        "auto_cuda": resolve_backend("auto", torch.device("cuda")) if torch.cuda.is_available() else None,
     }
     if tri:
         import triton

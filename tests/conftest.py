@@ -1,6 +1,4 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +8,8 @@ import torch
 # a separate job: `TRITON_INTERPRET=0 python -m pytest -m gpu` (setdefault keeps it).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# tests/ mirrors the package (tests/selectors, tests/ops, ...); the shared helpers
-# (train_fixtures, cli_helpers, ...) stay in tests/ itself
-sys.path.append(str(Path(__file__).resolve().parent))
+# tests/ mirrors the package (tests/selectors, tests/ops, ...); the shared helpers are the
+# tests/_support package (importable as _support: pytest puts tests/ on sys.path for this conftest)
 
 
 def pytest_collection_modifyitems(config, items):

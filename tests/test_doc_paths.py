@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = re.compile(r"(?<![\w./-])((?:ies_fast|tests|docs|benchmarks|tools|examples)/[\w./*<>-]*[\w/*>])")
-DOTTED = re.compile(r"(?<![\w./-])(ies_fast(?:\.[A-Za-z_]\w*)+)")
+DOTTED = re.compile(r"(?<![\w./-])(ies_fast(?:\.[A-Za-z_]\w*)+)(?![\w/])")
 #: names that are generated at build time, not files in the tree
 GENERATED = re.compile(r"ies_fast/_C\b|ies_fast\._C\b")
 
@@ -29,12 +29,33 @@ def _sources() -> list[Path]:
     return files
 
 
+def _without_old_names(text: str) -> str:
+    """Markdown less what names old paths on purpose: a section headed "Old module
+    paths", and the first cell of a table whose header starts with "old"."""
+    kept, skipping_section, old_table = [], False, False
+    for line in text.splitlines():
+        if line.startswith("#"):
+            skipping_section = "old module paths" in line.lower()
+        if skipping_section:
+            continue
+        cells = line.split("|")
+        if line.startswith("|") and len(cells) > 2:
+            if cells[1].strip().lower().startswith("old"):
+                old_table = True
+            if old_table:
+                line = "|".join(cells[2:])
+        else:
+            old_table = False
+        kept.append(line)
+    return "\n".join(kept)
+
+
 def _named(pattern) -> dict:
     found: dict = {}
     for file in _sources():
         text = file.read_text()
-        if file.name == "CHANGELOG.md":  # it names where things were, on purpose
-            text = "\n".join(line for line in text.splitlines() if "->" not in line and "→" not in line)
+        if file.suffix == ".md":
+            text = _without_old_names(text)
         for match in pattern.findall(text):
             name = match.rstrip(".")
             if not GENERATED.search(name):

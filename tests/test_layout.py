@@ -1,14 +1,10 @@
 """The package's shape (issue 21): no import cycle, the core never imports the app,
-the loss touches a selector only through the recording interface, old module paths
-still import with a DeprecationWarning. Read with ``ast``, no third-party tool."""
+the loss touches a selector only through the recording interface, every import
+names a module that exists. Read with ``ast``, no third-party tool."""
 from __future__ import annotations
 
 import ast
-import importlib
-import sys
 from pathlib import Path
-
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ies_fast"
 
@@ -136,29 +132,3 @@ def test_the_loss_touches_a_selector_only_through_the_recording_interface():
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "selector":
                 assert node.attr in interface, f"{path.name}: selector.{node.attr}"
         assert "ies_fast.selectors" not in " ".join(GRAPH[_module_name(path)])
-
-
-def test_ies_has_no_new_and_per_exit_comes_from_the_factory():
-    import ies_fast
-
-    assert "__new__" not in vars(ies_fast.IES)
-    sel = ies_fast.IES(6, num_exits=2, exit_reduction="per_exit", backend="torch")
-    assert type(sel) is ies_fast.PerExitIES and isinstance(sel, ies_fast.IES)
-    assert type(ies_fast.make_selector("ies", 6, num_exits=2, exit_reduction="per_exit")) is ies_fast.PerExitIES
-    assert type(ies_fast.make_selector("infobatch", 6, num_epochs=3)) is ies_fast.InfoBatch
-    assert type(ies_fast.IES(6)) is ies_fast.IES
-    with pytest.raises(ValueError, match="kind"):
-        ies_fast.make_selector("nope", 6)
-
-
-@pytest.mark.parametrize("old, name", [
-    ("ies_fast.selector", "IES"), ("ies_fast.loss", "cross_entropy"), ("ies_fast.criterion", "ReferenceCriterion"),
-    ("ies_fast.multi_exit", "MultiExitResNet"), ("ies_fast.multi_exit", "PerExitIES"),
-    ("ies_fast.checkpoint_io", "save_checkpoint"), ("ies_fast.train.config", "resolve"), ("ies_fast.cli", "main"),
-])
-def test_old_module_paths_import_with_a_deprecation_warning(old, name):
-    for m in [m for m in sys.modules if m == old or m.startswith(old + ".")]:
-        del sys.modules[m]
-    with pytest.warns(DeprecationWarning, match="moved to"):
-        module = importlib.import_module(old)
-    assert callable(getattr(module, name))

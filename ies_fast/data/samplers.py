@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..io import state_checks as check
+from .. import checks as check
 
 __all__ = ["KeptSampler", "KeptBatchSampler", "ScoringSampler", "shard", "check_seed"]
 
@@ -24,10 +24,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 def check_seed(seed, name: str = "seed") -> int:
     """``seed`` as an int in the int64 range (what the shuffle's generator takes);
-    ``ValueError`` naming ``name`` otherwise (bools are refused)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not INT64_MIN <= seed <= INT64_MAX:
-        raise ValueError(f"{name} must be an int in [-2**63, 2**63 - 1], got {seed!r}")
-    return int(seed)
+    ``TypeError``/``ValueError`` naming ``name`` otherwise (bools are refused)."""
+    return check.check_int(name, seed, min=INT64_MIN, max=INT64_MAX)
 
 
 def _check_selector(selector) -> None:
@@ -43,11 +41,8 @@ def _world(num_replicas: Optional[int], rank: Optional[int]) -> tuple[int, int]:
         num_replicas = dist.get_world_size() if initialised else 1
     if rank is None:
         rank = dist.get_rank() if initialised else 0
-    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
-        raise ValueError(f"num_replicas must be a positive int, got {num_replicas!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
-        raise ValueError(f"rank must be an int in [0, {num_replicas}), got {rank!r}")
-    return num_replicas, rank
+    num_replicas = check.check_int("num_replicas", num_replicas, min=1)
+    return num_replicas, check.check_int("rank", rank, min=0, max=num_replicas - 1)
 
 
 def shard(indices: torch.Tensor, num_replicas: int, rank: int, drop_last: bool) -> torch.Tensor:
@@ -121,17 +116,13 @@ class KeptSampler(Sampler[int]):
     # ---- epoch ---------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch whose shuffle the next ``iter()`` draws (``seed + epoch``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= INT64_MAX:
-            raise ValueError(f"epoch must be an int in [0, 2**63 - 1], got {epoch!r}")
-        self._epoch = epoch
+        self._epoch = check.check_int("epoch", epoch, min=0, max=INT64_MAX)
 
     def resume_at(self, position: int) -> None:
         """Make the next ``iter()`` start at ``position`` of this rank's epoch order
         (the samples before it were trained before a checkpoint); ``len()`` still
         counts the whole epoch, as a resumed loop counts batches already done."""
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-            raise ValueError(f"position must be an int >= 0, got {position!r}")
-        self._skip = position
+        self._skip = check.check_int("position", position, min=0)
 
     @property
     def epoch(self) -> int:
@@ -166,18 +157,14 @@ class KeptSampler(Sampler[int]):
         """Restore ``seed``, ``epoch`` and ``shuffle`` (these override the constructor's;
         ``shuffle`` may be absent). The whole state is checked first: a bad one raises
         ``ValueError`` naming the key and changes nothing."""
-        self.apply_state(self.checked_state(state))
+        self.apply_state(self.check_state(state))
 
-    def checked_state(self, state, where: str = "state_dict") -> dict:
+    def check_state(self, state, where: str = "state_dict") -> dict:
         """Validate ``state`` whole (nothing changes); returns what :meth:`apply_state` applies."""
         if not isinstance(state, dict):
             raise ValueError(f"{where} must be a dict from KeptSampler.state_dict(), got {type(state).__name__}")
-        seed = check.integer(state, "seed", low=INT64_MIN, where=where)
-        if seed > INT64_MAX:
-            raise ValueError(f"{where}['seed'] must be an int in [-2**63, 2**63 - 1], got {seed!r}")
-        epoch = check.integer(state, "epoch", optional=True, where=where)
-        if epoch is not None and epoch > INT64_MAX:
-            raise ValueError(f"{where}['epoch'] must be an int in [0, 2**63 - 1], got {epoch!r}")
+        seed = check.integer(state, "seed", low=INT64_MIN, high=INT64_MAX, where=where)
+        epoch = check.integer(state, "epoch", optional=True, high=INT64_MAX, where=where)
         shuffle = check.boolean(state, "shuffle", where) if "shuffle" in state else self.shuffle
         return {"seed": seed, "epoch": epoch, "shuffle": shuffle}
 
@@ -195,9 +182,7 @@ class KeptBatchSampler(Sampler[List[int]]):
     def __init__(self, selector, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  num_replicas: Optional[int] = None, rank: Optional[int] = None, drop_last: bool = False,
                  shard_drop_last: Optional[bool] = None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = check.check_int("batch_size", batch_size, min=1)
         self.drop_last = bool(drop_last)
         self.sampler = KeptSampler(selector, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank,
                                    drop_last=self.drop_last if shard_drop_last is None else bool(shard_drop_last))

@@ -21,21 +21,22 @@ early: :meth:`IESDataset.schedule` steps it by epoch progress instead (see
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import check_int
+from ..progress import batch_count, position, progress
+from ..selectors.base import Selector
 from ..selectors.ies import IES
-from .datasets import IndexedDataset, check_length
+from .datasets import INDEX_KEY, IndexedDataset, check_length
 from .samplers import KeptSampler, ScoringSampler
 
 __all__ = ["IESDataset", "ProgressScheduler"]
 
 STATE_VERSION = 1
-INDEX_KEY = "index"  # where a dict item carries its index (as ies_fast.integrations read dict batches)
 
 
 def _check_dict_item(item, input_key: str, target_key: str, where: str) -> None:
@@ -72,36 +73,37 @@ class ProgressScheduler:
 
     :meth:`step` (call it where the loop called ``scheduler.step()``, after each
     ``optimizer.step()``; one optimizer step per batch) steps ``scheduler`` until it
-    has taken :meth:`target` steps: ``e * P + round(b * P / K)`` in epoch ``e``
-    after ``b`` of its ``K`` kept batches, ``P`` being a full epoch's batches. The
-    schedule is at step ``e * P`` exactly when epoch ``e`` starts, and in between
-    moves ``P / K`` steps per batch; without IES (``K = P``) it steps once per batch,
-    as it would unwrapped. Any scheduler works (it is only ever stepped forward, one
-    ``step()`` at a time). Build it after restoring a checkpoint taken between
-    epochs: it starts from the restored dataset's epoch."""
+    has taken :meth:`target` steps: :func:`ies_fast.progress.position` at the
+    progress ``e + b / K`` (epoch ``e``, ``b`` of its ``K`` kept batches done), i.e.
+    ``e * P + round(b * P / K)``, ``P`` being a full epoch's batches. Without IES
+    (``K = P``) it steps once per batch, as it would unwrapped. Any scheduler works
+    (it is only ever stepped forward, one ``step()`` at a time). Build it after
+    restoring a checkpoint: it starts from the restored dataset's epoch, and
+    :meth:`step` refuses to follow a dataset restored after it was built (the jump
+    would step the scheduler once per planned step in between)."""
 
     def __init__(self, scheduler, dataset: "IESDataset", loader: DataLoader):
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"scheduler must have a step() method, got {type(scheduler).__name__}")
         if not isinstance(loader, DataLoader) or loader.batch_size is None or loader.sampler is not dataset.sampler:
             raise ValueError("loader must be the training DataLoader(dataset, batch_size=..., sampler=dataset.sampler)")
-        sampler, n = dataset.sampler, len(dataset)
-        per_rank = n // sampler.num_replicas if sampler.drop_last else math.ceil(n / sampler.num_replicas)
-        full = per_rank // loader.batch_size if loader.drop_last else math.ceil(per_rank / loader.batch_size)
+        sampler = dataset.sampler
+        per_rank = batch_count(len(dataset), sampler.num_replicas, sampler.drop_last)
         self.scheduler, self.dataset, self.loader = scheduler, dataset, loader
-        self.steps_per_epoch = max(1, full)
+        self.steps_per_epoch = max(1, batch_count(per_rank, loader.batch_size, loader.drop_last))
+        self._restores = dataset._restores
         self.steps = self.target()
 
     def target(self) -> int:
         """The steps the schedule should have taken by now."""
-        ds, per_epoch = self.dataset, self.steps_per_epoch
-        done = int(ds.selector.epoch) * per_epoch
-        kept = len(self.loader)
-        if not ds._open or kept == 0:
-            return done
-        return done + (min(ds._batches, kept) * per_epoch + kept // 2) // kept
+        ds = self.dataset
+        done = ds._batches if ds._open else 0
+        return position(progress(int(ds.selector.epoch), done, len(self.loader)), self.steps_per_epoch)
 
     def step(self) -> None:
+        if self.dataset._restores != self._restores:
+            raise RuntimeError("the dataset was restored (load_state_dict) after this schedule was built: "
+                               "build the schedule (ds.schedule(...)) after restoring the checkpoint")
         target = self.target()
         while self.steps < target:
             self.scheduler.step()
@@ -129,7 +131,9 @@ class IESDataset(IndexedDataset):
     * ``sampler``: the kept samples of the current epoch (seeded shuffle
       ``seed + epoch``, DDP-sharded like ``DistributedSampler``); iterating it
       starts an epoch, closing the previous one first (:meth:`end_epoch`).
-    * :meth:`update` records a batch's per-sample losses and returns their mean.
+    * :meth:`update` records a batch's per-sample losses and returns the loss to
+      backpropagate: their mean, weighted by the selector's ``loss_weights``
+      (InfoBatch up-weights kept low-loss samples; IES does not).
     * :meth:`end_epoch` runs the scoring pass and ``step()`` now (call it after the
       last epoch if you read ``selector.stats()``; a no-op when nothing is open).
 
@@ -137,7 +141,8 @@ class IESDataset(IndexedDataset):
     batches of ``score_batch_size``, from ``score_dataset`` (default: ``dataset``;
     pass the evaluation-transform twin when training augments) with
     ``score_fn(output, target) -> [B]`` (default cross-entropy). The IES arguments
-    are :class:`ies_fast.IES`'s; or pass a ready ``selector``. Only ``dataset``
+    are :class:`ies_fast.IES`'s; or pass a ready ``selector`` (any
+    :class:`ies_fast.Selector`). Only ``dataset``
     travels to DataLoader worker processes.
 
     Dict items: ``ds[i]`` is the item with ``"index": i`` added (batches are dicts;
@@ -150,15 +155,16 @@ class IESDataset(IndexedDataset):
     """
 
     def __init__(self, dataset, model: torch.nn.Module, *, delta: float = 1e-3, order: int = 2, window: int = 3,
-                 score_every: int = 1, device=None, selector: Optional[IES] = None, shuffle: bool = True,
+                 score_every: int = 1, device=None, selector: Optional[Selector] = None, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, score_batch_size: int = 256,
                  score_fn: Optional[Callable] = None, score_dataset=None, input_key: str = "input",
                  target_key: str = "target"):
         super().__init__(dataset)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(score_batch_size, bool) or not isinstance(score_batch_size, int) or score_batch_size < 1:
-            raise ValueError(f"score_batch_size must be a positive int, got {score_batch_size!r}")
+        check_int("score_batch_size", score_batch_size, min=1)
+        if selector is not None and not isinstance(selector, Selector):
+            raise TypeError(f"selector must be an ies_fast Selector (IES, InfoBatch, ...), got {type(selector).__name__}")
         if selector is None:
             if device is None:
                 device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -178,6 +184,7 @@ class IESDataset(IndexedDataset):
         self.sampler = _EpochSampler(self, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self._open = False  # an epoch has started and was not closed yet
         self._seen = self._batches = 0  # rows and batches given to update() in the open epoch (host counts)
+        self._restores = 0  # load_state_dict calls (a ProgressScheduler built before one refuses to step)
 
     @staticmethod
     def _with_index(item, index: int):
@@ -190,13 +197,14 @@ class IESDataset(IndexedDataset):
     # ---- the loop's calls -----------------------------------------------------------
     def update(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Record ``per_sample_loss`` (``[B]``, one per row of the batch whose dataset
-        indices are ``index``) and return its mean, the loss to backpropagate."""
+        indices are ``index``) and return the loss to backpropagate: its mean, each row
+        weighted by the selector's ``loss_weights`` (:meth:`Selector.training_loss`)."""
         if not isinstance(per_sample_loss, torch.Tensor) or per_sample_loss.dim() != 1:
             raise ValueError("per_sample_loss must be a 1-D tensor [B] (use reduction='none')")
         self.selector.observe(per_sample_loss.detach(), index)
         self._seen += per_sample_loss.shape[0]
         self._batches += 1
-        return per_sample_loss.mean()
+        return self.selector.training_loss(per_sample_loss, index)
 
     # ---- progress (for per-step schedules) ----------------------------------------------
     @property
@@ -206,10 +214,7 @@ class IESDataset(IndexedDataset):
         epochs run however much IES shrank them: a schedule written as a function of
         progress ends where it would without IES (:meth:`schedule` does this for a
         ``torch.optim.lr_scheduler`` sized in steps)."""
-        epoch, total = int(self.selector.epoch), len(self.sampler)
-        if not self._open or total == 0:
-            return float(epoch)
-        return epoch + min(self._seen, total) / total
+        return float(progress(int(self.selector.epoch), self._seen if self._open else 0, len(self.sampler)))
 
     def schedule(self, scheduler, loader: DataLoader) -> ProgressScheduler:
         """``scheduler``, sized for the full data set (``len(loader)`` steps per epoch
@@ -262,11 +267,12 @@ class IESDataset(IndexedDataset):
             raise ValueError("state['open'] must be a bool")
         if not isinstance(state.get("sampler"), dict):
             raise ValueError("state['sampler'] must be a dict from KeptSampler.state_dict()")
-        sampler = self.sampler.checked_state(state["sampler"], where="state['sampler']")
+        sampler = self.sampler.check_state(state["sampler"], where="state['sampler']")
         self.selector.load_state_dict(state["selector"])  # checks the selector state whole, then applies it
         self.sampler.apply_state(sampler)  # cannot fail: checked above
         self._open = state["open"]
         self._seen = self._batches = 0
+        self._restores += 1
 
     def __getstate__(self) -> dict:
         # DataLoader workers need the items only, never the model or the selector

@@ -19,6 +19,7 @@ import re
 import stat
 from typing import Optional
 
+from .. import checks as check
 from ..io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 STATE_FILE = "ies_selector.pt"
@@ -75,10 +76,11 @@ def read_state(folder: str) -> dict:
         raise IncompleteCheckpoint(str(exc)) from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise IncompleteCheckpoint(f"{path} is not an IESTrainer selector state (version {STATE_VERSION})")
-    for key in ("epochs_closed", "steps_in_epoch", "global_step"):
-        value = state.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise IncompleteCheckpoint(f"{path}: {key!r} must be an int >= 0, got {value!r}")
+    try:
+        for key in ("epochs_closed", "steps_in_epoch", "global_step"):
+            check.integer(state, key, where=path)
+    except ValueError as exc:
+        raise IncompleteCheckpoint(str(exc)) from None
     if not isinstance(state.get("selector"), dict):
         raise IncompleteCheckpoint(f"{path}: 'selector' must be a selector state dict")
     return state
@@ -94,9 +96,10 @@ def trainer_step(folder: str) -> int:
             step = json.load(f)["global_step"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IncompleteCheckpoint(f"{path} is truncated or not a Trainer state: {exc}") from None
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise IncompleteCheckpoint(f"{path}: global_step must be an int >= 0, got {step!r}")
-    return step
+    try:
+        return check.integer({"global_step": step}, "global_step", where=path)
+    except ValueError as exc:
+        raise IncompleteCheckpoint(str(exc)) from None
 
 
 def check_complete(folder: str) -> dict:

@@ -7,14 +7,16 @@
 
 :class:`IESTrainer` is a ``Trainer`` that
 
-* adds each training example's dataset index to its features (key ``ies_index``,
+* adds each training example's dataset index to its features (key ``"index"``,
   removed again before the model sees the batch);
 * trains each epoch on the kept examples only (a :class:`ies_fast.data.KeptSampler`:
   shuffled, or in dataset order with ``train_sampling_strategy="sequential"``);
 * records every example's loss in ``compute_loss`` from the model's logits: for
   ``[B, T, V]`` logits the causal-LM loss (shifted labels, ``-100`` ignored)
   averaged over the example's tokens, for ``[B, C]`` logits the cross-entropy;
-  the training loss itself is the model's, unchanged;
+  the training loss itself is the model's, unchanged, unless the selector
+  reweights (InfoBatch): then it is the mean of those per-example losses times
+  the selector's ``loss_weights`` (:meth:`ies_fast.Selector.training_loss`);
 * at each epoch's end scores the removed examples (forward only, eval mode, in
   ``per_device_eval_batch_size`` batches) and calls ``selector.step()``;
 * runs the LR schedule by progress: with ``num_train_epochs``, the schedule the
@@ -48,19 +50,22 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging as hf_logging
 
 from ..data import KeptSampler
+from ..data.datasets import INDEX_KEY, batch_index
+from .. import progress as _progress
 from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
+from ..selectors.base import Selector
 from ..selectors.ies import IES
 from ._hf_checkpoint import (STATE_FILE, STATE_VERSION, IncompleteCheckpoint, check_complete, discard_markers,
                              newest_complete_checkpoint, read_state, write_state)
 
 __all__ = ["IESTrainer", "IndexedExamples", "ProgressLR", "INDEX_KEY", "STATE_FILE"]
 
-INDEX_KEY = "ies_index"
 SAMPLING = ("random", "sequential")  # the train_sampling_strategy values the kept sampler honours
 
 
 class IndexedExamples(Dataset):
-    """``dataset`` whose dict examples gain their index under ``ies_index``."""
+    """``dataset`` whose dict examples gain their index under :data:`INDEX_KEY`
+    (``"index"``; an example that already has that key is refused)."""
 
     def __init__(self, dataset):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
@@ -74,20 +79,29 @@ class IndexedExamples(Dataset):
         item = self.dataset[i]
         if not isinstance(item, dict):
             raise TypeError(f"train_dataset examples must be dicts of features, got {type(item).__name__}")
+        if INDEX_KEY in item:
+            raise ValueError(f"train_dataset example {i} already has the key {INDEX_KEY!r}, where IESTrainer "
+                             "puts the example's index: rename that feature")
         return {**item, INDEX_KEY: i}
+
+
+def example_losses(selector, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, *,
+                   scoring: bool = False) -> torch.Tensor:
+    """Record and return each example's loss ``[B]`` (differentiable when ``logits``
+    are): mean token loss of a causal LM (``[B, T, V]`` logits, labels shifted) or the
+    cross-entropy of ``[B, C]`` logits."""
+    if logits.dim() == 3:
+        return causal_lm_cross_entropy(logits, labels, index, selector, reduction="sample", scoring=scoring)
+    if logits.dim() == 2:
+        return cross_entropy(logits, labels, index, selector, reduction="none", scoring=scoring)
+    raise ValueError(f"IESTrainer records losses from [B, T, V] or [B, C] logits, got {tuple(logits.shape)}")
 
 
 def record_losses(selector, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, *,
                   scoring: bool = False) -> None:
-    """Record each example's loss: mean token loss of a causal LM (``[B, T, V]``
-    logits, labels shifted) or the cross-entropy of ``[B, C]`` logits."""
+    """Record each example's loss (:func:`example_losses`, without a graph)."""
     with torch.no_grad():
-        if logits.dim() == 3:
-            causal_lm_cross_entropy(logits.detach(), labels, index, selector, reduction="sample", scoring=scoring)
-        elif logits.dim() == 2:
-            cross_entropy(logits.detach(), labels, index, selector, reduction="none", scoring=scoring)
-        else:
-            raise ValueError(f"IESTrainer records losses from [B, T, V] or [B, C] logits, got {tuple(logits.shape)}")
+        example_losses(selector, logits.detach(), labels, index, scoring=scoring)
 
 
 class ProgressLR(LambdaLR):
@@ -171,10 +185,12 @@ class _EpochEvents(TrainerCallback):
 class IESTrainer(Trainer):
     """``transformers.Trainer`` with Instance-dependent Early Stopping.
 
-    ``ies``: an :class:`ies_fast.IES` built for ``len(train_dataset)`` (fresh: epoch 0),
-    or a dict of its keyword arguments (``delta``, ``order``, ``window``,
+    ``ies``: a selector built for ``len(train_dataset)`` (fresh: epoch 0; any
+    :class:`ies_fast.Selector`: IES, InfoBatch, RandomRemoval), or a dict of
+    :class:`ies_fast.IES`'s keyword arguments (``delta``, ``order``, ``window``,
     ``score_every``); every other argument is ``Trainer``'s. The selector is
-    ``trainer.selector``.
+    ``trainer.selector``. A selector that reweights the loss (InfoBatch) gets its
+    weighting: the training loss is then the weighted mean of the per-example losses.
     """
 
     def __init__(self, *args, ies=None, **kwargs):
@@ -189,7 +205,7 @@ class IESTrainer(Trainer):
             raise ValueError(f"IESTrainer: train_sampling_strategy={strategy!r} is not supported: the kept-sample "
                              f"sampler replaces it; use one of {SAMPLING}")
         self.train_dataset = IndexedExamples(self.train_dataset)
-        if isinstance(ies, IES):
+        if isinstance(ies, Selector):
             if ies.num_samples != len(self.train_dataset):
                 raise ValueError(f"ies tracks num_samples={ies.num_samples} but train_dataset has {len(self.train_dataset)}")
             if ies.epoch != 0:
@@ -199,7 +215,8 @@ class IESTrainer(Trainer):
         elif ies is None or isinstance(ies, dict):
             selector = IES(len(self.train_dataset), **(ies or {}))
         else:
-            raise TypeError(f"ies must be an ies_fast.IES or a dict of its arguments, got {type(ies).__name__}")
+            raise TypeError(f"ies must be an ies_fast Selector (IES, InfoBatch, ...) or a dict of IES's arguments, "
+                            f"got {type(ies).__name__}")
         self.selector = selector.to(self.args.device)
         self._steps_in_epoch = 0  # optimizer steps taken in the current epoch
         self._resumed_steps = 0  # ... of which already taken before the checkpoint resumed from
@@ -225,7 +242,7 @@ class IESTrainer(Trainer):
     # ---- progress and the schedule ---------------------------------------------------
     def progress(self) -> float:
         """Epochs done: closed epochs plus the done fraction of the current one's kept steps."""
-        return self._epochs_closed + min(1.0, self._steps_in_epoch / self._epoch_batches)
+        return float(_progress.progress(self._epochs_closed, self._steps_in_epoch, self._epoch_batches))
 
     def _schedule_position(self) -> float:
         """Where the schedule planned without IES is: progress x full steps per epoch."""
@@ -248,13 +265,18 @@ class IESTrainer(Trainer):
 
     # ---- losses ---------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        index = inputs.pop(INDEX_KEY, None)
+        index = batch_index(inputs) if INDEX_KEY in inputs else None
+        inputs.pop(INDEX_KEY, None)
         labels = inputs.get("labels")
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if index is not None and model.training:
             if labels is None:
                 raise ValueError("IESTrainer needs 'labels' in the training batches to record each example's loss")
-            record_losses(self.selector, outputs["logits"], labels, index)
+            if self.selector.REWEIGHTS:  # the selector's weighting replaces the model's plain mean
+                losses = example_losses(self.selector, outputs["logits"], labels, index)
+                loss = self.selector.training_loss(losses, index)
+            else:
+                record_losses(self.selector, outputs["logits"], labels, index)
             self._examples_trained += index.shape[0]
         return (loss, outputs) if return_outputs else loss
 
@@ -291,7 +313,8 @@ class IESTrainer(Trainer):
             with torch.no_grad():
                 for batch in self.get_test_dataloader(dataset):
                     batch = self._prepare_inputs(batch)
-                    index = batch.pop(INDEX_KEY)
+                    index = batch_index(batch)
+                    del batch[INDEX_KEY]
                     outputs = model(**batch)
                     record_losses(self.selector, outputs["logits"], batch["labels"], index, scoring=True)
                     scored += index.numel()

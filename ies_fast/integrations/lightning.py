@@ -7,8 +7,10 @@
     trainer.fit(model, DataLoader(IndexedDataset(train_set), batch_size=64, shuffle=True))
 
 The module's ``training_step`` gets batches ``(x, y, index)`` and either returns
-``{"loss": losses.mean(), "per_sample_loss": losses}`` or records the losses
-itself with ``ies_fast.cross_entropy(logits, y, index, selector=ies.selector)``.
+``{"loss": losses.mean(), "per_sample_loss": losses}``, or returns
+``ies.update(losses, index)`` (records them and returns the selector's weighted
+mean: needed for a selector that reweights the loss, such as InfoBatch), or records
+the losses itself with ``ies_fast.cross_entropy(logits, y, index, selector=ies.selector)``.
 
 Each training epoch the callback puts a :class:`ies_fast.data.KeptSampler` into
 the training ``DataLoader``'s batch sampler (whether Lightning reuses the loader or
@@ -25,10 +27,8 @@ would without IES although IES epochs have fewer optimizer steps.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
-from fractions import Fraction
 from typing import Callable, Optional
 
 from lightning.pytorch.callbacks import Callback
@@ -36,15 +36,17 @@ from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batch
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
+from ..checks import check_int, integer
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
-from ..data.samplers import check_seed
+from ..data.datasets import batch_index
+from ..data.samplers import INT64_MAX, INT64_MIN, check_seed
+from ..progress import batch_count, planned_steps, position, progress
+from ..selectors.base import Selector
 from ..selectors.ies import IES
-from ._batches import batch_index
 
 __all__ = ["IESCallback"]
 
 STATE_VERSION = 1
-HALF = Fraction(1, 2)
 
 
 def _shuffles(sampler) -> bool:
@@ -58,7 +60,10 @@ class IESCallback(Callback):
     """Instance-dependent Early Stopping for ``lightning.Trainer``.
 
     ``num_samples`` is the training set's length; ``delta``, ``order``, ``window``,
-    ``score_every`` are :class:`ies_fast.IES`'s (or pass a ready ``selector``).
+    ``score_every`` are :class:`ies_fast.IES`'s (or pass a ready ``selector``, any
+    :class:`ies_fast.Selector`; one that reweights the loss, such as InfoBatch,
+    needs ``training_step`` to return :meth:`update`'s loss, and the returned-dict
+    way of recording is refused for it).
     ``seed`` seeds the kept samples' shuffle (``seed + epoch``).
     ``loss_key`` names the per-sample losses in ``training_step``'s returned dict.
     The scoring pass forwards ``pl_module(x)`` in batches of ``score_batch_size``
@@ -81,17 +86,18 @@ class IESCallback(Callback):
     """
 
     def __init__(self, num_samples: Optional[int] = None, *, delta: float = 1e-3, order: int = 2, window: int = 3,
-                 score_every: int = 1, selector: Optional[IES] = None, seed: int = 0,
+                 score_every: int = 1, selector: Optional[Selector] = None, seed: int = 0,
                  loss_key: str = "per_sample_loss", score_batch_size: Optional[int] = None,
                  score_fn: Optional[Callable] = None, log: bool = True):
+        if selector is not None and not isinstance(selector, Selector):
+            raise TypeError(f"selector must be an ies_fast Selector (IES, InfoBatch, ...), got {type(selector).__name__}")
         if selector is None:
             if num_samples is None:
                 raise ValueError("num_samples is required (the training set's length) unless a selector is given")
             selector = IES(num_samples, delta=delta, order=order, window=window, score_every=score_every)
         seed = check_seed(seed)
-        if score_batch_size is not None and (isinstance(score_batch_size, bool) or not isinstance(score_batch_size, int)
-                                             or score_batch_size < 1):
-            raise ValueError(f"score_batch_size must be a positive int, got {score_batch_size!r}")
+        if score_batch_size is not None:
+            check_int("score_batch_size", score_batch_size, min=1)
         self.selector = selector
         self.seed = seed
         self.loss_key = loss_key
@@ -140,8 +146,20 @@ class IESCallback(Callback):
         self._loader = self._install(trainer)
         self._open = True
 
+    def update(self, per_sample_loss, index):
+        """Record ``per_sample_loss`` (``[B]``, rows of the samples ``index``) and return
+        the loss for ``training_step`` to return: their mean, each row weighted by the
+        selector's ``loss_weights`` (:meth:`ies_fast.Selector.training_loss`)."""
+        self.selector.observe(per_sample_loss.detach(), index)
+        return self.selector.training_loss(per_sample_loss, index)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if isinstance(outputs, Mapping) and self.loss_key in outputs:
+            if self.selector.REWEIGHTS:
+                raise ValueError(
+                    f"IESCallback: {type(self.selector).__name__} reweights the loss, which the {self.loss_key!r} "
+                    "returned by training_step cannot apply (the loss was already backpropagated): return "
+                    "ies.update(per_sample_losses, index) from training_step instead")
             self.selector.observe(outputs[self.loss_key].detach(), batch_index(batch))
         self._follow_schedules(trainer, pl_module, batch_idx)
 
@@ -151,28 +169,20 @@ class IESCallback(Callback):
         """Optimizer steps the run was planned for without IES (what
         ``trainer.estimated_stepping_batches`` said before the first epoch); ``None``
         before the first epoch or when the run has no end."""
-        if self._plan is None:
-            return None
-        per_epoch, max_epochs, max_steps = self._plan
-        ends = [n for n in (max_epochs * per_epoch if max_epochs >= 0 else -1, max_steps) if n >= 0]
-        return min(ends) if ends else None
+        return None if self._plan is None else planned_steps(*self._plan)
 
     def scheduled_steps(self, global_step: int, epoch: int, steps_done: int, steps_in_epoch: int) -> Optional[int]:
         """Where a per-step schedule sized for :attr:`planned_steps` should stand after
         ``global_step`` optimizer steps, ``steps_done`` of the ``steps_in_epoch`` of
-        epoch ``epoch``: ``round(planned * fraction)``, the fraction being how far the
-        run is to whichever of ``max_epochs`` (epoch progress) and ``max_steps``
-        (optimizer steps) ends it. Without IES it is ``global_step``."""
-        planned = self.planned_steps
-        if planned is None:
+        epoch ``epoch`` (:func:`ies_fast.progress.position`): ``round(planned *
+        fraction)``, the fraction being how far the run is to whichever of
+        ``max_epochs`` (epoch progress) and ``max_steps`` (optimizer steps) ends it.
+        Without IES it is ``global_step``."""
+        if self.planned_steps is None:
             return None
-        _, max_epochs, max_steps = self._plan
-        fraction = Fraction(0)
-        if max_epochs > 0 and steps_in_epoch > 0:
-            fraction = Fraction(epoch * steps_in_epoch + steps_done, steps_in_epoch * max_epochs)
-        if max_steps > 0:
-            fraction = max(fraction, Fraction(global_step, max_steps))
-        return math.floor(min(fraction, Fraction(1)) * planned + HALF)
+        per_epoch, max_epochs, max_steps = self._plan
+        return position(progress(epoch, steps_done, steps_in_epoch), per_epoch, max_epochs=max_epochs,
+                        max_steps=max_steps, global_step=global_step)
 
     def _follow_schedules(self, trainer, pl_module, batch_idx: int) -> None:
         """After Lightning stepped the per-step schedulers once for this optimizer step,
@@ -191,7 +201,7 @@ class IESCallback(Callback):
         done = batch_idx + 1
         if done % accumulate and done < batches:
             return  # no optimizer step this batch: Lightning did not step the schedulers either
-        steps_in_epoch, steps_done = math.ceil(batches / accumulate), math.ceil(done / accumulate)
+        steps_in_epoch, steps_done = batch_count(batches, accumulate), batch_count(done, accumulate)
         step, epoch = trainer.global_step, trainer.current_epoch
         now = self.scheduled_steps(step, epoch, steps_done, steps_in_epoch)
         before = self.scheduled_steps(step - 1, epoch, steps_done - 1, steps_in_epoch)
@@ -224,7 +234,7 @@ class IESCallback(Callback):
             # the loader as Lightning built it, over the full data set: the plan
             full = _parse_num_batches(RunningStage.TRAINING, len(batches), trainer.limit_train_batches)
             max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-            self._plan = (math.ceil(full / trainer.accumulate_grad_batches), max_epochs, trainer.max_steps)
+            self._plan = (batch_count(full, trainer.accumulate_grad_batches), max_epochs, trainer.max_steps)
             sampler = KeptSampler(self.selector, shuffle=_shuffles(sampler), seed=self.seed)
             batches.sampler = sampler  # read when the epoch's iterator starts
         sampler.set_epoch(trainer.current_epoch)
@@ -264,7 +274,7 @@ class IESCallback(Callback):
         self.selector.step()
         self._open = False
         stats = self.selector.stats()  # one read per epoch
-        if stats["observed"] == 0:
+        if stats.get("observed", 1) == 0:  # the selectors that count observations (IES)
             raise RuntimeError(
                 f"IESCallback: no per-sample loss was recorded this epoch: return {{'loss': ..., "
                 f"'{self.loss_key}': per_sample_losses}} from training_step, or call "
@@ -287,7 +297,7 @@ class IESCallback(Callback):
             raise ValueError(f"IESCallback state must come from IESCallback.state_dict() (version {STATE_VERSION})")
         if not isinstance(state_dict.get("open"), bool):
             raise ValueError(f"IESCallback state['open'] must be a bool, got {state_dict.get('open')!r}")
-        seed = check_seed(state_dict.get("seed"), "IESCallback state['seed']")
+        seed = integer(state_dict, "seed", low=INT64_MIN, high=INT64_MAX, where="IESCallback state")
         self.selector.load_state_dict(state_dict["selector"])  # checks the selector state whole, then applies it
         self._open = state_dict["open"]
         self.seed = seed

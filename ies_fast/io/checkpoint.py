@@ -36,6 +36,7 @@ import warnings
 
 import torch
 
+from ..checks import memory_bytes
 from . import run_folder
 
 FORMAT = "ies_fast.checkpoint/2"
@@ -150,7 +151,7 @@ def _read_fd(fd: int, file_size: int, path: str) -> memoryview:
     if have != size:
         raise CheckpointError(f"checkpoint {path!r} is truncated or corrupted: payload has {have} bytes, "
                               f"header says {size}")
-    if size > run_folder.memory_bytes():
+    if size > memory_bytes():
         raise CheckpointError(f"checkpoint {path!r} claims a {size}-byte payload, more than this machine's memory: "
                               f"refused unread")
     payload = run_folder.read_exactly(fd, size, path)

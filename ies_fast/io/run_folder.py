@@ -45,14 +45,6 @@ class RunFolderError(RuntimeError):
     file (a symlink, folder, FIFO, device), or a file too large or malformed to read."""
 
 
-def memory_bytes() -> int:
-    """This machine's physical memory: a file read whole must fit in it."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
-
-
 def _kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "a symlink"

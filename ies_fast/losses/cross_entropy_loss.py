@@ -3,14 +3,14 @@ each sample's loss in a selector, and :func:`causal_lm_cross_entropy` for
 language-model logits ``[B, T, V]``."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .. import backend as _backend
-from ..ops import dispatch as _dispatch
+from ..checks import check_float
+from ..ops import ring as ring_ops
 from ..ops.cross_entropy.reference import (
     PositionLosses,
     divisors,
@@ -38,14 +38,9 @@ def _check_own_args(input, target, reduction, sample_weight, lse_square_scale, s
         B = input.shape[0] if input.dim() > 1 else 1
         if not isinstance(sample_weight, torch.Tensor) or tuple(sample_weight.shape) != (B,):
             raise ValueError(f"sample_weight must be a tensor of shape ({B},), one weight per sample")
-    if isinstance(lse_square_scale, bool) or not isinstance(lse_square_scale, (int, float)) or not (
-        math.isfinite(lse_square_scale) and lse_square_scale >= 0
-    ):
-        raise ValueError(f"lse_square_scale must be a finite number >= 0, got {lse_square_scale!r}")
-    if softcap is not None and (
-        isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not (math.isfinite(softcap) and softcap > 0)
-    ):
-        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    check_float("lse_square_scale", lse_square_scale, min=0)
+    if softcap is not None:
+        check_float("softcap", softcap, min=0, min_open=True)
 
 
 #: F's message for a class-index target of another integer type, by dtype
@@ -100,10 +95,10 @@ def _target_in_range(target, num_classes, ignore_index, selector) -> torch.Tenso
     return torch.where(bad, torch.full_like(target, ignore_index), target)
 
 
-def _kernel_takes(op, x, target) -> bool:
+def _kernel_takes(kernel, x, target) -> bool:
     """The Triton kernel takes class-index targets in fp32/bf16/fp16 (every option);
     fp64 logits and probability targets go to the torch path."""
-    return op == "triton" and x.dtype != torch.float64 and not target.is_floating_point()
+    return kernel == "triton" and x.dtype != torch.float64 and not target.is_floating_point()
 
 
 def _kernel_positions(x, target, weight, ignore_index, eps, z_scale, softcap, selector, recorded):
@@ -135,10 +130,10 @@ def _kernel_positions(x, target, weight, ignore_index, eps, z_scale, softcap, se
     return pos, selector is not None
 
 
-def _plain_cpu_case(op, x, target, weight, reduction, eps, sample_weight, lse_square_scale, softcap) -> bool:
+def _plain_cpu_case(kernel, x, target, weight, reduction, eps, sample_weight, lse_square_scale, softcap) -> bool:
     """The common CPU call (2-D logits, class indices, no extras): :func:`_plain_cpu`."""
     return (
-        op != "triton"
+        kernel != "triton"
         and x.device.type == "cpu"
         and x.dim() == 2
         and target.dtype == torch.int64
@@ -162,7 +157,7 @@ def _record_nll_ring(selector, index, target, B: int):
             and index.shape == target.shape == (B,) and index.device.type == "cpu"):
         return None
     ring = selector.ring()
-    if ring is None or ring.backend != "native" or ring.hist.device.type != "cpu" or not _dispatch.has_record_nll():
+    if ring is None or ring.backend != "native" or ring.hist.device.type != "cpu" or not ring_ops.has_record_nll():
         return None
     return ring
 
@@ -172,9 +167,9 @@ def _plain_cpu_record_nll(x, target, ignore_index: int, reduction, index, ring):
     F's two: it checks ``index`` (the selector's ValueError) and the targets (F's
     IndexError) before writing anything, then max-writes ``-logp[b, target[b]]`` of
     each non-ignored row into the ring, the value ``F.nll_loss(reduction="none")``
-    gives (bit for bit; ``tests/test_native_record_nll.py``)."""
+    gives (bit for bit; ``tests/ops/test_native_record_nll.py``)."""
     logp = F.log_softmax(x, dim=1)
-    _dispatch.record_nll(ring.hist, ring.count, logp.detach(), target, index, ignore_index, validate=True)
+    ring_ops.record_nll(ring.hist, ring.count, logp.detach(), target, index, ignore_index, validate=True)
     return F.nll_loss(logp, target, ignore_index=ignore_index, reduction=reduction)
 
 
@@ -245,12 +240,12 @@ def cross_entropy(
         target = target.long()  # uint8 (F takes it) would index weight as a mask
 
     if backend in ("auto", "torch") and input.device.type == "cpu":
-        op = "torch"  # the CPU loss is torch math on every non-Triton backend (saves a resolve per call)
+        kernel = "torch"  # the CPU loss is torch math on every non-Triton backend (saves a resolve per call)
     else:
-        op = _backend.resolve(backend, input.device, "cross_entropy")
+        kernel = _backend.resolve_backend(backend, input.device)
     x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
     eps = float(label_smoothing)
-    plain = _plain_cpu_case(op, x, target, weight, reduction, eps, sample_weight, lse_square_scale, softcap)
+    plain = _plain_cpu_case(kernel, x, target, weight, reduction, eps, sample_weight, lse_square_scale, softcap)
     ring = _record_nll_ring(selector, index, target, x.shape[0]) if plain and selector is not None else None
     if ring is not None:
         out = _plain_cpu_record_nll(x, target, int(ignore_index), reduction, index, ring)
@@ -259,7 +254,7 @@ def cross_entropy(
         out = _plain_cpu(x, target, ignore_index, reduction, recorded, selector)
     else:
         recorded = selector.check_index(index, input.shape[0]) if selector is not None else None
-        out = _general(op, input, x, target, weight, ignore_index, reduction, eps, sample_weight,
+        out = _general(kernel, input, x, target, weight, ignore_index, reduction, eps, sample_weight,
                        float(lse_square_scale), softcap, selector, recorded)
     if scoring and selector is not None:
         selector.count_scored(input.shape[0])
@@ -268,12 +263,12 @@ def cross_entropy(
     return out.squeeze(0) if unbatched and reduction in ("none", "sample") else out
 
 
-def _general(op, input, x, target, weight, ignore_index, reduction, eps, sample_weight, z_scale, softcap,
+def _general(kernel, input, x, target, weight, ignore_index, reduction, eps, sample_weight, z_scale, softcap,
              selector, recorded):
     """Every other case: position losses from the Triton kernel or torch, the
     per-sample rule for the selector, then the reduction."""
     ring_written = False
-    if _kernel_takes(op, input, target):
+    if _kernel_takes(kernel, input, target):
         _check_like_torch(input, target, weight, ignore_index, eps)
         pos, ring_written = _kernel_positions(
             input, target, weight, int(ignore_index), eps, z_scale, softcap, selector, recorded

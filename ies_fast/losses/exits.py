@@ -16,16 +16,16 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_choice, check_int
+
 EXIT_REDUCTIONS = ("mean", "sum", "weights", "per_exit")
 
 
 def check_exit_config(num_exits, exit_reduction, exit_weights) -> tuple:
     """Validate IES's multi-exit arguments; returns ``(num_exits, exit_reduction,
     exit_weights as a tuple of floats or None)``."""
-    if isinstance(num_exits, bool) or not isinstance(num_exits, int) or num_exits < 1:
-        raise ValueError(f"num_exits must be a positive int, got {num_exits!r}")
-    if exit_reduction not in EXIT_REDUCTIONS:
-        raise ValueError(f"exit_reduction must be one of {EXIT_REDUCTIONS}, got {exit_reduction!r}")
+    check_int("num_exits", num_exits, min=1)
+    check_choice("exit_reduction", exit_reduction, EXIT_REDUCTIONS)
     if exit_weights is None:
         if exit_reduction == "weights":
             raise ValueError("exit_weights is required with exit_reduction='weights'")

@@ -4,9 +4,8 @@
   of ``rule.py``; per-exit decisions in ``per_exit.py``; the collapse guard
   (``floor.py``) and the re-scoring schedule (``schedule.py``);
 * :class:`InfoBatch`, :class:`RandomRemoval`: the baselines it is compared with;
-* :class:`PatienceStopper` (``stopping.py``): stopping a run on a plateau or when
-  every sample is mastered; :func:`score` (``scoring.py``): the forward-only pass
-  over removed samples.
+:func:`score` (``scoring.py``): the forward-only pass over removed samples.
+(:class:`ies_fast.PatienceStopper`, stopping a run on a plateau, is ``ies_fast/stopping.py``.)
 
 :func:`make_selector` builds any of them by name.
 """
@@ -25,7 +24,7 @@ KINDS = {"ies": IES, "infobatch": InfoBatch, "random": RandomRemoval}
 def make_selector(kind: str, num_samples: int, **kwargs) -> Selector:
     """A selector by name: ``"ies"`` (``exit_reduction="per_exit"`` gives a
     :class:`PerExitIES`), ``"infobatch"`` or ``"random"``; keyword arguments go to its
-    constructor."""
+    constructor. The one place that picks a class from arguments."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if kind == "ies" and kwargs.get("exit_reduction") == "per_exit":

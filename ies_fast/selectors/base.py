@@ -1,6 +1,6 @@
 """What every sample selector shares: the keep mask, the kept index list built on
 device, input checks on ``index``, the recording interface a loss uses, and the
-``state_dict`` contract (the checks are in :mod:`ies_fast.io.state_checks`).
+``state_dict`` contract (the checks are in :mod:`ies_fast.checks`).
 
 Concrete selectors (:class:`ies_fast.IES`, :class:`ies_fast.InfoBatch`,
 :class:`ies_fast.RandomRemoval`) implement ``observe``, ``record``, ``step``,
@@ -18,13 +18,9 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import backend as _backend
-from ..ops import dispatch
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+from .. import checks as check
+from ..checks import check_int
+from ..ops.compact import compact
 
 
 class Ring(NamedTuple):
@@ -37,21 +33,6 @@ class Ring(NamedTuple):
     backend: str
 
 
-def _check_fits(num_samples: int, bytes_per_sample: int, device: torch.device, what: str) -> None:
-    """Raise ``ValueError`` naming ``num_samples`` when ``what``'s per-sample state
-    would not fit in ``device``'s memory (rather than an allocator's message)."""
-    need = num_samples * bytes_per_sample
-    if device.type == "cuda":
-        have = torch.cuda.get_device_properties(device).total_memory
-    else:
-        from ..io.run_folder import memory_bytes
-
-        have = memory_bytes()
-    if need > have:
-        raise ValueError(f"num_samples={num_samples}: {what} needs at least {need} bytes ({need / 2**30:.1f} GiB) "
-                         f"of per-sample state, more than the {have / 2**30:.1f} GiB of {device}")
-
-
 class Selector:
     """Base class: subclasses set ``num_samples``, ``device``, ``backend`` and ``epoch``."""
 
@@ -59,19 +40,26 @@ class Selector:
     KIND: str
     VERSION: int
     TOTALS: tuple = ()
+    #: the totals counted at most once per sample per closed epoch (checked against ``sample_epochs``)
+    BOUNDED_TOTALS: tuple = ("backward_saved",)
     num_samples: int
     device: torch.device
     backend: str = "auto"
     epoch: int = 0
+    #: whether :meth:`loss_weights` may return weights other than 1 (wrappers that cannot
+    #: reweight the training loss refuse such a selector by name)
+    REWEIGHTS: bool = False
 
     def __init__(self, num_samples: int, device=None, backend: str = "auto"):
-        self.num_samples = _check_positive_int("num_samples", num_samples)
+        self.num_samples = check_int("num_samples", num_samples, min=1)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if self.device.type == "meta":
             raise ValueError("device='meta' holds no data: a selector keeps per-sample state on a real device")
         if backend not in _backend.BACKENDS:
             raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
         self.backend = backend
+        #: the concrete backend every op of this selector runs on (resolved here and at ``to()``)
+        self.kernel_backend = _backend.resolve_backend(backend, self.device)
         self.removal_enabled = True
         self._kept_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._kept_list: Optional[torch.Tensor] = None
@@ -127,6 +115,15 @@ class Selector:
         InfoBatch rescales kept low-loss samples; IES does not."""
         return None
 
+    def training_loss(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The batch's loss to backpropagate: the mean of ``per_sample_loss`` ``[B]``
+        times :meth:`loss_weights` (the plain mean when the selector does not reweight).
+        The wrappers use it so that any selector trains with its own weighting."""
+        weights = self.loss_weights(index)
+        if weights is None:
+            return per_sample_loss.mean()
+        return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()
+
     def needs_scoring(self) -> bool:
         """Whether a forward-only scoring pass over :meth:`scoring_mask` should run this epoch."""
         return False
@@ -160,7 +157,7 @@ class Selector:
         return {}
 
     def _state_header(self) -> dict:
-        """What every ``state_dict`` starts with (checked by ``state_checks.header``)."""
+        """What every ``state_dict`` starts with (checked by :func:`ies_fast.checks.header`)."""
         return {"kind": self.KIND, "version": self.VERSION, "num_samples": self.num_samples}
 
     def _saving_stats(self, totals: dict) -> dict:
@@ -177,9 +174,47 @@ class Selector:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`: validate all of it first, then apply (a bad state
-        raises ``ValueError`` naming the key and changes nothing)."""
-        raise NotImplementedError
+        """Restore a :meth:`state_dict`: validate all of it first (:meth:`check_state`),
+        then apply it (:meth:`apply_state`); a bad state raises ``ValueError`` naming
+        the key and changes nothing."""
+        self.apply_state(self.check_state(state))
+
+    def check_state(self, state, where: str = "state_dict") -> dict:
+        """Validate ``state`` whole, changing nothing; returns the values
+        :meth:`apply_state` applies. Here: the fields every selector has (header,
+        ``num_samples``, ``epoch``, ``removal_enabled``, ``totals``); subclasses
+        extend it with their own."""
+        check.header(state, self.KIND, self.VERSION, where)
+        check.matches(state, "num_samples", self.num_samples, where)
+        epoch = check.epoch(state, where=where)
+        totals = check.tensor(state, "totals", (len(self.TOTALS),), torch.int64, where, low=0)
+        check.totals(totals, self.TOTALS, epoch, self.num_samples, where, bounded=self.BOUNDED_TOTALS)
+        return {"epoch": epoch, "removal_enabled": check.boolean(state, "removal_enabled", where), "totals": totals}
+
+    def apply_state(self, values: dict) -> None:
+        """Apply what :meth:`check_state` returned (cannot fail); subclasses extend it."""
+        self.totals.copy_(values["totals"].to(self.device))
+        self.epoch, self.removal_enabled = values["epoch"], values["removal_enabled"]
+        self._pending_scored.zero_()
+        self._invalidate()
+
+    def to(self, device) -> "Selector":
+        """Move the per-sample state (every tensor attribute) to ``device``; returns
+        ``self``. A selector that draws from a ``torch.Generator`` (InfoBatch,
+        RandomRemoval) cannot carry its random stream to another device: build it there."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        if isinstance(getattr(self, "generator", None), torch.Generator):
+            raise ValueError(f"{type(self).__name__} draws from a random generator on {self.device}, which cannot "
+                             f"move to {device}: build it with device={str(device)!r}")
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        self.device = device
+        self.kernel_backend = _backend.resolve_backend(self.backend, device)
+        self._invalidate()
+        return self
 
     # ---- the mask and the index list -------------------------------------------------
 
@@ -190,8 +225,7 @@ class Selector:
         """``(buffer, count)``: ``buffer[:count]`` are the kept sample indices in
         ascending order; ``count`` stays on the device (no host sync)."""
         if self._kept_cache is None:
-            op = _backend.resolve(self.backend, self.device, "compact")
-            self._kept_cache = dispatch.compact(op, self.kept_mask())
+            self._kept_cache = compact(self.kernel_backend, self.kept_mask())
         return self._kept_cache
 
     def kept_indices(self) -> torch.Tensor:

@@ -24,15 +24,19 @@ import math
 
 import torch
 
+from ..checks import check_int
+
 
 def kept_count(min_kept, num_samples: int) -> int:
     """``min_kept`` as a sample count: an int is a count in ``[0, num_samples]``, a float
     a fraction of the data set in ``[0, 1]`` (rounded up), as ``--min-kept`` takes it."""
     if isinstance(min_kept, float) and math.isfinite(min_kept) and 0.0 <= min_kept <= 1.0:
         return math.ceil(min_kept * num_samples)
-    if isinstance(min_kept, bool) or not isinstance(min_kept, int) or not 0 <= min_kept <= num_samples:
-        raise ValueError(f"min_kept must be an int count in [0, num_samples={num_samples}] or a float fraction "
-                         f"in [0, 1], got {min_kept!r}")
+    what = f"an int count in [0, num_samples={num_samples}] or a float fraction in [0, 1]"
+    if isinstance(min_kept, bool) or not isinstance(min_kept, (int, float)):
+        raise TypeError(f"min_kept must be {what}, got {min_kept!r}")
+    if not isinstance(min_kept, int) or not 0 <= min_kept <= num_samples:
+        raise ValueError(f"min_kept must be {what}, got {min_kept!r}")
     return min_kept
 
 
@@ -42,9 +46,7 @@ class KeptFloor:
     def __init__(self, num_samples: int, min_kept=0, *, seed: int = 0):
         self.num_samples = num_samples
         self.min_kept = kept_count(min_kept, num_samples)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        self.seed = seed
+        self.seed = check_int("seed", seed)
 
     def replay_mask(self, mastered: torch.Tensor, epoch: int) -> torch.Tensor:
         """bool ``[S]``: mastered samples to train in epoch ``epoch`` (``min_kept`` minus

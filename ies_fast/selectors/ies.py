@@ -7,15 +7,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import backend as _backend
-from ..io import state_checks as check
+from .. import checks as check
 from .rule import check_rule, decision_threshold, history_length
 from .floor import KeptFloor
-from ..ops import dispatch
+from ..ops import ring as ring_ops
 from ..losses.exits import check_exit_config, reduce_exits
 from ..ops.ring.reference import EPOCH_STATS, NOT_SEEN
 from .schedule import ScoringSchedule
-from .base import Ring, Selector, _check_fits, _check_positive_int
+from ..checks import check_fits, check_int
+from .base import Ring, Selector
 
 #: running totals kept on device (no host sync while training)
 TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "reincluded", "scored")
@@ -25,18 +25,7 @@ TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "reincluded", "scored"
 THRESHOLDS = ("absolute", "relative")
 
 
-class _RoutedByExitReduction(type):
-    """``IES(..., exit_reduction=R)`` builds the variant registered for ``R`` in
-    ``IES.variants`` (``"per_exit"``: :class:`ies_fast.selectors.per_exit.PerExitIES`,
-    which registers itself), so ``ies_fast.IES`` stays the one public constructor
-    while each variant lives in its own module. Subclasses are never re-routed."""
-
-    def __call__(cls, *args, **kwargs):
-        variant = cls.__dict__.get("variants", {}).get(kwargs.get("exit_reduction"))
-        return super().__call__(*args, **kwargs) if variant is None else variant(*args, **kwargs)
-
-
-class IES(Selector, metaclass=_RoutedByExitReduction):
+class IES(Selector):
     """Instance-dependent Early Stopping (Yuan et al., ICLR 2025).
 
     A sample is *mastered* after an epoch when it has ``order + window`` recorded
@@ -72,8 +61,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     """
 
     KIND, VERSION, TOTALS = "IES", 1, TOTALS
-    #: exit_reduction -> the class that implements it (filled by the variant's module)
-    variants: dict = {}
+    BOUNDED_TOTALS = ("backward_saved", "nonfinite", "reincluded")
 
     def __init__(
         self,
@@ -99,8 +87,11 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
     ):
         super().__init__(num_samples, device, backend)
         self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction, exit_weights)
+        if self.exit_reduction == "per_exit":
+            raise ValueError("exit_reduction='per_exit' decides per (sample, exit): build it with "
+                             "ies_fast.make_selector('ies', ..., exit_reduction='per_exit') (a PerExitIES)")
         L = check_rule(order, window, k, eligibility)  # the ring length
-        _check_fits(num_samples, 4 * L + 2, self.device, "IES")  # hist, count and mastered at least
+        check_fits(num_samples, 4 * L + 2, self.device, "IES")  # hist, count and mastered at least
         decision_threshold(delta, window)  # rejects a bad delta, or one that rounds to 0
         self.delta = float(delta)
         if threshold not in THRESHOLDS:
@@ -109,7 +100,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         self.loss_scale = 0.0  # "relative": the last epoch's mean recorded loss
         self.order, self.window, self.k, self.eligibility = order, window, k, eligibility
         self.scoring_schedule = ScoringSchedule(num_samples, score_policy,
-                                                score_every=_check_positive_int("score_every", score_every),
+                                                score_every=check_int("score_every", score_every, min=1),
                                                 max_interval=score_max_interval, device=self.device)
         self.distributed = distributed
         self.hist = torch.full((num_samples, L), NOT_SEEN, dtype=torch.float32, device=self.device)
@@ -128,14 +119,11 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
 
     @score_every.setter
     def score_every(self, value: int) -> None:
-        self.scoring_schedule.score_every = _check_positive_int("score_every", value)
+        self.scoring_schedule.score_every = check_int("score_every", value, min=1)
 
     @property
     def history_length(self) -> int:
         return history_length(self.order, self.window, self.k, self.eligibility)
-
-    def _op(self, name: str) -> str:
-        return _backend.resolve(self.backend, self.device, name)
 
     # ---- recording -------------------------------------------------------------------
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
@@ -143,7 +131,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         ``index`` holds the samples' dataset indices. ``scoring=True`` marks a
         forward-only scoring pass (counted in ``stats()["scored_total"]``).
         With ``num_exits=H`` the losses are ``[B, H]``, reduced to ``[B]`` by
-        ``exit_reduction`` (see ``ies_fast/multi_exit.py``).
+        ``exit_reduction`` (see ``ies_fast/losses/exits.py``).
         No host synchronisation on CUDA."""
         if not isinstance(per_sample_loss, torch.Tensor):
             raise TypeError(f"per_sample_loss must be a torch.Tensor, got {type(per_sample_loss).__name__}")
@@ -163,7 +151,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         loss = per_sample_loss.detach()
         if loss.device != self.device:  # .to() costs ~5 µs even when it does nothing
             loss = loss.to(self.device, non_blocking=True)
-        dispatch.record(self._op("record"), self.hist, self.count, loss, index)
+        ring_ops.record(self.kernel_backend, self.hist, self.count, loss, index)
 
     def ring(self):
         """The ring, when a kernel's direct write equals :meth:`record` (this class's own
@@ -172,7 +160,7 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
             return None
         ring = getattr(self, "_ring", None)
         if ring is None or ring.hist is not self.hist or ring.count is not self.count:
-            ring = self._ring = Ring(self.hist, self.count, self._op("record"))  # resolved once, not per call
+            ring = self._ring = Ring(self.hist, self.count, self.kernel_backend)
         return ring
 
     def _reduce_exits(self, per_sample_loss: torch.Tensor) -> torch.Tensor:
@@ -202,8 +190,8 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         tracked = self.scoring_schedule.policy != "every"
         if tracked:
             observed, was_mastered = self._observed_this_epoch(), self.mastered.clone()
-        stats = dispatch.close_epoch(
-            self._op("close_epoch"), self.hist, self.count, self.mastered,
+        stats = ring_ops.close_epoch(
+            self.kernel_backend, self.hist, self.count, self.mastered,
             self.order, self.window, self.k, self._epoch_threshold(),
         )
         if tracked:
@@ -223,18 +211,22 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         keeps the last scale)."""
         if self.threshold == "absolute":
             return decision_threshold(self.delta, self.window)
-        slot = (self.count.long() % self.history_length).unsqueeze(1)
-        current = self.hist.gather(1, slot).squeeze(1)
+        current = self._current_losses()
         finite = (current > NOT_SEEN) & torch.isfinite(current)
         n = int(finite.sum())
         if n:
             self.loss_scale = float(torch.where(finite, current, torch.zeros_like(current)).sum(dtype=torch.float64)) / n
         return float(np.float32(self.delta * self.window * self.loss_scale))
 
+    def _current_losses(self) -> torch.Tensor:
+        """fp32 ``[S]``: the ring slot of the epoch being closed (``NOT_SEEN`` where nothing
+        was recorded)."""
+        slot = (self.count.long() % self.history_length).unsqueeze(1)
+        return self.hist.gather(1, slot).squeeze(1)
+
     def _observed_this_epoch(self) -> torch.Tensor:
         """bool ``[S]``: samples with a loss recorded in the epoch being closed."""
-        slot = (self.count.long() % self.history_length).unsqueeze(1)
-        return self.hist.gather(1, slot).squeeze(1) > NOT_SEEN
+        return self._current_losses() > NOT_SEEN
 
     def _merge_ranks(self) -> None:
         if not (self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -312,12 +304,12 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
         from the state (they override the constructor's), as do ``epoch`` and
         ``removal_enabled``. The whole state is checked first: a bad one raises
         ``ValueError`` naming the key and changes nothing."""
-        self._apply_state(self._checked_state(state))
+        super().load_state_dict(state)
 
-    def _checked_state(self, state, where: str = "state_dict") -> dict:
-        """Validate ``state`` whole (nothing is changed); returns what :meth:`_apply_state` applies."""
-        check.header(state, self.KIND, self.VERSION, where)
-        for name in ("num_samples", "order", "window"):
+    def check_state(self, state, where: str = "state_dict") -> dict:
+        """Validate ``state`` whole (nothing is changed); returns what :meth:`apply_state` applies."""
+        values = super().check_state(state, where)
+        for name in ("order", "window"):
             check.matches(state, name, getattr(self, name), where)
         check.matches(state, "k", self.k, where, default=1)  # states from before k and eligibility
         check.matches(state, "eligibility", self.eligibility, where, default="paper")
@@ -328,59 +320,48 @@ class IES(Selector, metaclass=_RoutedByExitReduction):
             decision_threshold(delta, self.window)
         except ValueError as exc:
             raise ValueError(f"{where}['delta']: {exc}") from None
-        values = {
+        values.update({
             "delta": delta,
             "score_every": check.integer(state, "score_every", low=1, where=where,
                                          high=self.scoring_schedule.max_interval  # backoff: the first interval
                                          if self.scoring_schedule.policy == "backoff" else check.MAX_EPOCH),
-            "epoch": check.epoch(state, where=where),
-            "removal_enabled": check.boolean(state, "removal_enabled", where),
             # +inf / -inf are the ring's sentinels (NONFINITE / NOT_SEEN); NaN is never stored
             "hist": check.tensor(state, "hist", (S, L), torch.float32, where, no_nan=True),
             "count": check.tensor(state, "count", (S,), torch.uint8, where, high=2 * L - 1),
             "mastered": check.tensor(state, "mastered", (S,), torch.bool, where),
-            "totals": check.tensor(state, "totals", (len(TOTALS),), torch.int64, where, low=0),
             "last": check.tensor(state, "last", (len(EPOCH_STATS),), torch.int64, where, low=0),
             # states from before the collapse guard have no replay mask
             "replay": (check.tensor(state, "replay", tuple(self.replay.shape), torch.bool, where) if "replay" in state
                        else torch.zeros_like(self.replay)),
-            "scoring_schedule": state.get("scoring_schedule", {"policy": "every"}),
-        }
-        self.scoring_schedule.check_state(values["scoring_schedule"])
+            "scoring_schedule": self.scoring_schedule.check_state(state.get("scoring_schedule", {"policy": "every"})),
+        })
         self._check_relations(values, where)
         return values
 
     def _check_relations(self, values: dict, where: str) -> None:
         """What relates the fields: only a sample with a full history (``count >= L``)
         can be mastered, only a mastered one replayed; the totals agree with the
-        epoch (:func:`ies_fast.state_checks.totals`); the last epoch's counts are of
-        at most ``num_samples`` samples."""
+        epoch (:meth:`Selector.check_state`); the last epoch's counts are of at most
+        ``num_samples`` samples."""
         early = values["mastered"] & (values["count"] < self.history_length)
         if bool(early.any()):
             raise ValueError(f"{where}['mastered'] marks {int(early.sum())} samples with fewer than "
                              f"{self.history_length} recorded losses ('count') as mastered")
         if values["replay"].numel() and bool((values["replay"] & ~values["mastered"]).any()):
             raise ValueError(f"{where}['replay'] marks samples that are not mastered")
-        check.totals(values["totals"], TOTALS, values["epoch"], self.num_samples, where,
-                     bounded=("backward_saved", "nonfinite", "reincluded"))
         check.at_most(values["last"], EPOCH_STATS, self.num_samples, where, "last")
 
-    def _apply_state(self, values: dict) -> None:
-        for name in ("hist", "count", "mastered", "totals", "last", "replay"):
+    def apply_state(self, values: dict) -> None:
+        for name in ("hist", "count", "mastered", "last", "replay"):
             getattr(self, name).copy_(values[name].to(self.device))
-        self.scoring_schedule.load_state_dict(values["scoring_schedule"])
+        self.scoring_schedule.apply_state(values["scoring_schedule"])
         self.delta, self.score_every = values["delta"], values["score_every"]
-        self.epoch, self.removal_enabled = values["epoch"], values["removal_enabled"]
-        self._pending_scored.zero_()
-        self._invalidate()
+        super().apply_state(values)
 
     def to(self, device) -> "IES":
         """Move the state to ``device`` (returns ``self``)."""
-        self.device = torch.device(device)
-        for name in ("hist", "count", "mastered", "totals", "last", "replay", "_pending_scored", "_deferred_errors"):
-            setattr(self, name, getattr(self, name).to(self.device))
+        super().to(device)
         self.scoring_schedule.to(self.device)
-        self._invalidate()
         return self
 
     def __repr__(self) -> str:

@@ -23,8 +23,9 @@ import math
 import torch
 import torch.distributed as dist
 
-from ..io import state_checks as check
-from .base import Selector, _check_positive_int
+from .. import checks as check
+from ..checks import check_fraction, check_int
+from .base import Selector
 
 #: the original's initial score (``torch.ones(N) * 3``): every sample ties, so epoch 0 prunes nothing
 INITIAL_SCORE = 3.0
@@ -32,20 +33,6 @@ INITIAL_SCORE = 3.0
 TOTALS = ("backward_saved", "sample_epochs", "nonfinite", "scored")
 #: what the last ``step()`` decided, kept on device
 LAST = ("well_learned", "pruned")
-
-
-def _check_fraction(name: str, value, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    return seed
 
 
 class InfoBatch(Selector):
@@ -60,6 +47,7 @@ class InfoBatch(Selector):
     """
 
     KIND, VERSION, TOTALS = "InfoBatch", 1, TOTALS
+    REWEIGHTS = True
 
     def __init__(
         self,
@@ -74,12 +62,12 @@ class InfoBatch(Selector):
         distributed: bool = True,
     ):
         super().__init__(num_samples, device, backend)
-        self.num_epochs = _check_positive_int("num_epochs", num_epochs)
+        self.num_epochs = check_int("num_epochs", num_epochs, min=1)
         # the original clamps keep_ratio to [0.1, 1] silently; we refuse instead
-        self.prune_ratio = _check_fraction("prune_ratio", prune_ratio, 0.0, 0.9)
-        self.delta = _check_fraction("delta", delta, 0.0, 1.0)
+        self.prune_ratio = check_fraction("prune_ratio", prune_ratio, 0.0, 0.9)
+        self.delta = check_fraction("delta", delta)
         self.keep_ratio = 1.0 - self.prune_ratio
-        self.seed = _check_seed(seed)
+        self.seed = check_int("seed", seed, min=0)
         self.distributed = distributed
         N = num_samples
         # slot N is a sink for rows that must not be recorded (bad index on CUDA)
@@ -243,32 +231,33 @@ class InfoBatch(Selector):
         and ``delta`` must match this object's; ``seed`` (and the generator) come from
         the state. The whole state is checked first: a bad one raises ``ValueError``
         naming the key and changes nothing."""
-        check.header(state, self.KIND, self.VERSION)
-        for name in ("num_samples", "num_epochs", "prune_ratio", "delta"):
-            check.matches(state, name, getattr(self, name))
+        super().load_state_dict(state)
+
+    def check_state(self, state, where: str = "state_dict") -> dict:
+        values = super().check_state(state, where)
+        for name in ("num_epochs", "prune_ratio", "delta"):
+            check.matches(state, name, getattr(self, name), where)
         N = self.num_samples
         tensors = {
             # scores: the initial 3.0 or observed (finite) losses; fresh: -inf until observed
-            "scores": check.tensor(state, "scores", (N + 1,), torch.float32, finite=True),
-            "_fresh": check.tensor(state, "fresh", (N + 1,), torch.float32, no_nan=True),
-            "pruned": check.tensor(state, "pruned", (N,), torch.bool),
-            "weights": check.tensor(state, "weights", (N + 1,), torch.float32, finite=True, low=0.0),
-            "totals": check.tensor(state, "totals", (len(TOTALS),), torch.int64, low=0),
-            "last": check.tensor(state, "last", (len(LAST),), torch.int64, low=0),
+            "scores": check.tensor(state, "scores", (N + 1,), torch.float32, where, finite=True),
+            "_fresh": check.tensor(state, "fresh", (N + 1,), torch.float32, where, no_nan=True),
+            "pruned": check.tensor(state, "pruned", (N,), torch.bool, where),
+            "weights": check.tensor(state, "weights", (N + 1,), torch.float32, where, finite=True, low=0.0),
+            "last": check.tensor(state, "last", (len(LAST),), torch.int64, where, low=0),
         }
         if bool((tensors["_fresh"] == math.inf).any()):
-            raise ValueError("state_dict['fresh'] holds +inf (non-finite losses are never recorded)")
-        rng = check.generator_state(state, "rng", self.device)
-        seed, epoch = check.integer(state, "seed", high=2**64 - 1), check.epoch(state)
-        removal_enabled = check.boolean(state, "removal_enabled")
-        check.totals(tensors["totals"], TOTALS, epoch, N)
-        check.at_most(tensors["last"], LAST, N, "state_dict", "last")
-        for name, t in tensors.items():
+            raise ValueError(f"{where}['fresh'] holds +inf (non-finite losses are never recorded)")
+        check.at_most(tensors["last"], LAST, N, where, "last")
+        return {**values, "tensors": tensors, "rng": check.generator_state(state, "rng", self.device, where),
+                "seed": check.integer(state, "seed", high=2**64 - 1, where=where)}
+
+    def apply_state(self, values: dict) -> None:
+        for name, t in values["tensors"].items():
             getattr(self, name).copy_(t.to(self.device))
-        self.generator.set_state(rng)
-        self.seed, self.epoch, self.removal_enabled = seed, epoch, removal_enabled
-        self._pending_scored.zero_()
-        self._invalidate()
+        self.generator.set_state(values["rng"])
+        self.seed = values["seed"]
+        super().apply_state(values)
 
     def __repr__(self) -> str:
         return (

@@ -4,17 +4,19 @@ mastered decision. :meth:`PerExitIES.exit_mask` says which terms to keep in the
 loss, :func:`ies_fast.multi_exit_loss` combines them, and a sample leaves the
 loader (``removed_mask``) only when all its exits are mastered.
 
-Built by ``ies_fast.IES(..., exit_reduction="per_exit")`` or
-``ies_fast.make_selector("ies", ..., exit_reduction="per_exit")``.
+Built by ``ies_fast.make_selector("ies", ..., exit_reduction="per_exit")`` or
+``ies_fast.PerExitIES(...)``.
 """
 from __future__ import annotations
 
 import torch
 
-from ..io import state_checks as check
-from ..losses.exits import check_losses
-from ..ops import dispatch
-from .ies import IES, TOTALS
+from .. import checks as check
+from ..losses.exits import check_exit_config, check_losses
+from .base import Selector
+from .floor import kept_count
+from .ies import IES, TOTALS  # the same totals layout (sample level; the terms' are the inner IES's)
+
 
 def virtual_index(index: torch.Tensor, num_exits: int) -> torch.Tensor:
     """int64 ``[B * H]``: ``index * H + h`` row-major (rows with ``index < 0`` stay -1)."""
@@ -31,31 +33,42 @@ def gather_rows(mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 # ---- per_exit: one history per (sample, exit) ---------------------------------------
-class PerExitIES(IES):
-    """:class:`ies_fast.IES` with ``exit_reduction="per_exit"`` (what ``IES(...,
-    exit_reduction="per_exit")`` builds). Decisions are per (sample, exit) and live in
-    an inner IES over ``num_samples * num_exits`` virtual samples; this object's
-    ``mastered`` is "all exits mastered", which is what leaves the loader."""
+class PerExitIES(Selector):
+    """IES with a decision per (sample, exit): it owns an :class:`ies_fast.IES`
+    (:attr:`exits`) over ``num_samples * num_exits`` virtual samples, and a sample
+    is removed (``mastered_mask``) when all its exits are mastered. Built by
+    ``make_selector("ies", ..., exit_reduction="per_exit")`` or directly; the
+    arguments are :class:`ies_fast.IES`'s (``score_policy="every"`` and
+    ``min_kept=0`` only)."""
 
-    KIND = "IES-per-exit"
+    KIND, VERSION, TOTALS = "IES-per-exit", 1, TOTALS
+    BOUNDED_TOTALS = ("backward_saved",)
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("exit_reduction", "per_exit")
-        if kwargs["exit_reduction"] != "per_exit":
-            raise ValueError(f"PerExitIES needs exit_reduction='per_exit', got {kwargs['exit_reduction']!r}")
-        super().__init__(*args, **kwargs)
-        if self.scoring_schedule.policy != "every" or self.kept_floor.min_kept:
+    def __init__(self, num_samples: int, delta: float = 1e-3, order: int = 2, window: int = 3, device=None, *,
+                 num_exits: int = 2, exit_reduction: str = "per_exit", exit_weights=None, k: int = 1,
+                 eligibility: str = "paper", score_every: int = 1, backend: str = "auto", distributed: bool = True,
+                 score_policy: str = "every", score_max_interval: int = 8, min_kept=0, seed: int = 0):
+        super().__init__(num_samples, device, backend)
+        if exit_reduction != "per_exit":
+            raise ValueError(f"PerExitIES needs exit_reduction='per_exit', got {exit_reduction!r}")
+        self.num_exits, self.exit_reduction, self.exit_weights = check_exit_config(num_exits, exit_reduction,
+                                                                                   exit_weights)
+        if score_policy != "every" or kept_count(min_kept, num_samples):
             raise ValueError("exit_reduction='per_exit' supports score_policy='every' and min_kept=0 only")
-        H = self.num_exits
-        self.exits = IES(
-            self.num_samples * H, self.delta, self.order, self.window, self.device,
-            k=self.k, eligibility=self.eligibility,
-            score_every=self.score_every, backend=self.backend, distributed=self.distributed,
-        )
-        # the sample-level ring is unused here: record through observe() (cross_entropy(selector=...)
-        # writes a single head's losses and is not meaningful for a per-exit selector)
-        self.hist = self.hist[:0]
-        self.count = self.count[:0]
+        self.exits = IES(num_samples * self.num_exits, delta, order, window, self.device, k=k,
+                         eligibility=eligibility, score_every=score_every, backend=backend, distributed=distributed,
+                         score_max_interval=score_max_interval)
+        self.mastered = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
+        self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
+
+    # the inner selector's settings, read through
+    delta = property(lambda self: self.exits.delta)
+    order = property(lambda self: self.exits.order)
+    window = property(lambda self: self.exits.window)
+    k = property(lambda self: self.exits.k)
+    eligibility = property(lambda self: self.exits.eligibility)
+    score_every = property(lambda self: self.exits.score_every)
+    history_length = property(lambda self: self.exits.history_length)
 
     # recording
     def observe(self, per_sample_loss: torch.Tensor, index: torch.Tensor, *, scoring: bool = False) -> None:
@@ -64,11 +77,13 @@ class PerExitIES(IES):
         index = self.check_index(index, losses.shape[0])
         if losses.shape[0] == 0:
             return
-        inner = self.exits
-        v = virtual_index(index, self.num_exits)
-        dispatch.record(inner._op("record"), inner.hist, inner.count, losses.detach().reshape(-1).to(self.device), v)
+        self.exits.record(losses.detach().reshape(-1), virtual_index(index, self.num_exits))
         if scoring:
-            inner.count_scored(index.numel())
+            self.count_scored(index.numel())
+
+    def record(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> None:
+        raise TypeError("a PerExitIES records [B, num_exits] losses through observe() "
+                        "(ies_fast.per_exit_cross_entropy), not one loss per sample")
 
     def step(self) -> None:
         """Close the epoch for every (sample, exit); a sample is mastered (removed)
@@ -77,6 +92,8 @@ class PerExitIES(IES):
         if self.removal_enabled:
             self.totals[TOTALS.index("backward_saved")] += self.mastered.sum()
         self.totals[TOTALS.index("sample_epochs")] += self.num_samples
+        self.exits.count_scored(self._pending_scored[0])
+        self._pending_scored.zero_()
         self.exits.step()
         self.mastered.copy_(self.exit_mastered_mask().all(dim=1))
         self.epoch += 1
@@ -87,9 +104,19 @@ class PerExitIES(IES):
         self.exits.set_removal(enabled)
 
     # the decision
+    def mastered_mask(self) -> torch.Tensor:
+        """bool ``[num_samples]``: samples with every exit mastered at the last step()."""
+        return self.mastered
+
+    def removed_mask(self) -> torch.Tensor:
+        return self.mastered if self.removal_enabled else torch.zeros_like(self.mastered)
+
+    def needs_scoring(self) -> bool:
+        return self.exits.needs_scoring()
+
     def exit_mastered_mask(self) -> torch.Tensor:
         """bool ``[num_samples, num_exits]``: (sample, exit) pairs mastered at the last step()."""
-        return self.exits.mastered.view(self.num_samples, self.num_exits)
+        return self.exits.mastered_mask().view(self.num_samples, self.num_exits)
 
     def exit_mask(self, index: torch.Tensor) -> torch.Tensor:
         """bool ``[B, num_exits]``: True where the term enters this step's loss (its
@@ -143,41 +170,32 @@ class PerExitIES(IES):
             "exits": self.exits.state_dict(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`. ``num_samples``, ``num_exits`` and
-        ``exit_weights`` must match, and the inner per-(sample, exit) state follows
-        :meth:`IES.load_state_dict`'s rules (``delta`` and ``score_every`` come from
-        it). The whole state, inner one included, is checked first: a bad one raises
-        ``ValueError`` naming the key and changes nothing."""
-        check.header(state, self.KIND, self.VERSION)
-        check.matches(state, "num_samples", self.num_samples)
-        check.matches(state, "num_exits", self.num_exits)
+    def check_state(self, state, where: str = "state_dict") -> dict:
+        """``num_samples``, ``num_exits`` and ``exit_weights`` must match; the inner
+        per-(sample, exit) state follows :meth:`IES.check_state` (``delta`` and
+        ``score_every`` come from it)."""
+        values = super().check_state(state, where)
+        check.matches(state, "num_exits", self.num_exits, where)
         weights = state.get("exit_weights")
         if (None if weights is None else tuple(weights) if isinstance(weights, (list, tuple)) else weights) != self.exit_weights:
-            raise ValueError(f"state_dict['exit_weights']={weights!r} does not match this object's "
+            raise ValueError(f"{where}['exit_weights']={weights!r} does not match this object's "
                              f"exit_weights={self.exit_weights!r}")
-        mastered = check.tensor(state, "mastered", (self.num_samples,), torch.bool)
-        totals = check.tensor(state, "totals", (len(TOTALS),), torch.int64, low=0)
-        epoch, removal_enabled = check.epoch(state), check.boolean(state, "removal_enabled")
-        check.totals(totals, TOTALS, epoch, self.num_samples)
         if "exits" not in state:
-            raise ValueError("state_dict['exits'] is missing")
-        inner = self.exits._checked_state(state["exits"], where="state_dict['exits']")
-        self.exits._apply_state(inner)
-        self.mastered.copy_(mastered.to(self.device))
-        self.totals.copy_(totals.to(self.device))
-        self.delta, self.score_every = self.exits.delta, self.exits.score_every
-        self.epoch, self.removal_enabled = epoch, removal_enabled
-        self._pending_scored.zero_()
-        self._invalidate()
+            raise ValueError(f"{where}['exits'] is missing")
+        return {**values, "mastered": check.tensor(state, "mastered", (self.num_samples,), torch.bool, where),
+                "exits": self.exits.check_state(state["exits"], where=f"{where}['exits']")}
+
+    def apply_state(self, values: dict) -> None:
+        self.exits.apply_state(values["exits"])
+        self.mastered.copy_(values["mastered"].to(self.device))
+        super().apply_state(values)
 
     def to(self, device) -> "PerExitIES":
         super().to(device)
-        self.exits.to(device)
+        self.exits.to(self.device)
         return self
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", num_exits={self.num_exits}, exit_reduction='per_exit')"
-
-
-IES.variants["per_exit"] = PerExitIES
+        return (f"PerExitIES(num_samples={self.num_samples}, num_exits={self.num_exits}, delta={self.delta}, "
+                f"order={self.order}, window={self.window}, k={self.k}, eligibility={self.eligibility!r}, "
+                f"device={self.device}, backend={self.backend!r})")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..io import state_checks as check
-from .infobatch import _check_fraction, _check_seed
+from .. import checks as check
+from ..checks import check_fraction, check_int
 from .base import Selector
 
 TOTALS = ("backward_saved", "sample_epochs", "scored")
@@ -23,8 +23,8 @@ class RandomRemoval(Selector):
 
     def __init__(self, num_samples: int, ratio: float, device=None, seed: int = 0, *, backend: str = "auto"):
         super().__init__(num_samples, device, backend)
-        self.ratio = _check_fraction("ratio", ratio, 0.0, 1.0)
-        self.seed = _check_seed(seed)
+        self.ratio = check_fraction("ratio", ratio)
+        self.seed = check_int("seed", seed, min=0)
         self.num_removed = round(self.ratio * self.num_samples)
         self.removed = torch.zeros(self.num_samples, dtype=torch.bool, device=self.device)
         self.totals = torch.zeros(len(TOTALS), dtype=torch.int64, device=self.device)
@@ -82,23 +82,22 @@ class RandomRemoval(Selector):
         """Restore a :meth:`state_dict`. ``num_samples`` and ``ratio`` must match this
         object's; ``seed`` (and the generator) come from the state. The whole state is
         checked first: a bad one raises ``ValueError`` naming the key and changes nothing."""
-        check.header(state, self.KIND, self.VERSION)
-        check.matches(state, "num_samples", self.num_samples)
-        check.matches(state, "ratio", self.ratio)
-        removed = check.tensor(state, "removed", (self.num_samples,), torch.bool)
+        super().load_state_dict(state)
+
+    def check_state(self, state, where: str = "state_dict") -> dict:
+        values = super().check_state(state, where)
+        check.matches(state, "ratio", self.ratio, where)
+        removed = check.tensor(state, "removed", (self.num_samples,), torch.bool, where)
         if int(removed.sum()) != self.num_removed:
-            raise ValueError(f"state_dict['removed'] must mark exactly {self.num_removed} samples")
-        totals = check.tensor(state, "totals", (len(TOTALS),), torch.int64, low=0)
-        rng = check.generator_state(state, "rng", self.device)
-        seed, epoch = check.integer(state, "seed", high=2**64 - 1), check.epoch(state)
-        removal_enabled = check.boolean(state, "removal_enabled")
-        check.totals(totals, TOTALS, epoch, self.num_samples)
-        self.removed.copy_(removed.to(self.device))
-        self.totals.copy_(totals.to(self.device))
-        self.generator.set_state(rng)
-        self.seed, self.epoch, self.removal_enabled = seed, epoch, removal_enabled
-        self._pending_scored.zero_()
-        self._invalidate()
+            raise ValueError(f"{where}['removed'] must mark exactly {self.num_removed} samples")
+        return {**values, "removed": removed, "rng": check.generator_state(state, "rng", self.device, where),
+                "seed": check.integer(state, "seed", high=2**64 - 1, where=where)}
+
+    def apply_state(self, values: dict) -> None:
+        self.removed.copy_(values["removed"].to(self.device))
+        self.generator.set_state(values["rng"])
+        self.seed = values["seed"]
+        super().apply_state(values)
 
     def __repr__(self) -> str:
         return f"RandomRemoval(num_samples={self.num_samples}, ratio={self.ratio}, device={self.device}, seed={self.seed})"

@@ -31,6 +31,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..checks import check_choice, check_float, check_int
+
 ORDERS = (0, 1, 2, 3)
 #: ``"paper"``: eligible with the ``order + window + k - 1`` losses the score uses;
 #: ``"official"``: as tmllab/2025_ICLR_IES cifar_main.py, one loss more
@@ -41,28 +43,15 @@ MAX_HISTORY = 120
 
 def check_order(order) -> int:
     """``order`` as an int in :data:`ORDERS` (TypeError for a float or bool)."""
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"order must be an int in {ORDERS}, got {order!r}")
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    return order
-
-
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return check_int("order", order, min=ORDERS[0], max=ORDERS[-1])
 
 
 def check_rule(order, window, k=1, eligibility="paper") -> int:
     """Validate the rule's parameters; return the ring length they need."""
     check_order(order)
-    _check_count("window", window)
-    _check_count("k", k)
-    if eligibility not in ELIGIBILITY:
-        raise ValueError(f"eligibility must be one of {ELIGIBILITY}, got {eligibility!r}")
+    check_int("window", window, min=1)
+    check_int("k", k, min=1)
+    check_choice("eligibility", eligibility, ELIGIBILITY)
     L = history_length(order, window, k, eligibility)
     if L > MAX_HISTORY:
         raise ValueError(
@@ -82,8 +71,7 @@ def decision_threshold(delta, window: int) -> float:
     Raises ValueError naming ``delta`` when it is negative, not finite, or
     positive but so small that ``θ`` rounds to 0 (it would silently act as δ = 0).
     """
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta < 0:
-        raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+    check_float("delta", delta, min=0)
     with np.errstate(over="ignore"):  # beyond fp32's range: θ = inf, every finite T passes
         theta = float(np.float32(float(delta) * window))
     if delta > 0 and theta == 0.0:

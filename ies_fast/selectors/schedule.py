@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..io.state_checks import MAX_EPOCH
+from ..checks import MAX_EPOCH, check_choice, check_int, integer
 
 POLICIES = ("every", "backoff")
 #: largest ``max_interval`` (fits int16 after doubling)
@@ -33,10 +33,8 @@ class ScoringSchedule:
 
     def __init__(self, num_samples: int, policy: str = "every", *, score_every: int = 1,
                  max_interval: int = 8, device=None):
-        if policy not in POLICIES:
-            raise ValueError(f"score_policy must be one of {POLICIES}, got {policy!r}")
-        if isinstance(max_interval, bool) or not isinstance(max_interval, int) or not 1 <= max_interval <= MAX_INTERVAL:
-            raise ValueError(f"score_max_interval must be an int in [1, {MAX_INTERVAL}], got {max_interval!r}")
+        check_choice("score_policy", policy, POLICIES)
+        check_int("score_max_interval", max_interval, min=1, max=MAX_INTERVAL)
         if policy == "backoff" and max_interval < score_every:
             raise ValueError(f"score_max_interval ({max_interval}) must be at least score_every ({score_every})")
         self.num_samples = num_samples
@@ -82,18 +80,20 @@ class ScoringSchedule:
             state.update(interval=self.interval.clone(), next_due=self.next_due.clone())
         return state
 
-    def check_state(self, state) -> None:
-        """Raise ``ValueError`` naming the field unless ``state`` fits this schedule."""
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`: checked whole first, then applied."""
+        self.apply_state(self.check_state(state))
+
+    def check_state(self, state) -> dict:
+        """``state``, validated whole (nothing changes); ``ValueError`` naming the field
+        unless it fits this schedule."""
         if not isinstance(state, dict):
             raise ValueError("state_dict['scoring_schedule'] must be a dict from ScoringSchedule.state_dict()")
         checked = [("policy", self.policy)]
         if self.policy == "backoff":
             checked.append(("max_interval", self.max_interval))
         elif "max_interval" in state:  # unused by "every", but a state holds a valid one
-            m = state["max_interval"]
-            if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_INTERVAL:
-                raise ValueError(f"state_dict['scoring_schedule']['max_interval'] must be an int in "
-                                 f"[1, {MAX_INTERVAL}], got {m!r}")
+            integer(state, "max_interval", low=1, high=MAX_INTERVAL, where="state_dict['scoring_schedule']")
         for key, mine in checked:
             if state.get(key) != mine:
                 raise ValueError(f"state_dict['scoring_schedule'][{key!r}] is {state.get(key)!r}, "
@@ -110,9 +110,10 @@ class ScoringSchedule:
             high = MAX_EPOCH + self.max_interval  # due epochs are int32: a larger one would wrap
             if bool(((state["next_due"] < 0) | (state["next_due"] > high)).any()):
                 raise ValueError(f"state_dict['scoring_schedule']['next_due'] must lie in [0, {high}]")
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Apply a state already checked by :meth:`check_state`."""
+    def apply_state(self, state: dict) -> None:
+        """Apply a state :meth:`check_state` returned (cannot fail)."""
         if self.policy == "backoff":
             self.interval.copy_(state["interval"].to(self.interval.device))
             self.next_due.copy_(state["next_due"].to(self.next_due.device))

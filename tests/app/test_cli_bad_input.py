@@ -5,15 +5,12 @@ folder, ``bench --out`` naming a file or a read-only place, and bad options.
 ``compare``/``sweep`` keep each data set's runs in its own default folder."""
 import errno
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ies_fast.app.train.loop as loop  # noqa: E402
-from cli_helpers import one_line_error  # noqa: E402
+from _support.cli_helpers import one_line_error  # noqa: E402
 from ies_fast.app.cli import main  # noqa: E402
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4", "--model", "mlp",

@@ -9,7 +9,7 @@ import pytest
 import ies_fast.app.train.loop as loop
 from ies_fast.app.cli import main
 
-from cli_helpers import one_line_error
+from _support.cli_helpers import one_line_error
 
 TINY = ["train", "--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4", "--model", "mlp",
         "--batch-size", "16", "--epochs", "2", "--no-progress", "--no-plot"]

@@ -4,15 +4,12 @@ field (valid digest) ends in one line and exit 2, and the run folder is unchange
 import hashlib
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cli_helpers import one_line_error  # noqa: E402
+from _support.cli_helpers import one_line_error  # noqa: E402
 from ies_fast.app.cli import main  # noqa: E402
 from ies_fast.io.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 

@@ -12,8 +12,8 @@ import pytest
 from ies_fast.app.cli import main
 from ies_fast.app.train.logs import read_rows
 
-from cli_helpers import one_line_error
-from train_fixtures import has_dali
+from _support.cli_helpers import one_line_error
+from _support.train_fixtures import has_dali
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -89,7 +89,7 @@ def test_dist_timeout_ends_the_wait_for_a_frozen_rank():
     after --dist-timeout's value (3 s) instead of gloo's default 600 s."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", os.path.join(ROOT, "tests", "dist_timeout_worker.py"), "3"]
+           f"--master_port={_free_port()}", os.path.join(ROOT, "tests", "_support", "dist_timeout_worker.py"), "3"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
     assert "TIMED OUT" in proc.stdout and "Timed out" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     assert proc.returncode != 0
@@ -97,7 +97,7 @@ def test_dist_timeout_ends_the_wait_for_a_frozen_rank():
 
 def test_imagenet_folder_errors(capsys, tmp_path):
     from ies_fast.app.train.models import import_torchvision
-    from train_fixtures import write_image_folder
+    from _support.train_fixtures import write_image_folder
 
     one_line_error(capsys, ["train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "none"),
                              "--out", str(tmp_path / "o")], "train/<class>", "val/<class>")

@@ -21,10 +21,10 @@ def test_cifar_recipes_follow_the_paper():
 def test_rule_options_reach_the_selector():
     import torch
 
-    from ies_fast.app.train.loop import make_selector
+    from ies_fast.app.train.loop import selector_for_config
 
     c = resolve(TrainConfig(dataset="digits", k=2, eligibility="official", order=1, window=4))
-    sel = make_selector(c, 10, torch.device("cpu"))
+    sel = selector_for_config(c, 10, torch.device("cpu"))
     assert (sel.k, sel.eligibility, sel.history_length) == (2, "official", 1 + 4 + 2 - 1 + 1)
 
 

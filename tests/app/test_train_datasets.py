@@ -14,7 +14,7 @@ import torch
 
 from ies_fast.app.train.datasets import (CIFAR10_MEAN, CIFAR100_STD, DATASETS, IMAGENET_MEAN, TrainData, load_dataset,
                                      scan_image_folder)
-from train_fixtures import write_cifar10, write_cifar100, write_image_folder
+from _support.train_fixtures import write_cifar10, write_cifar100, write_image_folder
 
 
 def raw_batches(folder: str, names, label_key: bytes):
@@ -209,6 +209,8 @@ def test_bad_arguments():
         load_dataset("emnist")
     assert DATASETS == ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
     for kw, arg in [(dict(synthetic_size=0), "synthetic_size"), (dict(synthetic_classes=1), "synthetic_classes"),
-                    (dict(image_size=0), "image_size"), (dict(synthetic_size=2.5), "synthetic_size")]:
+                    (dict(image_size=0), "image_size")]:
         with pytest.raises(ValueError, match=arg):
             load_dataset("synthetic", **kw)
+    with pytest.raises(TypeError, match="synthetic_size"):  # a wrong type
+        load_dataset("synthetic", synthetic_size=2.5)

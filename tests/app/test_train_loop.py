@@ -18,7 +18,7 @@ from ies_fast.app.train.config import TrainConfig
 from ies_fast.app.train.logs import COLUMNS, read_rows
 from ies_fast.app.train.loop import RunError, train
 
-from train_fixtures import has_dali, write_cifar10, write_cifar100, write_image_folder
+from _support.train_fixtures import has_dali, write_cifar10, write_cifar100, write_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUIET = dict(progress=False, plot=False)

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cli_helpers import one_line_error  # noqa: E402
+from _support.cli_helpers import one_line_error  # noqa: E402
+from _support.train_fixtures import has_dali  # noqa: E402
 from test_train_idx import write_idx_folder  # noqa: E402
-from train_fixtures import has_dali  # noqa: E402
 
 from ies_fast.app.train import datasets as ds  # noqa: E402
 from ies_fast.app.train.config import TrainConfig  # noqa: E402

@@ -19,8 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from ies_fast.integrations.lightning import IESCallback  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_ddp_worker import DELTA, DigitsMLP, trainer  # noqa: E402
+from _support.lightning_ddp_worker import DELTA, DigitsMLP, trainer  # noqa: E402
 
 EPOCHS = 7
 
@@ -128,7 +127,7 @@ def test_a_training_set_without_indices_is_refused():
 
 
 def test_ddp_two_processes_keep_identical_masks(tmp_path):
-    worker = Path(__file__).resolve().parents[1] / "lightning_ddp_worker.py"
+    worker = Path(__file__).resolve().parents[1] / "_support" / "lightning_ddp_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,18 +2,15 @@
 kept batches (a fraction of them, or at most N), and validation still runs at the
 end of every epoch (ModelCheckpoint / EarlyStopping get their data)."""
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 import lightning  # noqa: E402
 
 from ies_fast.integrations.lightning import IESCallback  # noqa: E402
-from lightning_ddp_worker import BATCH, DigitsMLP, trainer  # noqa: E402
+from _support.lightning_ddp_worker import BATCH, DigitsMLP, trainer  # noqa: E402
 
 EPOCHS, DELTA = 10, 2e-2
 

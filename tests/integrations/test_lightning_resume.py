@@ -2,20 +2,18 @@
 (ModelCheckpoint(every_n_train_steps)), or at its last batch: the resumed run
 reads the rest of the same kept order, so masks, model and LR schedule equal the
 uninterrupted run's."""
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 import lightning  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from ies_fast.integrations.lightning import IESCallback  # noqa: E402
-from lightning_ddp_worker import BATCH, LR, DigitsMLP, trainer  # noqa: E402
+from _support.lightning_ddp_worker import BATCH, LR, DigitsMLP, trainer  # noqa: E402
 
 EPOCHS, DELTA = 9, 2e-2
 

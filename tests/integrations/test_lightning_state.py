@@ -1,20 +1,17 @@
 """IESCallback checkpoint state: a bad seed is refused whole at restore (nothing
 applied), and resuming from a checkpoint without IESCallback state is an error
 instead of a silent restart of the selector."""
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 import lightning  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from ies_fast.integrations.lightning import IESCallback  # noqa: E402
-from lightning_ddp_worker import DigitsMLP, trainer  # noqa: E402
+from _support.lightning_ddp_worker import DigitsMLP, trainer  # noqa: E402
 
 
 def trained_state() -> dict:

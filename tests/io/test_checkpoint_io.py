@@ -23,7 +23,7 @@ from ies_fast.io import checkpoint as checkpoint_io
 from ies_fast.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "tests", "ckpt_train_script.py")
+SCRIPT = os.path.join(ROOT, "tests", "_support", "ckpt_train_script.py")
 
 
 def selector_state(seed: int) -> dict:

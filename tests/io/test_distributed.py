@@ -17,7 +17,7 @@ from ies_fast import ReferenceCriterion
 from ies_fast.io import distributed as d
 from ies_fast.io.checkpoint import load_checkpoint
 
-import dist_worker as w
+from _support import dist_worker as w
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -131,7 +131,7 @@ def test_torchrun_loop_with_helpers(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", os.path.join(root, "tests", "torchrun_script.py"), str(tmp_path), "6"]
+           f"--master_port={free_port()}", os.path.join(root, "tests", "_support", "torchrun_script.py"), str(tmp_path), "6"]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:

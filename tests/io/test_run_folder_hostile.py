@@ -4,14 +4,12 @@ whole, never waited on. Every test runs under an alarm, so a blocking open fails
 the test instead of hanging it."""
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ies_fast.io.checkpoint import MAGIC, CheckpointError, _LEN, load_checkpoint, save_checkpoint  # noqa: E402
 from ies_fast.app.train import compare as cmp  # noqa: E402

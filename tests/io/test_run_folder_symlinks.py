@@ -5,14 +5,12 @@ their ``--json``/``--plot`` files, and at ``bench``'s outputs. A link where a fi
 goes is refused in one line (exit 2), before the run; a link at any other name is
 left alone. The file the link points to is never changed."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli_helpers import one_line_error  # noqa: E402
+from _support.cli_helpers import one_line_error  # noqa: E402
 from ies_fast.app.cli import main  # noqa: E402
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "64", "--image-size", "4", "--model", "mlp",

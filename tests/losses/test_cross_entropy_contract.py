@@ -9,8 +9,12 @@ import torch.nn.functional as F
 
 import ies_fast
 from ies_fast import IES
+from ies_fast.backend import native_usable
 
-BACKENDS = ["torch", "native", "triton"]
+#: the native cases skip (as tests/ops/test_native.py does) when ies_fast._C is not built
+NATIVE = pytest.param("native", marks=pytest.mark.skipif(not native_usable(torch.device("cpu")),
+                                                          reason="native extension ies_fast._C not built"))
+BACKENDS = ["torch", NATIVE, "triton"]
 TOL = {
     torch.float64: dict(atol=1e-10, rtol=1e-10),
     torch.float32: dict(atol=2e-5, rtol=2e-5),
@@ -156,7 +160,7 @@ def test_second_order_gradients_match_torch(backend, label_smoothing):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("backend", ["torch", NATIVE])
 def test_gradgradcheck_fp64(backend):
     """Every option at once, fp64: first and second derivatives by finite differences."""
     gen = torch.Generator().manual_seed(23)
@@ -279,7 +283,7 @@ def test_cpu_path_is_fs_own_two_autograd_nodes():
         assert child.next_functions[0][0].variable is x
 
 
-@pytest.mark.parametrize("backend", ["native", "triton"])
+@pytest.mark.parametrize("backend", [NATIVE, "triton"])
 def test_second_order_with_every_option_matches_the_torch_backend(backend):
     """Class weights, smoothing, z-loss and soft-cap on K-dim input: the gradient
     penalty's gradient equals the torch backend's (itself gradgradchecked above)."""

@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from triton_compile import compile_for_sm90
+from _support.triton_compile import compile_for_sm90
 
 from ies_fast.ops.compact.triton import compact_triton
 

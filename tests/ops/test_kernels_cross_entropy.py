@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from triton_compile import compile_for_sm90
+from _support.triton_compile import compile_for_sm90
 import torch.nn.functional as F
 
 import ies_fast

@@ -12,7 +12,7 @@ from ies_fast.ops.compact.reference import compact_torch
 from ies_fast.selectors.rule import history_length
 from ies_fast.ops.ring.reference import close_epoch_torch, record_torch
 
-from selector_driver import (
+from _support.selector_driver import (
     assert_backend_handles_duplicates_and_nonfinite,
     assert_backend_matches_torch_and_reference,
     assert_close_matches_torch,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import ies_fast
-from ies_fast.ops import dispatch
+from ies_fast.ops import ring as dispatch
 from ies_fast.ops import ring as ring_ops
 from ies_fast.ops.ring.reference import record_torch
 

@@ -86,10 +86,11 @@ def test_replay_survives_a_checkpoint():
         b.load_state_dict(bad)
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(min_kept=-1), "min_kept"), (dict(min_kept=11), "min_kept"),
-                                          (dict(min_kept=1.5), "min_kept"), (dict(min_kept=2, seed=1.5), "seed")])
-def test_bad_floor_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(min_kept=-1), ValueError, "min_kept"), (dict(min_kept=11), ValueError, "min_kept"),
+    (dict(min_kept=1.5), ValueError, "min_kept"), (dict(min_kept=2, seed=1.5), TypeError, "seed")])
+def test_bad_floor_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         IES(10, **kwargs)
 
 
@@ -136,6 +137,9 @@ def test_min_kept_is_a_count_as_an_int_and_a_fraction_as_a_float():
     assert IES(200, min_kept=0.05).kept_floor.min_kept == 10
     assert IES(200, min_kept=10).kept_floor.min_kept == 10
     assert IES(201, min_kept=0.05).kept_floor.min_kept == 11  # rounded up
-    for bad in (1.5, -0.1, float("nan"), True, 201 + 1, "5"):
+    for bad in (1.5, -0.1, float("nan"), 201 + 1):
         with pytest.raises(ValueError, match="min_kept"):
+            IES(201, min_kept=bad)
+    for bad in (True, "5"):  # a wrong type
+        with pytest.raises(TypeError, match="min_kept"):
             IES(201, min_kept=bad)

@@ -21,8 +21,8 @@ def exit_losses(n, H, epoch, gen, plateau):
 
 @pytest.mark.parametrize("n,H,order,window", [(37, 3, 2, 3), (20, 2, 1, 2), (11, 4, 0, 1)])
 def test_per_exit_masks_match_per_exit_references(n, H, order, window):
-    sel = IES(n, delta=0.05, order=order, window=window, backend="torch", num_exits=H, exit_reduction="per_exit")
-    assert isinstance(sel, PerExitIES) and isinstance(sel, IES)
+    sel = PerExitIES(n, delta=0.05, order=order, window=window, backend="torch", num_exits=H, exit_reduction="per_exit")
+    assert isinstance(sel, PerExitIES)
     refs = [ReferenceCriterion(n, 0.05, order, window) for _ in range(H)]
     gen = torch.Generator().manual_seed(n * H)
     plateau = torch.rand(n, H, generator=gen) < 0.6
@@ -77,6 +77,18 @@ def test_reduced_exits_match_reference_on_the_reduced_loss(reduction, weights):
     assert any_mastered
 
 
+def test_make_selector_is_the_one_router():
+    import ies_fast
+
+    assert type(ies_fast.make_selector("ies", 6, num_exits=2, exit_reduction="per_exit")) is PerExitIES
+    assert type(ies_fast.make_selector("ies", 6, num_exits=2)) is IES
+    assert type(ies_fast.make_selector("infobatch", 6, num_epochs=3)) is ies_fast.InfoBatch
+    with pytest.raises(ValueError, match="make_selector"):
+        IES(6, num_exits=2, exit_reduction="per_exit")
+    with pytest.raises(ValueError, match="kind"):
+        ies_fast.make_selector("nope", 6)
+
+
 def test_reduce_exits_and_virtual_index():
     x = torch.rand(5, 3, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(reduce_exits(x, 3, "mean"), x.mean(1))
@@ -112,11 +124,11 @@ def test_multi_exit_loss_normalisation():
 
 def test_per_exit_state_dict_round_trip_and_set_removal():
     n, H = 15, 2
-    a = IES(n, delta=0.05, order=0, window=1, backend="torch", num_exits=H, exit_reduction="per_exit")
+    a = PerExitIES(n, delta=0.05, order=0, window=1, backend="torch", num_exits=H, exit_reduction="per_exit")
     gen = torch.Generator().manual_seed(2)
     a.observe(torch.rand(n, H, generator=gen) * 0.1, torch.arange(n))
     a.step()
-    b = IES(n, delta=0.05, order=0, window=1, backend="torch", num_exits=H, exit_reduction="per_exit")
+    b = PerExitIES(n, delta=0.05, order=0, window=1, backend="torch", num_exits=H, exit_reduction="per_exit")
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.exit_mastered_mask(), b.exit_mastered_mask())
     assert torch.equal(a.removed_mask(), b.removed_mask()) and a.stats() == b.stats()
@@ -129,7 +141,7 @@ def test_per_exit_state_dict_round_trip_and_set_removal():
     a.set_removal(False)
     assert a.exit_mask(torch.arange(n)).all() and not a.removed_mask().any()
     with pytest.raises(ValueError, match="num_exits"):
-        IES(n, num_exits=3, exit_reduction="per_exit").load_state_dict(b.state_dict())
+        PerExitIES(n, num_exits=3, exit_reduction="per_exit").load_state_dict(b.state_dict())
 
 
 def test_errors_name_the_argument():
@@ -141,7 +153,7 @@ def test_errors_name_the_argument():
         IES(4, num_exits=2, exit_reduction="weights", exit_weights=[1.0])
     with pytest.raises(ValueError, match="num_exits"):
         IES(4, num_exits=0)
-    sel = IES(4, num_exits=2, exit_reduction="per_exit")
+    sel = PerExitIES(4, num_exits=2, exit_reduction="per_exit")
     with pytest.raises(ValueError, match="per_sample_loss"):
         sel.observe(torch.rand(3), torch.arange(3))
     with pytest.raises(ValueError, match="per_sample_loss"):
@@ -164,7 +176,7 @@ def test_multi_exit_resnet_trains_with_per_exit_ies():
     model = MultiExitResNet(classes, widths=(4, 8, 8), blocks=(1, 1, 1))
     assert model(x[:2]).shape == (2, H, classes)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    sel = IES(n, delta=0.05, order=1, window=2, backend="torch", num_exits=H, exit_reduction="per_exit")
+    sel = PerExitIES(n, delta=0.05, order=1, window=2, backend="torch", num_exits=H, exit_reduction="per_exit")
     first = last = None
     masked_terms = removed = 0
     for epoch in range(9):

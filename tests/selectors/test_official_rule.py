@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from ies_fast import IES
+from ies_fast import IES, PerExitIES
 from ies_fast.backend import native_usable
 
 BACKENDS = ["torch", "triton"] + (["native"] if native_usable(torch.device("cpu")) else [])
@@ -114,7 +114,7 @@ def test_official_waits_one_epoch_longer_than_paper():
 
 
 def test_per_exit_selector_takes_the_official_rule():
-    sel = IES(5, delta=1e-3, num_exits=2, exit_reduction="per_exit", k=2, eligibility="official", backend="torch")
+    sel = PerExitIES(5, delta=1e-3, num_exits=2, exit_reduction="per_exit", k=2, eligibility="official", backend="torch")
     assert (sel.exits.k, sel.exits.eligibility, sel.exits.history_length) == (2, "official", 7)
     for epoch in range(7):
         sel.observe(torch.full((5, 2), 0.5), torch.arange(5))

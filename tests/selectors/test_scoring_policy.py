@@ -183,7 +183,8 @@ def test_state_without_schedule_loads_as_every():
     (dict(score_policy="backoff", score_every=4, score_max_interval=2), "score_max_interval"),
 ])
 def test_bad_arguments_name_themselves(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    error = TypeError if isinstance(kwargs.get("score_max_interval"), float) else ValueError
+    with pytest.raises(error, match=match):
         IES(10, **kwargs)
 
 

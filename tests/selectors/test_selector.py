@@ -6,7 +6,7 @@ import torch
 from ies_fast import IES, instability_score
 from ies_fast.selectors.rule import difference_coefficients
 
-from selector_driver import perturb_duplicates_nonfinite, run_both
+from _support.selector_driver import perturb_duplicates_nonfinite, run_both
 
 
 def test_difference_coefficients():
@@ -88,3 +88,20 @@ def test_memory_per_sample():
     sel = IES(1000)
     per_sample = sum(t.element_size() * t.numel() for t in (sel.hist, sel.count, sel.mastered)) / 1000
     assert per_sample == 4 * 5 + 2 <= 24
+
+
+def test_the_backend_is_resolved_once_per_selector(monkeypatch):
+    """At construction and at to(); recording, closing an epoch and compacting read it."""
+    from ies_fast import backend
+
+    sel = IES(16, delta=0.1, order=0, window=1)
+    assert sel.kernel_backend == backend.resolve_backend("auto", torch.device("cpu"))
+    calls = []
+    monkeypatch.setattr(backend, "resolve_backend", lambda *a: calls.append(a) or "torch")
+    for _ in range(3):
+        sel.observe(torch.rand(16), torch.arange(16))
+        sel.step()
+        sel.kept_indices()
+    assert calls == []
+    sel.to("cpu")  # the same device: nothing to do
+    assert calls == []

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ies_fast
-from ies_fast.selectors.stopping import PatienceStopper
+from ies_fast.stopping import PatienceStopper
 from ies_fast.app.train.schedule import EpochSchedule
 
 S = 48
@@ -47,7 +47,7 @@ def make_ies_official():
 
 
 def make_per_exit():
-    sel = ies_fast.IES(S, delta=1e-2, order=1, window=2, num_exits=2, exit_reduction="per_exit")
+    sel = ies_fast.PerExitIES(S, delta=1e-2, order=1, window=2, num_exits=2, exit_reduction="per_exit")
     for e in range(6):
         index = torch.arange(S)
         sel.observe(torch.stack([_losses(e), _losses(e + 100)], 1), index)

@@ -11,9 +11,9 @@ import re
 import pytest
 import torch
 
-from ies_fast import IES, InfoBatch, RandomRemoval
+from ies_fast import IES, InfoBatch, PerExitIES, RandomRemoval
 from ies_fast.data import KeptSampler
-from ies_fast.selectors.stopping import PatienceStopper
+from ies_fast.stopping import PatienceStopper
 
 DELETE = object()
 
@@ -33,7 +33,7 @@ def make_ies(seed):
 
 
 def make_per_exit(seed):
-    sel = IES(20, delta=0.2, order=1, window=2, device="cpu", backend="torch", num_exits=3, exit_reduction="per_exit")
+    sel = PerExitIES(20, delta=0.2, order=1, window=2, device="cpu", backend="torch", num_exits=3, exit_reduction="per_exit")
     return run_selector(sel, seed, exits=3)
 
 

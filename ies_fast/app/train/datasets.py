@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...checks import check_int
+
 DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 
 # Per-channel statistics of the training sets, in 0..255 units.
@@ -116,8 +118,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, seed: int = 0, sy
 
 
 def _check_int(arg: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{arg} must be an int >= {minimum}, got {value!r}")
+    check_int(arg, int(value) if isinstance(value, np.integer) else value, min=minimum)
 
 
 # ---- vector datasets ----------------------------------------------------------------------

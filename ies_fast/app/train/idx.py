@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from ...io.run_folder import memory_bytes
+from ...checks import memory_bytes
 
 #: IDX element types (the third magic byte) -> numpy big-endian dtypes
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

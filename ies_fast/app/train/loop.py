@@ -28,8 +28,9 @@ from ... import IES, InfoBatch, RandomRemoval, cross_entropy
 from ...io import distributed as dist_utils
 from ...io.checkpoint import load_checkpoint, save_checkpoint
 from ...io.run_folder import RunFolderError
+from ...progress import progress as epoch_progress
 from ...selectors.scoring import score
-from ...selectors.stopping import PatienceStopper, all_mastered
+from ...stopping import PatienceStopper, all_mastered
 from .batches import make_batches
 from .config import TrainConfig, resolve, resumed_config
 from .interrupt import signals_deferred
@@ -54,7 +55,7 @@ class RunError(RuntimeError):
     """A run cannot start or resume as asked (message fit for a one-line CLI error)."""
 
 
-def make_selector(config: TrainConfig, num_samples: int, device: torch.device):
+def selector_for_config(config: TrainConfig, num_samples: int, device: torch.device):
     """The selector ``--selector`` names; ``none`` is IES with δ=0 (same code path and
     costs, nothing removed), so the baseline's timing is comparable."""
     if config.selector in ("ies", "none"):
@@ -129,7 +130,7 @@ def _parse_device(text: str) -> torch.device:
 
 
 def _check_backend(requested: str, device: torch.device) -> None:
-    from ...backend import resolve as resolve_backend
+    from ...backend import resolve_backend
 
     try:
         resolve_backend(requested, device)
@@ -291,7 +292,7 @@ class Trainer:
                                  imagenet=c.dataset == "imagenet").to(self.device)
         if self.data.kind != "vector":  # channels-last convolutions are faster on CPUs too
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.selector = make_selector(c, self.num_samples, self.device)
+        self.selector = selector_for_config(c, self.num_samples, self.device)
         self.samples = SampleRecord(self.data.train_y, self.data.num_classes, self.device, self.data.true_train_y)
         self.optimizer = make_optimizer(c, self.model)
         self.schedule = EpochSchedule(self.optimizer, c.lr_schedule, c.epochs, gamma=c.lr_gamma,
@@ -440,7 +441,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.schedule.set_progress(epoch + (i + 1) / max(steps, 1))
+            self.schedule.set_progress(float(epoch_progress(epoch, i + 1, steps)))
             n = index.shape[0]
             seen += n
             loss_sum += loss.detach().double() * n

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...checks import check_int
 from ...nn import BasicBlock
 
 SMALL_MODELS = ("resnet8", "resnet18", "resnet34", "vgg16", "mlp", "cnn1d")
@@ -167,8 +168,7 @@ def build_model(name: str, num_classes: int, input_shape: tuple, *, imagenet: bo
     if name not in valid:
         kind = "ImageNet" if imagenet else "this dataset"
         raise ValueError(f"model must be one of {', '.join(valid)} for {kind}, got {name!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    check_int("num_classes", num_classes, min=2)
     shape = tuple(int(s) for s in input_shape)
     if not shape or min(shape) < 1:
         raise ValueError(f"input_shape must be (C, H, W) or (D,) with positive sizes, got {input_shape!r}")

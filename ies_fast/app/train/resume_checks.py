@@ -179,7 +179,7 @@ def check_resume_state(state: dict, trainer) -> None:
     if trainer.stopper is not None and state.get("stopper") is not None:
         _probe("stopper", lambda: copy.deepcopy(trainer.stopper).load_state_dict(state["stopper"]))
     sampler = trainer.batches.sampler
-    checked = getattr(sampler, "checked_state", None) or getattr(getattr(sampler, "sampler", None), "checked_state",
+    checked = getattr(sampler, "check_state", None) or getattr(getattr(sampler, "sampler", None), "check_state",
                                                                  copy.deepcopy(sampler).load_state_dict)
     _probe("sampler", lambda: checked(state["sampler"]))
     if state.get("samples") is not None:

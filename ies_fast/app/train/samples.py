@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ...checks import memory_bytes
 from ...io import run_folder
 
 COLUMNS = ("index", "label", "true_label", "flipped", "first_mastered_epoch", "epochs_removed", "times_came_back",
@@ -192,7 +193,7 @@ def read_samples(path: str, max_rows: Optional[int] = None) -> dict:
     :class:`SamplesFileError` otherwise."""
     path = os.fspath(path)
     max_rows = MAX_SAMPLE_ROWS if max_rows is None else max_rows
-    data = run_folder.read_bytes(path, min(MAX_SAMPLES_BYTES, run_folder.memory_bytes() // 4))
+    data = run_folder.read_bytes(path, min(MAX_SAMPLES_BYTES, memory_bytes() // 4))
     try:
         cols = _parse_parquet(data, max_rows) if path.endswith(".parquet") else _parse_csv(data, max_rows)
     except SamplesFileError as exc:

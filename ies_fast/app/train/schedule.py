@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ...io import state_checks as check
+from ... import checks as check
 
 KINDS = ("exp", "multistep", "linear", "cosine", "constant")
 
@@ -33,10 +33,8 @@ class EpochSchedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, kind: str, epochs: int, *, gamma: float = 0.96,
                  milestones: Sequence[float] = (0.5, 0.75), final_factor: float = 0.01):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        check.check_choice("kind", kind, KINDS)
+        check.check_int("epochs", epochs, min=1)
         self.optimizer = optimizer
         self.kind = kind
         self.epochs = epochs
@@ -75,6 +73,10 @@ class EpochSchedule:
         """Restore a :meth:`state_dict` of the same kind and epochs. The whole state is
         checked first (progress in ``[0, epochs]``, one finite ``base_lr >= 0`` per
         param group): a bad one raises ``ValueError`` naming the key and changes nothing."""
+        self.apply_state(self.check_state(state))
+
+    def check_state(self, state) -> dict:
+        """Validate ``state`` whole (nothing changes); returns what :meth:`apply_state` applies."""
         if not isinstance(state, dict):
             raise ValueError(f"schedule state must be a dict from EpochSchedule.state_dict(), got {type(state).__name__}")
         if state.get("kind") != self.kind or state.get("epochs") != self.epochs:
@@ -89,5 +91,9 @@ class EpochSchedule:
                              f"learning rates (one per param group), got {base_lrs!r}")
         base_lrs = [check.number(dict(enumerate(base_lrs)), i, where="schedule state['base_lrs']")
                     for i in range(len(base_lrs))]
-        self.base_lrs = base_lrs
-        self.set_progress(progress)
+        return {"progress": progress, "base_lrs": base_lrs}
+
+    def apply_state(self, values: dict) -> None:
+        """Apply what :meth:`check_state` returned (cannot fail)."""
+        self.base_lrs = values["base_lrs"]
+        self.set_progress(values["progress"])

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
+from ...checks import check_int
 from .iterator import DALIKeptIterator
 from .source import ArraySource, make_sampler
 
@@ -31,10 +32,8 @@ def array_pipeline(images: np.ndarray, labels: np.ndarray, selector, batch_size:
     integer offset in ``[-padding, padding]`` (zero fill) and flips with p=0.5 —
     torchvision's ``RandomCrop(padding=...)`` + ``RandomHorizontalFlip``.
     ``device_id=None`` runs on the CPU; otherwise augmentation runs on that GPU."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+    check_int("batch_size", batch_size, min=1)
+    check_int("padding", padding, min=0)
     images = np.asarray(images)
     sampler = make_sampler(selector, mode, len(images), shuffle=shuffle, seed=seed, num_replicas=num_replicas,
                            rank=rank, drop_last=drop_last)

@@ -1,7 +1,7 @@
 """The selector's ring buffer: record one loss per sample per epoch, and close an
 epoch with the Δ^N decision. ``reference.py`` is the plain-torch semantics,
 ``triton.py`` the Triton kernels, and the native ops (``csrc/``, ``torch.ops.ies_fast``)
-are called here; each function takes the backend :func:`ies_fast.backend.resolve` picked."""
+are called here; each function takes the backend :func:`ies_fast.backend.resolve_backend` picked."""
 from __future__ import annotations
 
 import torch

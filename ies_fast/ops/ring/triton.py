@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...checks import check_int
 from .reference import EPOCH_STATS
 
 #: samples per program in both kernels
@@ -179,8 +180,7 @@ def close_epoch_triton(hist: torch.Tensor, count: torch.Tensor, mastered: torch.
         raise ValueError(f"mastered must be a bool tensor of shape ({S},)")
     if not mastered.is_contiguous():
         raise ValueError("mastered must be contiguous (it is updated in place)")
-    if order not in (0, 1, 2, 3) or isinstance(order, bool):
-        raise ValueError(f"order must be in 0..3, got {order!r}")
+    check_int("order", order, min=0, max=3)
     if window < 1 or k < 1 or order + window + k - 1 > L:
         raise ValueError(f"window and k must be >= 1 with order + window + k - 1 <= L = {L}, got {window!r}, {k!r}")
     if not threshold >= 0 or float(torch.tensor(threshold, dtype=torch.float32)) != threshold:

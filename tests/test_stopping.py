@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ies_fast import IES
-from ies_fast.selectors.stopping import PatienceStopper, all_mastered
+from ies_fast.stopping import PatienceStopper, all_mastered
 
 
 def stop_index(stopper, seq):

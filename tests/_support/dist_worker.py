@@ -9,7 +9,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ies_fast import IES
+from ies_fast import IES, PerExitIES
 from ies_fast.io.checkpoint import load_checkpoint, save_checkpoint
 
 S, DELTA, ORDER, WINDOW = 61, 5e-3, 1, 2
@@ -56,9 +56,9 @@ def feed(selector: IES, epochs: range, overlap: bool, rank: int, world: int, bat
         selector.step()
 
 
-def new_per_exit_selector() -> IES:
-    return IES(S, delta=DELTA, order=ORDER, window=WINDOW, device="cpu", backend="torch",
-               num_exits=2, exit_reduction="per_exit")
+def new_per_exit_selector() -> PerExitIES:
+    return PerExitIES(S, delta=DELTA, order=ORDER, window=WINDOW, device="cpu", backend="torch",
+                      num_exits=2, exit_reduction="per_exit")
 
 
 def new_selector() -> IES:

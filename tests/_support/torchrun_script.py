@@ -1,7 +1,7 @@
 """A DDP training loop built from ies_fast.io.distributed's helpers, for torchrun:
 init from env, DDP model, KeptSampler sharded per rank, IES merged in step(),
 rank-0 checkpoints. Each rank writes OUT_DIR/rankR.pt (selector state, params).
-    torchrun --nproc_per_node=2 tests/torchrun_script.py OUT_DIR EPOCHS"""
+    torchrun --nproc_per_node=2 tests/_support/torchrun_script.py OUT_DIR EPOCHS"""
 import os
 import sys
 

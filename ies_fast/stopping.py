@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..io import state_checks as check
+from . import checks as check
 
 MODES = ("min", "max")
 AGGREGATES = ("all", "any")
@@ -57,16 +57,11 @@ class PatienceStopper:
         names = [monitor] if isinstance(monitor, str) else list(monitor) if isinstance(monitor, (list, tuple)) else None
         if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
             raise ValueError(f"monitor must be a metric name or a list of distinct names, got {monitor!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta) or min_delta < 0:
-            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
-        if isinstance(start_from, bool) or not isinstance(start_from, int) or start_from < 0:
-            raise ValueError(f"start_from must be an int >= 0, got {start_from!r}")
+        check.check_choice("mode", mode, MODES)
+        check.check_int("patience", patience, min=1)
+        check.check_float("min_delta", min_delta, min=0)
+        check.check_choice("aggregate", aggregate, AGGREGATES)
+        check.check_int("start_from", start_from, min=0)
         self.monitor = names
         self.mode = mode
         self.patience = patience

@@ -17,7 +17,7 @@ def compile_for_sm90(tmp_path, body: str) -> None:
         "    src = ASTSource(fn, {**sig, **{k: 'constexpr' for k in consts}}, consts)\n"
         "    triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})\n"
     )
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-c", prelude + body], env=env, capture_output=True, text=True, timeout=600)

@@ -1,18 +1,95 @@
-"""Checks for ``load_state_dict``: every stateful class validates a whole state with
-these first and only then applies it, so a bad state raises ``ValueError`` naming
-the key and changes nothing.
+"""Input checks, written once: arguments, ``load_state_dict`` states, and whether
+per-sample state fits in memory.
 
-Each check takes the state dict and a key and returns the value, normalised
-(``int``, ``float``, ``bool``, a tensor); ``where`` prefixes the key in messages
-(``"state_dict"``, ``"state_dict['exits']"``, ...).
+One rule for arguments: a wrong type raises ``TypeError`` (``bool`` is not an int,
+``8.0`` is not an int), a wrong value raises ``ValueError``; both name the
+argument. :func:`check_int`, :func:`check_float`, :func:`check_fraction` and
+:func:`check_choice` return the value, normalised.
+
+States: every stateful class validates a whole state with the state checks below
+(:func:`header`, :func:`integer`, :func:`tensor`, ...) first and only then applies
+it, so a bad state raises ``ValueError`` naming the key and changes nothing (a
+state is one value: whatever is wrong inside it, the state is a wrong value).
+Each takes the state dict and a key and returns the value, normalised; ``where``
+prefixes the key in messages (``"state_dict"``, ``"state_dict['exits']"``, ...).
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
 
+
+# ---- arguments ------------------------------------------------------------------------
+def _span(min, max) -> str:
+    if min is not None and max is not None:
+        return f" in [{min}, {max}]"
+    if max is not None:
+        return f" <= {max}"
+    return f" >= {min}" if min is not None else ""
+
+
+def check_int(name: str, value, *, min: Optional[int] = None, max: Optional[int] = None) -> int:
+    """``value`` is an int (not a bool) in ``[min, max]`` (either bound optional)."""
+    what = "a positive int" if min == 1 and max is None else f"an int{_span(min, max)}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if (min is not None and value < min) or (max is not None and value > max):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value, *, min: Optional[float] = None, max: Optional[float] = None,
+                min_open: bool = False) -> float:
+    """``value`` is a finite real number (int or float, not a bool) in ``[min, max]``
+    (``(min, max]`` with ``min_open``)."""
+    span = f" > {min}" if min_open and max is None else _span(min, max)
+    what = f"a finite number{span}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    low_ok = min is None or (value > min if min_open else value >= min)
+    if not math.isfinite(value) or not low_ok or (max is not None and value > max):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def check_fraction(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
+    """``value`` is a number in ``[low, high]``."""
+    return check_float(name, value, min=low, max=high)
+
+
+def check_choice(name: str, value, choices):
+    """``value`` is one of ``choices``."""
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+# ---- memory ---------------------------------------------------------------------------
+def memory_bytes() -> int:
+    """This machine's physical memory (a file read whole, or per-sample state, must fit in it)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_fits(num_samples: int, bytes_per_sample: int, device: torch.device, what: str) -> None:
+    """Raise ``ValueError`` naming ``num_samples`` when ``what``'s per-sample state
+    would not fit in ``device``'s memory (rather than an allocator's message)."""
+    need = num_samples * bytes_per_sample
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = memory_bytes()
+    if need > have:
+        raise ValueError(f"num_samples={num_samples}: {what} needs at least {need} bytes ({need / 2**30:.1f} GiB) "
+                         f"of per-sample state, more than the {have / 2**30:.1f} GiB of {device}")
+
+
+# ---- states (ValueError, naming the key) ---------------------------------------------------
 _MISSING = object()
 
 #: the largest ``epoch`` a state may hold: epochs are added to int32 due epochs
