@@ -217,7 +217,7 @@ def plot(rows: list, path: str, clock: str = "cpu", title: str = "") -> str:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
     seeds = sorted({a["seeds"] for a in pts})
-    spread = cmp.seeds_text(seeds[-1])
+    spread = cmp.seeds_text(seeds[-1]) if len(seeds) == 1 else f"mean ± sd over {seeds[0]}-{seeds[-1]} seeds per point"
     fig.suptitle(f"accuracy against {cmp._CLOCK_LABEL[clock]}{':' if title else ''}\n{title}\n{spread}; "
                  f"numbers: δ / prune ratio / removed fraction; filled: the method's Pareto front", fontsize=9)
     fig.tight_layout()
