@@ -72,8 +72,8 @@ def run(data, *, delta: float, epochs: int, seed: int, batch_size: int = 128, sc
     start = time.process_time()
     steps = epochs * len(DataLoader(train_set, batch_size=batch_size))                     # sized as without IES
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
-    selector = ies_fast.IES(len(train_set), delta=delta, score_policy=score_policy, seed=seed)
-    train_set = ies_fast.IESDataset(train_set, model, selector=selector, seed=seed, score_batch_size=1024)  # 1. wrap
+    train_set = ies_fast.IESDataset(train_set, model, delta=delta, score_policy=score_policy,      # 1. wrap
+                                    seed=seed, score_batch_size=1024)
     loader = DataLoader(train_set, batch_size=batch_size, sampler=train_set.sampler)        # 2. its sampler
     sched = train_set.schedule(sched, loader)                                               # (per-step schedule)
     model.train()
