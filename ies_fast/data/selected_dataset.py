@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checks import check_int
 from ..progress import batch_count, position, progress
 from ..selectors.base import Selector
-from ..selectors.ies import IES
+from ..selectors.ies import IES, WRAPPER_DEFAULTS
 from .datasets import INDEX_KEY, IndexedDataset, check_length
 from .samplers import KeptSampler, ScoringSampler
 
@@ -141,7 +141,10 @@ class IESDataset(IndexedDataset):
     batches of ``score_batch_size``, from ``score_dataset`` (default: ``dataset``;
     pass the evaluation-transform twin when training augments) with
     ``score_fn(output, target) -> [B]`` (default cross-entropy). The IES arguments
-    are :class:`ies_fast.IES`'s; or pass a ready ``selector`` (any
+    (``delta``, ``order``, ``window``, ``score_every``, ``score_policy``,
+    ``score_max_interval``, ``min_kept``: the floor, ``threshold``) are
+    :class:`ies_fast.IES`'s, except that ``score_policy`` defaults to ``"backoff"``
+    (the measured winner, docs/results.md); or pass a ready ``selector`` (any
     :class:`ies_fast.Selector`). Only ``dataset``
     travels to DataLoader worker processes.
 
@@ -155,8 +158,9 @@ class IESDataset(IndexedDataset):
     """
 
     def __init__(self, dataset, model: torch.nn.Module, *, delta: float = 1e-3, order: int = 2, window: int = 3,
-                 score_every: int = 1, device=None, selector: Optional[Selector] = None, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False, score_batch_size: int = 256,
+                 score_every: int = 1, score_policy: str = WRAPPER_DEFAULTS["score_policy"],
+                 score_max_interval: int = 8, min_kept=0, threshold: str = "absolute", device=None,
+                 selector: Optional[Selector] = None, shuffle: bool = True, seed: int = 0, drop_last: bool = False, score_batch_size: int = 256,
                  score_fn: Optional[Callable] = None, score_dataset=None, input_key: str = "input",
                  target_key: str = "target"):
         super().__init__(dataset)
@@ -169,7 +173,8 @@ class IESDataset(IndexedDataset):
             if device is None:
                 device = next((p.device for p in model.parameters()), torch.device("cpu"))
             selector = IES(len(dataset), delta=delta, order=order, window=window, device=device,
-                           score_every=score_every)
+                           score_every=score_every, score_policy=score_policy,
+                           score_max_interval=score_max_interval, min_kept=min_kept, threshold=threshold, seed=seed)
         check_length(dataset, selector)
         if score_dataset is not None:
             check_length(score_dataset, selector)

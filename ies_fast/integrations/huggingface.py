@@ -54,7 +54,7 @@ from ..data.datasets import INDEX_KEY, batch_index
 from .. import progress as _progress
 from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
 from ..selectors.base import Selector
-from ..selectors.ies import IES
+from ..selectors.ies import IES, WRAPPER_DEFAULTS
 from ._hf_checkpoint import (STATE_FILE, STATE_VERSION, IncompleteCheckpoint, check_complete, discard_markers,
                              newest_complete_checkpoint, read_state, write_state)
 
@@ -188,7 +188,9 @@ class IESTrainer(Trainer):
     ``ies``: a selector built for ``len(train_dataset)`` (fresh: epoch 0; any
     :class:`ies_fast.Selector`: IES, InfoBatch, RandomRemoval), or a dict of
     :class:`ies_fast.IES`'s keyword arguments (``delta``, ``order``, ``window``,
-    ``score_every``); every other argument is ``Trainer``'s. The selector is
+    ``score_every``, ``score_policy``, ``score_max_interval``, ``min_kept``,
+    ``threshold``; those left out take :data:`WRAPPER_DEFAULTS`: backoff scoring, the
+    measured winner, docs/results.md); every other argument is ``Trainer``'s. The selector is
     ``trainer.selector``. A selector that reweights the loss (InfoBatch) gets its
     weighting: the training loss is then the weighted mean of the per-example losses.
     """
@@ -213,7 +215,7 @@ class IESTrainer(Trainer):
                                  "continue a run with train(resume_from_checkpoint=...)")
             selector = ies
         elif ies is None or isinstance(ies, dict):
-            selector = IES(len(self.train_dataset), **(ies or {}))
+            selector = IES(len(self.train_dataset), **{**WRAPPER_DEFAULTS, **(ies or {})})
         else:
             raise TypeError(f"ies must be an ies_fast Selector (IES, InfoBatch, ...) or a dict of IES's arguments, "
                             f"got {type(ies).__name__}")

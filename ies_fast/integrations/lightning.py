@@ -42,7 +42,7 @@ from ..data.datasets import batch_index
 from ..data.samplers import INT64_MAX, INT64_MIN, check_seed
 from ..progress import batch_count, planned_steps, position, progress
 from ..selectors.base import Selector
-from ..selectors.ies import IES
+from ..selectors.ies import IES, WRAPPER_DEFAULTS
 
 __all__ = ["IESCallback"]
 
@@ -60,7 +60,9 @@ class IESCallback(Callback):
     """Instance-dependent Early Stopping for ``lightning.Trainer``.
 
     ``num_samples`` is the training set's length; ``delta``, ``order``, ``window``,
-    ``score_every`` are :class:`ies_fast.IES`'s (or pass a ready ``selector``, any
+    ``score_every``, ``score_policy`` (default ``"backoff"``: the measured winner,
+    docs/results.md), ``score_max_interval``, ``min_kept`` (the floor) and
+    ``threshold`` are :class:`ies_fast.IES`'s (or pass a ready ``selector``, any
     :class:`ies_fast.Selector`; one that reweights the loss, such as InfoBatch,
     needs ``training_step`` to return :meth:`update`'s loss, and the returned-dict
     way of recording is refused for it).
@@ -86,7 +88,9 @@ class IESCallback(Callback):
     """
 
     def __init__(self, num_samples: Optional[int] = None, *, delta: float = 1e-3, order: int = 2, window: int = 3,
-                 score_every: int = 1, selector: Optional[Selector] = None, seed: int = 0,
+                 score_every: int = 1, score_policy: str = WRAPPER_DEFAULTS["score_policy"],
+                 score_max_interval: int = 8, min_kept=0, threshold: str = "absolute",
+                 selector: Optional[Selector] = None, seed: int = 0,
                  loss_key: str = "per_sample_loss", score_batch_size: Optional[int] = None,
                  score_fn: Optional[Callable] = None, log: bool = True):
         if selector is not None and not isinstance(selector, Selector):
@@ -94,7 +98,9 @@ class IESCallback(Callback):
         if selector is None:
             if num_samples is None:
                 raise ValueError("num_samples is required (the training set's length) unless a selector is given")
-            selector = IES(num_samples, delta=delta, order=order, window=window, score_every=score_every)
+            selector = IES(num_samples, delta=delta, order=order, window=window, score_every=score_every,
+                           score_policy=score_policy, score_max_interval=score_max_interval, min_kept=min_kept,
+                           threshold=threshold, seed=seed)
         seed = check_seed(seed)
         if score_batch_size is not None:
             check_int("score_batch_size", score_batch_size, min=1)

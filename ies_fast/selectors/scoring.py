@@ -72,7 +72,7 @@ def score(selector, model: torch.nn.Module, loader, *, device=None, autocast_dty
     model.train(mode == "train")
     scored = 0
     try:
-        with torch.no_grad():
+        with torch.no_grad():  # inference_mode measured no cheaper (benchmarks/bench_scoring_pass.py)
             for batch in loader:
                 x, y, index = _unpack(batch)
                 x = x.to(device, non_blocking=non_blocking)

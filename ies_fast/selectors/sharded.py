@@ -18,7 +18,7 @@ bytes of the global mask, and the queued pairs of one epoch (8 bytes per observa
 this rank made, about ``8·N / W``, and as much again at ``step()`` for the send and receive
 buffers each), against ``N·(4·L + 2)`` replicated.
 
-Limits (``ValueError`` at construction): one exit, ``score_policy="every"``.
+Limits (``ValueError`` at construction): one exit, ``score_policy="every"``, ``threshold="absolute"``.
 Checkpoints: :meth:`ShardedIES.state_dict` is this rank's shard (``state["shard"]``);
 :meth:`ShardedIES.load_state_dict` takes a whole (replicated-layout) state, and
 :mod:`ies_fast.io.selector_shards` assembles one from shards saved on any number of ranks.
@@ -113,6 +113,9 @@ class ShardedIES(IES):
             raise ValueError(f"shard_state=True needs num_exits=1, got {self.num_exits}")
         if self.scoring_schedule.policy != "every":
             raise ValueError(f"shard_state=True needs score_policy='every', got {self.scoring_schedule.policy!r}")
+        if self.threshold != "absolute":
+            raise ValueError(f"shard_state=True needs threshold='absolute' (a relative one would need every "
+                             f"rank's losses), got {self.threshold!r}")
         # this rank's own decisions (row j = sample j·W + rank); self.mastered is the global mask
         self.owned_mastered = (self.mastered if self.world == 1  # one rank owns all: the same tensor
                                else torch.zeros(self.hist.shape[0], dtype=torch.bool, device=self.device))

@@ -284,7 +284,7 @@ def test_compare_and_sweep_titles_name_the_data_and_delta(monkeypatch, tmp_path)
     assert cmp.describe(config, "IES δ=0.0002") == "digits (mlp, 60 epochs), IES δ=0.0002"
     titles = []
     monkeypatch.setattr(cmp, "plot", lambda rows, path, title="", clock="wall": titles.append(title) or path)
-    monkeypatch.setattr(sw, "plot", lambda rows, path, tolerance, title="": titles.append(title) or path)
+    monkeypatch.setattr(sw, "plot", lambda rows, path, tolerance, title="", clock="wall": titles.append(title) or path)
     fake = lambda c: {"test_acc": 0.9, "backward_saved_fraction": 0.0 if c.selector == "none" else 0.5,
                       "wall_time_s": 1.0}
     for module, argv in ((cmp, ["--selectors", "none", "ies"]), (sw, ["--deltas", "1e-3", "1e-2"])):

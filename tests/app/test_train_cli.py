@@ -170,13 +170,13 @@ def test_help_shows_defaults_once_and_the_recipes(capsys):
     assert digits[:10] == ["digits", "mlp", "60", "64", "sgd", "0.05", "0.0", "constant", "0.0002", "0.0"]
     from ies_fast.app.train.config import RECIPES
 
-    assert digits[10:] == [str(RECIPES["digits"]["min_kept"]), RECIPES["digits"]["eligibility"], "every"]
+    assert digits[10:] == [str(RECIPES["digits"]["min_kept"]), RECIPES["digits"]["eligibility"], "every", "1"]
     mnist1d = next(l.split() for l in recipes.splitlines() if l.strip().startswith("mnist1d "))
-    assert mnist1d[8] == "0.01" and mnist1d[-1] == "backoff"  # the measured winners (docs/training.md)
+    assert mnist1d[8] == "0.01" and mnist1d[-2] == "backoff"  # the measured winners (docs/training.md)
     fashion = next(l.split() for l in recipes.splitlines() if l.strip().startswith("fashion-mnist "))
-    assert fashion[8] == "0.1" and fashion[-1] == "backoff"
+    assert fashion[8] == "0.1" and fashion[-2:] == ["backoff", "5"]  # the test pass every 5 epochs (issue 27)
     mnist = next(l.split() for l in recipes.splitlines() if l.strip().startswith("mnist "))
-    assert mnist[8] == "0.1" and mnist[-1] == "backoff"
+    assert mnist[8] == "0.1" and mnist[-2:] == ["backoff", "4"]
 
 
 def test_print_config_shows_the_recipe_before_a_run(capsys, tmp_path):

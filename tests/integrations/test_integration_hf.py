@@ -124,3 +124,12 @@ def test_a_second_train_call_is_refused(reference):
     trainer, _ = reference
     with pytest.raises(ValueError, match="trained already"):
         trainer.train()
+
+
+def test_ies_options_reach_the_selector_with_backoff_by_default(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    default = IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8), ies={"delta": 0.1}).selector
+    assert default.scoring_schedule.policy == "backoff" and default.threshold == "absolute"
+    sel = IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8),
+                     ies={"delta": 0.1, "threshold": "relative", "score_policy": "every", "min_kept": 0.5}).selector
+    assert (sel.threshold, sel.scoring_schedule.policy, sel.kept_floor.min_kept) == ("relative", "every", 4)

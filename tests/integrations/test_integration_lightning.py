@@ -98,6 +98,10 @@ def test_bad_input_is_one_clear_error():
     with pytest.raises(ValueError, match="score_batch_size"):
         IESCallback(10, score_batch_size=0)
     ies = IESCallback(10)
+    assert ies.selector.scoring_schedule.policy == "backoff" and ies.selector.threshold == "absolute"
+    options = IESCallback(40, delta=0.2, score_policy="every", min_kept=0.25, threshold="relative").selector
+    assert (options.delta, options.scoring_schedule.policy, options.threshold) == (0.2, "every", "relative")
+    assert options.kept_floor.min_kept == 10
     with pytest.raises(ValueError, match="version"):
         ies.load_state_dict({"version": 0})
     with pytest.raises(ValueError, match="'open'"):

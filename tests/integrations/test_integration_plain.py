@@ -31,7 +31,7 @@ def new_model():
 def hand_wired(data):
     model = new_model()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    sel = ies_fast.IES(len(data), delta=DELTA)
+    sel = ies_fast.IES(len(data), delta=DELTA, score_policy="backoff")  # the wrapper's default scoring
     train_ds = IndexedDataset(data)
     sampler = KeptSampler(sel, shuffle=True, seed=0)
     loader = DataLoader(train_ds, batch_size=BATCH, sampler=sampler)
@@ -147,3 +147,16 @@ def test_the_core_never_imports_lightning_or_transformers():
     code = ("import sys, ies_fast, ies_fast.integrations, ies_fast.data; "
             "assert not {'lightning', 'pytorch_lightning', 'transformers'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_wrapper_passes_scoring_policy_floor_and_threshold_to_its_selector():
+    data = torch.utils.data.TensorDataset(torch.randn(40, 64), torch.randint(0, 10, (40,)))
+    default = ies_fast.IESDataset(data, new_model())
+    assert default.selector.scoring_schedule.policy == "backoff" and default.selector.threshold == "absolute"
+    ds = ies_fast.IESDataset(data, new_model(), delta=0.2, score_policy="every", score_max_interval=4, min_kept=0.25,
+                             threshold="relative", seed=3)
+    sel = ds.selector
+    assert (sel.delta, sel.scoring_schedule.policy, sel.threshold) == (0.2, "every", "relative")
+    assert sel.kept_floor.min_kept == len(data) // 4
+    with pytest.raises(ValueError, match="threshold"):
+        ies_fast.IESDataset(data, new_model(), threshold="quantile")

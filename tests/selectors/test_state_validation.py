@@ -100,11 +100,11 @@ IES_BAD = [
     ("hist", lambda t: with_nan(t)), ("hist", lambda t: t[:, :2]), ("hist", lambda t: t.double()),
     ("count", lambda t: with_value(t, 2 * L_IES)), ("count", lambda t: t.long()),
     ("mastered", lambda t: t.float()), ("totals", lambda t: with_value(t, -1)), ("last", lambda t: with_value(t, -5)),
-    ("order", 2), ("window", 3), ("num_samples", 41), ("k", 2), ("eligibility", "official"),
+    ("order", 2), ("window", 3), ("num_samples", 41), ("k", 2), ("eligibility", "official"), ("threshold", "relative"),
     ("kind", "InfoBatch"), ("version", 99), ("replay", torch.zeros(7, dtype=torch.bool)),
 ]
 CASES = {
-    "IES": (make_ies, IES_BAD, {"k", "eligibility", "replay", "scoring_schedule"}),
+    "IES": (make_ies, IES_BAD, {"k", "eligibility", "replay", "scoring_schedule", "threshold"}),
     "per-exit": (make_per_exit, [
         ("num_exits", 2), ("exit_weights", [1.0, 2.0, 3.0]), ("mastered", lambda t: t[1:]),
         ("totals", lambda t: with_value(t, -1)), ("epoch", -3), ("removal_enabled", None),

@@ -25,11 +25,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def recipes_epilog() -> str:
     """The per-dataset recipes as the table that ends ``ies-fast train --help``."""
     keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "delta", "anneal",
-            "min_kept", "eligibility", "score_policy")
+            "min_kept", "eligibility", "score_policy", "eval_every")
     head = ["dataset", *(cfg.flag(k)[2:] for k in keys)]
     recipes = {**cfg.RECIPES, "folder (<=64 px)": cfg.folder_recipe(cfg.SMALL_FOLDER_SIZE),
                "folder (>64 px)": cfg.folder_recipe(cfg.SMALL_FOLDER_SIZE + 1)}
-    rows = [[name, *(str(recipe.get(k, "every" if k == "score_policy" else "-")) for k in keys)] for name, recipe in recipes.items()]
+    unset = {"score_policy": "every", "eval_every": 1}  # what _with_recipe fills for a recipe without them
+    rows = [[name, *(str(recipe.get(k, unset.get(k, "-"))) for k in keys)] for name, recipe in recipes.items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     return ("recipes (what a flag left out becomes; `ies-fast train --dataset D --print-config` shows the full "
@@ -107,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     model.add_argument("--epochs", type=int, default=None, help=f"epochs to train {RECIPE}")
     model.add_argument("--batch-size", type=int, default=None, help=f"per process (under torchrun: per rank) {RECIPE}")
     model.add_argument("--eval-batch-size", type=int, default=512, help="batch for scoring and test (no grad)")
+    model.add_argument("--eval-every", type=int, default=None,
+         help="evaluate the test set every n epochs and after the last; the test pass costs the same for every "
+              f"selector and does not change training {RECIPE}")
     model.add_argument("--amp", action="store_true", help="bf16 autocast for forward passes")
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
@@ -117,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
         sel.add_argument("--selector", choices=cfg.SELECTORS, default="ies",
              help="ies; infobatch; random (removes --random-ratio each epoch); none (baseline: IES with δ=0)")
     sel.add_argument("--delta", type=float, default=None, help=f"IES threshold δ; 0 removes nothing {RECIPE}")
+    sel.add_argument("--threshold", choices=("absolute", "relative"), default="absolute",
+         help="absolute: δ in loss units (the paper's); relative: δ is a fraction of each epoch's mean recorded "
+              "loss, so one δ does not depend on the loss's scale")
     sel.add_argument("--order", type=int, default=2, help="order N of the loss difference (0-3)")
     sel.add_argument("--window", type=int, default=3,
          help="epochs w averaged in the score; IES removes nothing in the first order + window epochs (warm-up)")

@@ -34,6 +34,8 @@ ACCURACY_KEYS = ("test_acc", "test_accuracy", "accuracy", "acc", "val_acc", "fin
 SAVED_KEYS = ("backward_saved_fraction", "backward_saved")
 TIME_KEYS = ("wall_time_s", "wall_time", "train_time_s", "train_time", "wall_s", "time_s")
 CPU_TIME_KEYS = ("cpu_time_s",)
+#: CPU seconds of training + scoring + the selector's step, without the test passes
+TRAIN_CPU_TIME_KEYS = ("train_cpu_time_s",)
 #: ``--clock``: which time the table and plot compare (cpu: the process's CPU seconds,
 #: which neighbours on a shared machine do not inflate)
 CLOCKS = ("wall", "cpu")
@@ -86,12 +88,13 @@ def read_finished_run(out: str, config) -> Optional[dict]:
     ``config.json`` must hold the same run-defining options as ``config``,
     ``summary.json`` an accuracy, a saved fraction, and wall and CPU times in range
     (:func:`~ies_fast.app.train.out_checks.valid_time`)."""
-    from .config import CHANGEABLE_ON_RESUME, resolve
+    from .config import ADDED_OPTIONS, CHANGEABLE_ON_RESUME, resolve
 
     summary, saved = _read_json(os.path.join(out, "summary.json")), _read_json(os.path.join(out, "config.json"))
     if not isinstance(summary, dict) or not isinstance(saved, dict):
         return None
     wanted = resolve(config).to_dict()
+    saved = {**{k: v for k, v in ADDED_OPTIONS.items() if k not in saved}, **saved}  # runs from before them
     if any(k not in saved or _jsonable(saved[k]) != _jsonable(v) for k, v in wanted.items()
            if k not in CHANGEABLE_ON_RESUME):
         return None
@@ -147,6 +150,7 @@ def run_one(config, train_fn: Callable) -> dict:
         "backward_saved": _pick(summary, SAVED_KEYS) or 0.0,
         "wall_time_s": wall if wall is not None else elapsed,
         "cpu_time_s": _pick(summary, CPU_TIME_KEYS),
+        "train_cpu_time_s": _pick(summary, TRAIN_CPU_TIME_KEYS),
         "random_ratio": getattr(config, "random_ratio", None) if config.selector == "random" else None,
         "summary": summary,
     }
@@ -207,9 +211,22 @@ def _mean_sd(values: list) -> tuple:
     return mean, sd
 
 
-def point_label(selector: str, param=None) -> str:
-    """``IES``, or with a sweep's parameter ``IES δ=0.001``, ``InfoBatch prune=0.5``."""
-    return LABELS[selector] if param is None else f"{LABELS[selector]} {PARAM_NAMES[selector]}={param:g}"
+def spread_text(mean: float, sd: float, seeds: int, digits: int = 2, scale: float = 1.0) -> str:
+    """``"88.76 ± 0.06"``; one seed has no spread: ``"88.76"``."""
+    text = f"{scale * mean:.{digits}f}"
+    return text if seeds < 2 else f"{text} ± {scale * sd:.{digits}f}"
+
+
+def seeds_text(seeds: int) -> str:
+    """``"mean ± sd over 3 seeds"``, ``"1 seed"``."""
+    return f"mean ± sd over {seeds} seeds" if seeds > 1 else f"{seeds} seed"
+
+
+def point_label(selector: str, param=None, variant: str = "") -> str:
+    """``IES``, or with a sweep's parameter ``IES δ=0.001``, ``InfoBatch prune=0.5``, and
+    an IES variant's options before it: ``IES anneal=0.1 δ=0.3``."""
+    name = f"{LABELS[selector]} {variant}".strip()
+    return name if param is None else f"{name} {PARAM_NAMES[selector]}={param:g}"
 
 
 def _times(rows: list, clock: str) -> list:
@@ -221,26 +238,44 @@ def _times(rows: list, clock: str) -> list:
     return times
 
 
+def pick_clock(rows: list, clock: Optional[str], print_fn=print) -> str:
+    """``clock`` when given; otherwise ``"cpu"`` when every run recorded its CPU seconds,
+    else ``"wall"`` (said in one line): runs are one thread each, so CPU time is what
+    neighbours on a shared machine do not inflate."""
+    if clock is not None:
+        return clock
+    if all(r.get("cpu_time_s") is not None for r in rows):
+        return "cpu"
+    print_fn("clock: wall time (a run did not record its CPU time; --clock cpu needs runs from ies-fast train "
+             "since issue 24)")
+    return "wall"
+
+
 def aggregate(rows: list, clock: str = "wall") -> list:
     """One dict per selector, or per (selector, ``param``) for a sweep's rows, in
     first-seen order: mean and sd over seeds of each column, and the speed-up in
     ``clock`` time (wall or cpu; the keys stay ``wall_time_s``/``wall_time_sd``) over
-    the baseline when it ran."""
+    the baseline when it ran. Rows of an IES variant (``row["variant"]``, e.g.
+    ``"anneal=0.1"``) are their own groups; ``train_time_s``/``train_time_sd``: the
+    training-only CPU time, ``None`` unless every run of the group recorded it."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["selector"], r.get("param")), []).append(r)
-    base = [t for (selector, _), rs in groups.items() if selector == "none" for t in _times(rs, clock)]
+        groups.setdefault((r["selector"], r.get("variant") or "", r.get("param")), []).append(r)
+    base = [t for (selector, _, _), rs in groups.items() if selector == "none" for t in _times(rs, clock)]
     base_time = statistics.fmean(base) if base else None
     out = []
-    for (selector, param), rs in groups.items():
+    for (selector, variant, param), rs in groups.items():
         acc, acc_sd = _mean_sd([r["accuracy"] for r in rs])
+        train = [r.get("train_cpu_time_s") for r in rs]
+        train, train_sd = _mean_sd(train) if None not in train else (None, None)
         saved, saved_sd = _mean_sd([r["backward_saved"] for r in rs])
         wall, wall_sd = _mean_sd(_times(rs, clock))
         out.append(
             {
                 "selector": selector,
                 "param": param,
-                "label": point_label(selector, param),
+                "variant": variant,
+                "label": point_label(selector, param, variant),
                 "seeds": len(rs),
                 "accuracy": acc,
                 "accuracy_sd": acc_sd,
@@ -248,6 +283,8 @@ def aggregate(rows: list, clock: str = "wall") -> list:
                 "backward_saved_sd": saved_sd,
                 "wall_time_s": wall,
                 "wall_time_sd": wall_sd,
+                "train_time_s": train,
+                "train_time_sd": train_sd,
                 "speedup": base_time / wall if base_time and wall > 0 else None,
             }
         )
@@ -266,9 +303,9 @@ def format_table(rows: list, clock: str = "wall") -> str:
             (
                 a["label"],
                 str(a["seeds"]),
-                f"{100 * a['accuracy']:.2f} ± {100 * a['accuracy_sd']:.2f}",
-                f"{100 * a['backward_saved']:.1f} ± {100 * a['backward_saved_sd']:.1f}",
-                f"{a['wall_time_s']:.2f} ± {a['wall_time_sd']:.2f}",
+                spread_text(a["accuracy"], a["accuracy_sd"], a["seeds"], 2, 100),
+                spread_text(a["backward_saved"], a["backward_saved_sd"], a["seeds"], 1, 100),
+                spread_text(a["wall_time_s"], a["wall_time_sd"], a["seeds"], 2),
                 "-" if a["speedup"] is None else f"{a['speedup']:.2f}x",
             )
         )
@@ -331,7 +368,7 @@ def plot(rows: list, path: str, title: str = "", clock: str = "wall") -> str:
     ax2.grid(alpha=0.3, axis="y")
     seeds = max((a["seeds"] for a in agg), default=0)
     head = f"selectors compared on {title}" if title else "selectors compared"
-    fig.suptitle(f"{head}\nmean ± sd over {seeds} seed{'s' if seeds != 1 else ''}", fontsize=11)
+    fig.suptitle(f"{head}\n{seeds_text(seeds)}", fontsize=11)
     return save(fig, path, dpi=120)
 
 
@@ -344,10 +381,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed_arguments(parser)
     parser.add_argument("--no-match-random", dest="match_random", action="store_false",
                         help="run random removal at --random-ratio instead of IES's saved fraction")
-    parser.add_argument("--clock", choices=CLOCKS, default="wall",
-                        help="the time the table and plot compare: wall, or cpu (the runs' CPU seconds: what "
-                             "neighbours on a shared machine do not inflate; one thread per run)")
-    parser.add_argument("--plot", default="compare.png", help="where to write the plot (default: compare.png; '' for none)")
+    parser.add_argument("--clock", choices=CLOCKS, default=None,
+                        help="the time the table and plot compare: cpu (the runs' CPU seconds: what neighbours on a "
+                             "shared machine do not inflate; one thread per run; the default when every run "
+                             "recorded it) or wall")
+    parser.add_argument("--plot", default=None, help="where to write the plot (default: OUT/compare.png; '' for none)")
     parser.add_argument("--json", default=None, help="also write the rows (with each run's summary) as JSON here")
 
 
@@ -356,13 +394,15 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
     print the table, write the plot (and JSON). Returns the rows."""
     check_out_folder(getattr(base_config, "out", None))
     check_output("--json", args.json)
-    plot_path = args.plot if extras.can_plot(args.plot, print_fn) else ""  # before any run
+    plot_path = os.path.join(base_config.out, "compare.png") if args.plot is None else args.plot
+    plot_path = plot_path if extras.can_plot(plot_path, print_fn) else ""  # before any run
     check_output("--plot", plot_path)
     rows = compare(base_config, args.selectors, args.seeds, match_random=args.match_random, train_fn=train_fn,
                    log=lambda m: print_fn(m))
-    clock = getattr(args, "clock", "wall")
+    clock = pick_clock(rows, getattr(args, "clock", None), print_fn)
     print_fn(format_table(rows, clock))
     if plot_path:
+        os.makedirs(os.path.dirname(plot_path) or ".", exist_ok=True)
         delta = getattr(base_config, "delta", None)
         title = describe(base_config, f"IES δ={delta:g}" if isinstance(delta, (int, float)) else "")
         print_fn(f"plot: {plot(rows, plot_path, title, clock=clock)}")

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from ...selectors.ies import THRESHOLDS
 from ...selectors.rule import ELIGIBILITY, decision_threshold
 
 DATASETS = ("digits", "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic")
@@ -44,12 +45,14 @@ RECIPES = {
                     score_policy="backoff"),
     # sized so that `ies-fast compare` (4 selectors x 3 seeds) fits an hour on a 2-core CPU
     # (docs/training.md, docs/results.md)
+    # eval_every=5: the test pass (10,000 images) is the same for every selector and was a third of a
+    # 10k-slice run; it does not change training (docs/results.md, "Fashion-MNIST 10k-slice front")
     "fashion-mnist": dict(model="resnet8", epochs=15, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
                           lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper",
-                          score_policy="backoff"),
+                          score_policy="backoff", eval_every=5),
     "mnist": dict(model="resnet8", epochs=8, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
                   lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper",
-                  score_policy="backoff"),
+                  score_policy="backoff", eval_every=4),
 }
 
 #: ``folder`` images up to this side (``--image-size``, default 64) train like Fashion-MNIST:
@@ -94,8 +97,10 @@ class TrainConfig:
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     eval_batch_size: int = 512
+    eval_every: Optional[int] = None
     selector: str = "ies"
     delta: Optional[float] = None
+    threshold: str = "absolute"
     order: int = 2
     window: int = 3
     k: int = 1
@@ -138,6 +143,10 @@ class TrainConfig:
 #: executes, not what it computes. Every other option defines the run and must match.
 CHANGEABLE_ON_RESUME = ("out", "resume", "stop_after", "progress", "plot", "workers", "data_dir", "device", "backend",
                         "compile", "deterministic", "eval_batch_size", "dist_timeout")
+
+#: options added after runs were recorded, with the value that reproduces those runs: a
+#: finished run whose config.json lacks one is read back when the option is at that value
+ADDED_OPTIONS = {"eval_every": 1, "threshold": "absolute"}
 
 #: changeable options that belong to one invocation: a resumed run takes them from its own
 #: command line (their defaults when left out), never from the checkpoint
@@ -208,7 +217,9 @@ def _number(option: str, value, low: float, high: float = math.inf, *, open_low:
 def _with_recipe(config: TrainConfig) -> TrainConfig:
     _choice("dataset", config.dataset, DATASETS)
     chosen = folder_recipe(config.image_size) if config.dataset == "folder" else RECIPES[config.dataset]
-    recipe = {"loader": "torch", "image_size": 32, "score_policy": "every", **chosen}
+    recipe = {"loader": "torch", "image_size": 32, "score_policy": "every", "eval_every": 1, **chosen}
+    if config.early_stop != "none":
+        recipe["eval_every"] = 1  # early stopping reads the test accuracy every epoch
     return dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
 
 
@@ -228,7 +239,7 @@ def validate(c: TrainConfig, *, need_data: bool = True) -> None:
     _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     _choice("loader", c.loader, LOADERS)
     _choice("early_stop", c.early_stop, EARLY_STOP)
-    for name in ("epochs", "batch_size", "eval_batch_size", "window", "k", "score_every", "patience", "synthetic_size",
+    for name in ("epochs", "batch_size", "eval_batch_size", "eval_every", "window", "k", "score_every", "patience", "synthetic_size",
                  "image_size"):
         _positive_int(name, getattr(c, name))
     if c.synthetic_classes < 2:
@@ -242,6 +253,7 @@ def validate(c: TrainConfig, *, need_data: bool = True) -> None:
     _number("weight_decay", c.weight_decay, 0.0)
     _number("lr_gamma", c.lr_gamma, 0.0, 1.0, open_low=True)
     _number("delta", c.delta, 0.0)
+    _choice("threshold", c.threshold, THRESHOLDS)
     _choice("eligibility", c.eligibility, ELIGIBILITY)
     try:
         decision_threshold(c.delta, c.window)
@@ -262,6 +274,9 @@ def validate(c: TrainConfig, *, need_data: bool = True) -> None:
         _fail("loader", f"dali needs an image data set (fashion-mnist, mnist, cifar10, cifar100, imagenet, folder, "
                         f"synthetic); "
                         f"{c.dataset} is vectors")
+    if c.eval_every > 1 and c.early_stop != "none":
+        _fail("eval_every", f"must be 1 with --early-stop {c.early_stop} (it reads the test accuracy every epoch); "
+                            f"got {c.eval_every!r}")
     if c.stop_after is not None:
         _positive_int("stop_after", c.stop_after)
     if c.subset is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import functools
 import os
 import random
@@ -63,7 +64,8 @@ def selector_for_config(config: TrainConfig, num_samples: int, device: torch.dev
         min_kept = float(config.min_kept) if config.selector == "ies" else 0  # a fraction, as IES takes it too
         return IES(num_samples, delta=delta, order=config.order, window=config.window, device=device,
                    k=config.k, eligibility=config.eligibility, score_every=config.score_every, backend=config.backend, score_policy=config.score_policy,
-                   score_max_interval=config.score_max_interval, min_kept=min_kept, seed=config.seed)
+                   score_max_interval=config.score_max_interval, min_kept=min_kept, seed=config.seed,
+                   threshold=config.threshold)
     if config.selector == "infobatch":
         return InfoBatch(num_samples, config.epochs, prune_ratio=config.prune_ratio, device=device, seed=config.seed,
                          backend=config.backend)
@@ -458,6 +460,13 @@ class Trainer:
         return {"train_loss": loss_total / seen_total if seen_total else float("nan"),
                 "train_acc": correct_total / seen_total if seen_total else float("nan")}
 
+    def _evaluates(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) ends with a test pass: every ``--eval-every``
+        epochs and after the last (its accuracy is the run's)."""
+        c = self.config
+        last = min(c.epochs, c.stop_after) if c.stop_after else c.epochs
+        return (epoch + 1) % c.eval_every == 0 or epoch + 1 >= last
+
     def _evaluate(self) -> dict:
         model = dist_utils.unwrap_model(self.net)
         model.eval()
@@ -496,8 +505,8 @@ class Trainer:
         sel.step()
         stats = sel.stats()
         _sync(self.device)
-        t2 = time.perf_counter()
-        row.update(self._evaluate())
+        t2, cpu2 = time.perf_counter(), time.process_time()
+        row.update(self._evaluate() if self._evaluates(epoch) else {"test_loss": float("nan"), "test_acc": float("nan")})
         t3 = time.perf_counter()
         if self.world > 1:
             assert_selector_in_sync(sel)
@@ -513,6 +522,7 @@ class Trainer:
             # CPU seconds of the whole process in the epoch: unlike wall time, not inflated by other
             # programs on a shared machine (includes loader threads; GPU time does not show)
             "time_cpu_s": time.process_time() - cpu0,
+            "time_cpu_train_s": cpu2 - cpu0,  # training + scoring + the selector's step: no test pass
         }
         row.update(self._read_counts(epoch))
         return row
@@ -586,7 +596,8 @@ class Trainer:
             "dataset": self.config.dataset, "model": self.config.model, "selector": self.config.selector,
             "epochs_run": len(h), "stopped_early": bool(self.stopped and len(h) < self.config.epochs),
             "test_acc": last.get("test_acc", float("nan")),
-            "best_test_acc": max((r["test_acc"] for r in h), default=float("nan")),
+            "best_test_acc": max((r["test_acc"] for r in h if not math.isnan(r["test_acc"])), default=float("nan")),
+            "eval_every": self.config.eval_every,
             "test_loss": last.get("test_loss", float("nan")),
             "backward_saved": last.get("backward_saved", 0),
             "backward_saved_fraction": last.get("backward_saved_fraction", 0.0),
@@ -596,6 +607,7 @@ class Trainer:
             "score_time_s": sum(r["time_score_s"] for r in h),
             "eval_time_s": sum(r["time_eval_s"] for r in h),
             "cpu_time_s": sum(r.get("time_cpu_s", float("nan")) for r in h),
+            "train_cpu_time_s": sum(r.get("time_cpu_train_s", float("nan")) for r in h),
             "world_size": self.world,
             "out": self.config.out,
             "history": h,
@@ -603,7 +615,8 @@ class Trainer:
 
 
 def _epoch_line(row: dict, epochs: int, note: dict) -> str:
-    return (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  test {100 * row['test_acc']:.2f}%  "
+    test = "-" if math.isnan(row["test_acc"]) else f"{100 * row['test_acc']:.2f}%"
+    return (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  test {test}  "
             f"kept {100 * row['kept_fraction']:.1f}%  saved {100 * row['backward_saved_fraction']:.1f}%  "
             f"train {_seconds(row['time_train_s'])} score {_seconds(row['time_score_s'])} "
             f"eval {_seconds(row['time_eval_s'])}"

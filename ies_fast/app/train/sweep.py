@@ -20,6 +20,8 @@ from ... import extras
 from ...io.run_folder import RunFolderError
 from .arguments import add_seed_arguments
 from . import compare as cmp
+from . import front
+from .front import pareto_front  # noqa: F401 (sweep's name since the first Pareto plot)
 from .out_checks import check_out_folder
 
 #: the config field a sweep varies for each selector, and its folder-name prefix
@@ -30,6 +32,7 @@ DEFAULT_DELTA_POINTS = 5
 DEFAULT_PRUNE_RATIOS = (0.3, 0.5, 0.7)
 DEFAULT_RANDOM_RATIOS = (0.3, 0.5, 0.7)
 DEFAULT_TOLERANCE = 0.5  # accuracy points (percent)
+FRONT_TOLERANCE = 0.2  # the front's "at the baseline's accuracy" (issue 27)
 
 
 def log_grid(low: float, high: float, points: int) -> tuple:
@@ -64,92 +67,116 @@ def points(deltas: Iterable[float], prune_ratios: Iterable[float], random_ratios
     return out
 
 
-def run_folder(config) -> str:
+def run_folder(config, variant: Optional[dict] = None) -> str:
     """The folder of one sweep run: ``none-seed0``, ``ies-delta0.001-seed0``,
-    ``infobatch-prune0.5-seed0``, ``random-ratio0.3-seed0``."""
+    ``infobatch-prune0.5-seed0``, ``random-ratio0.3-seed0``; an IES variant's options
+    follow δ: ``ies-delta0.3-anneal0.1-seed0``."""
     field = PARAM_FIELDS.get(config.selector)
     point = f"-{FOLDER_PREFIX[config.selector]}{getattr(config, field):g}" if field else ""
-    return f"{config.selector}{point}-seed{config.seed}"
+    return f"{config.selector}{point}{front.variant_folder(variant or {})}-seed{config.seed}"
 
 
-def run_point(config) -> dict:
+def run_point(config, variant: Optional[dict] = None) -> dict:
     """The default ``train_fn``: the run in ``OUT/<run_folder>``, read back when finished."""
-    return cmp.run_in_subfolder(config, run_folder(config))
+    return cmp.run_in_subfolder(config, run_folder(config, variant))
+
+
+class NotFinished(Exception):
+    """``--only-finished``: the point has no finished run (it is left out, not run)."""
+
+
+def finished_point(config, variant: Optional[dict] = None) -> dict:
+    """``--only-finished``'s ``train_fn``: the finished run in ``OUT/<run_folder>`` read
+    back from its JSON files, or :class:`NotFinished`; nothing is trained."""
+    folder = os.path.join(config.out, run_folder(config, variant))
+    summary = cmp.read_finished_run(folder, config) if os.path.isdir(folder) else None
+    if summary is None:
+        raise NotFinished(f"{folder} has no finished run")
+    return summary
 
 
 def sweep(base_config, deltas: Iterable[float] = log_grid(*DEFAULT_DELTA_RANGE, DEFAULT_DELTA_POINTS),
           prune_ratios: Iterable[float] = DEFAULT_PRUNE_RATIOS, random_ratios: Iterable[float] = DEFAULT_RANDOM_RATIOS,
-          seeds: Iterable[int] = (0, 1, 2), *, train_fn: Optional[Callable] = None,
-          log: Optional[Callable[[str], None]] = None) -> list:
+          seeds: Iterable[int] = (0, 1, 2), *, variants: Iterable[dict] = (), train_fn: Optional[Callable] = None,
+          log: Optional[Callable[[str], None]] = None, only_finished: bool = False) -> list:
     """Run every point with every seed; returns one row per run, as
     :func:`ies_fast.app.train.compare.run_one` makes them, with the point's ``param``
-    (``None`` for the baseline)."""
-    grid = points(deltas, prune_ratios, random_ratios)
+    (``None`` for the baseline) and ``variant`` (``""``, or an IES variant's name).
+
+    ``variants``: IES option overrides (:data:`front.VARIANT_FIELDS`), each run at every
+    δ of ``deltas`` unless it sets its own ``delta``; after the plain IES points.
+    ``only_finished``: read the finished runs back and leave the others out (the
+    default ``train_fn`` only)."""
+    deltas, variants = list(deltas), [dict(v) for v in variants]
+    front.check_variants(variants)
+    grid = [(selector, value, {}) for selector, value in points(deltas, prune_ratios, random_ratios)]
+    at = max(i for i, (selector, _, _) in enumerate(grid) if selector in ("none", "ies")) + 1
+    extra = [("ies", d, {k: v for k, v in variant.items() if k != "delta"})
+             for variant in variants for d in ([variant["delta"]] if "delta" in variant else deltas)]
+    grid[at:at] = extra
     seeds = list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must be distinct integers; got {seeds!r}")
-    train_fn = train_fn or run_point
-    rows, total = [], len(grid) * len(seeds)
-    for selector, value in grid:
+    rows, total, done = [], len(grid) * len(seeds), 0
+    for selector, value, variant in grid:
         changes = {"selector": selector} if value is None else {"selector": selector, PARAM_FIELDS[selector]: value}
+        name = front.variant_name(variant)
+        label = cmp.point_label(selector, value, name)
+        run = train_fn or (lambda config, variant=variant: (finished_point if only_finished else run_point)(
+            config, variant))
         for seed in seeds:
+            done += 1
             if log:
-                log(f"sweep: {cmp.point_label(selector, value)} seed {seed} ({len(rows) + 1}/{total}) ...")
+                log(f"sweep: {label} seed {seed} ({done}/{total}) ...")
             try:
-                row = cmp.run_one(cmp.with_changes(base_config, seed=seed, **changes), train_fn)
-            except RunFolderError as exc:  # a planted link or FIFO in that point's folder
-                (log or print)(f"sweep: {cmp.point_label(selector, value)} seed {seed} skipped: {exc}")
+                row = cmp.run_one(cmp.with_changes(base_config, seed=seed, **changes, **variant), run)
+            except (RunFolderError, NotFinished) as exc:  # a planted link or FIFO; not run (--only-finished)
+                (log or print)(f"sweep: {label} seed {seed} skipped: {exc}")
                 continue
-            row["param"] = value
+            row["param"], row["variant"] = value, name
             rows.append(row)
     return rows
 
 
-def best_within(rows: list, tolerance: float = DEFAULT_TOLERANCE, selector: str = "ies") -> Optional[dict]:
+def best_within(rows: list, tolerance: float = DEFAULT_TOLERANCE, selector: str = "ies",
+                clock: str = "wall") -> Optional[dict]:
     """Of ``selector``'s points whose mean accuracy is at least the baseline's mean
     minus ``tolerance`` points, the one that saves the most backward samples (ties:
     the more accurate); its aggregate (see :func:`compare.aggregate`) or ``None``."""
-    agg = cmp.aggregate(rows)
+    agg = cmp.aggregate(rows, clock)
     base = [a for a in agg if a["selector"] == "none"]
     if not base:
         raise ValueError("the sweep has no baseline run")
     floor = base[0]["accuracy"] - tolerance / 100
-    fits = [a for a in agg if a["selector"] == selector and a["accuracy"] >= floor - 1e-12]
+    fits = [a for a in agg if a["selector"] == selector and not a["variant"] and a["accuracy"] >= floor - 1e-12]
     return max(fits, key=lambda a: (a["backward_saved"], a["accuracy"]), default=None)
 
 
-def recommendation(rows: list, tolerance: float = DEFAULT_TOLERANCE) -> str:
+def recommendation(rows: list, tolerance: float = DEFAULT_TOLERANCE, clock: str = "wall") -> str:
     """The lines under the table: the baseline's accuracy and, for each selector
-    swept, its point that saves the most within the tolerance (δ first)."""
-    base = next(a for a in cmp.aggregate(rows) if a["selector"] == "none")
-    lines = [f"baseline: {100 * base['accuracy']:.2f} ± {100 * base['accuracy_sd']:.2f}% ({base['seeds']} seeds); "
+    swept, its point that saves the most within the tolerance (δ first); speed-ups
+    in ``clock`` time."""
+    base = next(a for a in cmp.aggregate(rows, clock) if a["selector"] == "none")
+    lines = [f"baseline: {cmp.spread_text(base['accuracy'], base['accuracy_sd'], base['seeds'], 2, 100)}% "
+             f"({cmp.seeds_text(base['seeds'])}); "
              f"tolerance {tolerance:g} points: accuracy >= {100 * base['accuracy'] - tolerance:.2f}%"]
     for selector in PARAM_FIELDS:
         if not any(r["selector"] == selector for r in rows):
             continue
-        best = best_within(rows, tolerance, selector)
+        best = best_within(rows, tolerance, selector, clock)
         what = "δ" if selector == "ies" else f"{cmp.LABELS[selector]} {cmp.PARAM_NAMES[selector]}"
         if best is None:
             lines.append(f"{what}: no point stays within {tolerance:g} points of the baseline")
             continue
-        speed = f", speed-up {best['speedup']:.2f}x over the baseline (wall time)" if best["speedup"] else ""
+        speed = (f", speed-up {best['speedup']:.2f}x over the baseline ({cmp._CLOCK_LABEL[clock]})"
+                 if best["speedup"] else "")
         lines.append(f"{what} that saves most within {tolerance:g} points: {cmp.PARAM_NAMES[selector]}={best['param']:g} "
-                     f"({100 * best['accuracy']:.2f} ± {100 * best['accuracy_sd']:.2f}%, "
+                     f"({cmp.spread_text(best['accuracy'], best['accuracy_sd'], best['seeds'], 2, 100)}%, "
                      f"{100 * best['backward_saved']:.1f}% backward saved{speed})")
     return "\n".join(lines)
 
 
-def pareto_front(xs: list, ys: list, *, larger_x_better: bool) -> list:
-    """Indices of the points no other point beats in both x and y (y larger is
-    better), ordered by x."""
-    sign = 1 if larger_x_better else -1
-    front = [i for i in range(len(xs))
-             if not any(sign * xs[j] >= sign * xs[i] and ys[j] >= ys[i] and (xs[j], ys[j]) != (xs[i], ys[i])
-                        for j in range(len(xs)))]
-    return sorted(front, key=lambda i: xs[i])
-
-
-def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE, title: str = "") -> str:
+def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE, title: str = "", clock: str = "wall") -> str:
     """Two panels, test accuracy against backward samples saved and against wall
     time: each selector's points (mean ± sd over seeds, labelled with their
     parameter), the baseline's mean (a line, visible also when its sd is 0) and
@@ -163,11 +190,11 @@ def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE, title: str
 
     from ..plots import save
 
-    agg = cmp.aggregate(rows)
+    agg = [a for a in cmp.aggregate(rows, clock) if not a["variant"]]  # IES variants: the front's plot
     base = next(a for a in agg if a["selector"] == "none")
-    best = best_within(rows, tolerance)
+    best = best_within(rows, tolerance, clock=clock)
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
-    panels = (("backward_saved", 100, "backward samples saved (%)", True), ("wall_time_s", 1, "wall time (s)", False))
+    panels = (("backward_saved", 100, "backward samples saved (%)", True), ("wall_time_s", 1, f"{cmp._CLOCK_LABEL[clock]} (s)", False))
     for ax, (key, scale, xlabel, larger_better) in zip(axes, panels):
         acc0, sd0 = 100 * base["accuracy"], 100 * base["accuracy_sd"]
         ax.axhline(acc0, color="tab:gray", lw=1.2, label="baseline mean ± sd")
@@ -201,7 +228,7 @@ def plot(rows: list, path: str, tolerance: float = DEFAULT_TOLERANCE, title: str
     axes[0].set_ylabel("test accuracy (%)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    seeds = f"mean ± sd over {base['seeds']} seed{'s' if base['seeds'] != 1 else ''}"
+    seeds = cmp.seeds_text(base["seeds"])
     fig.suptitle(f"sweep on {title}: {seeds}" if title else f"sweep: {seeds}", fontsize=11)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return save(fig, path, dpi=90, layout=False)
@@ -212,7 +239,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``sweep`` subcommand's own options (the training flags come from ``train``'s)."""
     g = parser.add_argument_group("sweep")
     g.add_argument("--deltas", nargs="+", type=float, default=None,
-                   help="IES δ values (default: --delta-points values log-spaced over --delta-range)")
+                   help="the IES δ values the sweep runs (default: --delta-points values log-spaced over "
+                        "--delta-range); the training option --delta (one run's δ) is not used by a sweep")
     g.add_argument("--delta-range", nargs=2, type=float, default=list(DEFAULT_DELTA_RANGE), metavar=("LOW", "HIGH"),
                    help="the δ grid's ends")
     g.add_argument("--delta-points", type=int, default=DEFAULT_DELTA_POINTS, help="values in the δ grid")
@@ -221,14 +249,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--random-ratios", nargs="*", type=float, default=list(DEFAULT_RANDOM_RATIOS),
                    help="random removal ratios (none given: no random removal)")
     add_seed_arguments(g)
-    g.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help="accuracy points below the baseline's mean a chosen δ may lose")
-    g.add_argument("--plot", default=None, help="Pareto plot (default: OUT/sweep.png; '' for none)")
+    g.add_argument("--ies-variant", dest="ies_variants", action="append", default=[], metavar="KEY=VALUE[,...]",
+                   help="also run IES with these options changed (a lever: anneal=0.1; order=1,window=2; "
+                        "threshold=relative,delta=1), at every --deltas value unless it sets delta; repeatable")
+    g.add_argument("--only-finished", action="store_true",
+                   help="train nothing: read back the points' finished runs and leave out the rest (a report "
+                        "while a sweep is still running elsewhere)")
+    g.add_argument("--front", action="store_true",
+                   help="print each method's accuracy-versus-time Pareto front (training-only and total time) "
+                        "and plot it, one line per method (OUT/front.png), instead of the δ table")
+    g.add_argument("--tolerance", type=float, default=None,
+                   help=f"accuracy points below the baseline's mean a chosen point may lose (default "
+                        f"{DEFAULT_TOLERANCE:g}; with --front {FRONT_TOLERANCE:g})")
+    g.add_argument("--clock", choices=cmp.CLOCKS, default=None,
+                   help="the time compared: cpu (each run's CPU seconds, which neighbours on a shared machine do "
+                        "not inflate; the default when every run recorded it) or wall")
+    g.add_argument("--plot", default=None, help="Pareto plot (default: OUT/sweep.png, with --front OUT/front.png; "
+                                                "'' for none)")
     g.add_argument("--json", default=None, help="also write the rows (each with its run's summary) as JSON here")
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Raise ``ValueError`` naming the first bad sweep option (before any run)."""
+    """Raise ``ValueError`` naming the first bad sweep option (before any run); fills
+    the defaults of ``--tolerance`` and ``--ies-variant``'s parsed ``variants``."""
+    if args.tolerance is None:
+        args.tolerance = FRONT_TOLERANCE if args.front else DEFAULT_TOLERANCE
+    args.variants = [front.parse_variant(v) for v in args.ies_variants]
+    front.check_variants(args.variants)
     if not (isinstance(args.tolerance, (int, float)) and math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise ValueError(f"--tolerance must be a number of accuracy points >= 0; got {args.tolerance!r}")
     deltas = args.deltas if args.deltas is not None else log_grid(*args.delta_range, args.delta_points)
@@ -244,20 +291,37 @@ def run(args: argparse.Namespace, base_config, *, train_fn: Optional[Callable] =
     check_args(args)
     check_out_folder(getattr(base_config, "out", None))
     deltas = args.deltas if args.deltas is not None else log_grid(*args.delta_range, args.delta_points)
-    plot_path = os.path.join(base_config.out, "sweep.png") if args.plot is None else args.plot
+    default_plot = "front.png" if args.front else "sweep.png"
+    plot_path = os.path.join(base_config.out, default_plot) if args.plot is None else args.plot
     plot_path = plot_path if extras.can_plot(plot_path, print_fn) else ""  # said before any run
     cmp.check_output("--json", args.json)
     cmp.check_output("--plot", plot_path)
-    rows = sweep(base_config, deltas, args.prune_ratios, args.random_ratios, args.seeds, train_fn=train_fn,
-                 log=print_fn)
+    rows = sweep(base_config, deltas, args.prune_ratios, args.random_ratios, args.seeds, variants=args.variants,
+                 train_fn=train_fn, log=print_fn, only_finished=args.only_finished)
     if not any(r["selector"] == "none" for r in rows):
         raise ValueError("every baseline run was skipped: the sweep has nothing to compare against")
-    print_fn(cmp.format_table(rows))
-    print_fn(recommendation(rows, args.tolerance))
+    clock = cmp.pick_clock(rows, args.clock, print_fn)
+    if args.front:
+        print_fn(front.format_table(rows, clock, args.tolerance, front_title(base_config)))
+    else:
+        print_fn(cmp.format_table(rows, clock))
+        print_fn(recommendation(rows, args.tolerance, clock))
     if plot_path:
         os.makedirs(os.path.dirname(plot_path) or ".", exist_ok=True)
-        title = cmp.describe(base_config, f"IES δ from {min(deltas):g} to {max(deltas):g}")
-        print_fn(f"plot: {plot(rows, plot_path, args.tolerance, title)}")
+        if args.front:
+            print_fn(f"plot: {front.plot(rows, plot_path, clock, front_title(base_config))}")
+        else:
+            title = cmp.describe(base_config, f"IES δ from {min(deltas):g} to {max(deltas):g}")
+            print_fn(f"plot: {plot(rows, plot_path, args.tolerance, title, clock)}")
     if args.json:
         print_fn(f"rows: {cmp.write_json(rows, args.json)}")
     return rows
+
+
+def front_title(config) -> str:
+    """``fashion-mnist (resnet8, 15 epochs), 10000 samples, test pass every 15 epochs``."""
+    subset = getattr(config, "subset", None)
+    every = getattr(config, "eval_every", 1)
+    parts = [cmp.describe(config)] + ([f"{subset} samples"] if subset else [])
+    parts.append("test pass every epoch" if every == 1 else f"test pass every {every} epochs and after the last")
+    return ", ".join(parts)
