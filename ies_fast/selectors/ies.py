@@ -83,6 +83,12 @@ class IES(Selector):
         min_kept: the collapse guard's floor: an int count in ``[0, num_samples]`` or a
             float fraction in ``[0, 1]``.
         seed: seeds the replayed samples' draw (with the epoch).
+        shard_state: must stay ``False`` here; per-sample state sharded across DDP
+            ranks is :class:`ies_fast.selectors.ShardedIES`, built by
+            ``make_selector("ies", ..., shard_state=True)``.
+        threshold: ``"absolute"`` (mastered when the mean ``|Δ^N|`` is below δ) or
+            ``"relative"`` (below δ times the epoch's mean recorded loss: one setting
+            for losses of any scale).
 
     Raises:
         TypeError: an int argument given as a float or bool, a non-number ``delta``,
@@ -90,6 +96,7 @@ class IES(Selector):
         ValueError: a value out of range (above), an unknown choice, ``delta`` so small
             that ``delta * window`` rounds to 0 in fp32, a loss history longer than 120
             (``order + window + k - 1``, +1 for ``"official"``), ``exit_reduction="per_exit"``,
+            ``shard_state=True``,
             ``device="meta"``, or per-sample state larger than the device's memory.
         RuntimeError: ``backend="native"`` or ``"triton"`` is not available on ``device``.
 
