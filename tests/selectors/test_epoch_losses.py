@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ies_fast import IES, InfoBatch, RandomRemoval
+from ies_fast import IES, InfoBatch, RandomRemoval, make_selector
 from ies_fast.ops.ring import current_slot
 
 S = 97
@@ -59,7 +59,7 @@ def test_epoch_losses_match_the_reference(make):
 
 
 def test_per_exit_takes_the_largest_exit_and_random_removal_keeps_none():
-    sel = IES(S, delta=0.1, order=1, window=2, backend="torch", num_exits=2, exit_reduction="per_exit")
+    sel = make_selector("ies", S, delta=0.1, order=1, window=2, backend="torch", num_exits=2, exit_reduction="per_exit")
     g = torch.Generator().manual_seed(2)
     want = torch.tensor(feed(sel, g, exits=2), dtype=torch.float32)
     torch.testing.assert_close(sel.epoch_losses(), want, equal_nan=True, rtol=0, atol=0)

@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ies_fast import IES, InfoBatch, RandomRemoval
+from ies_fast import IES, InfoBatch, RandomRemoval, make_selector
 from ies_fast.selectors import sync
 from ies_fast.selectors.base import Selector
 
-import sync_worker
+from _support import sync_worker
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -52,7 +52,7 @@ def test_one_perturbed_sample_is_caught_on_every_rank(tmp_path):
     lambda: IES(257, delta=0.1, order=1, window=2, backend="torch", min_kept=5, score_policy="backoff"),
     lambda: InfoBatch(257, num_epochs=4),
     lambda: RandomRemoval(257, 0.3),
-    lambda: IES(257, delta=0.1, order=1, window=2, backend="torch", num_exits=2, exit_reduction="per_exit"),
+    lambda: make_selector("ies", 257, delta=0.1, order=1, window=2, backend="torch", num_exits=2, exit_reduction="per_exit"),
 ])
 def test_fingerprint_sees_every_state_tensor_and_copies_nothing(make):
     """A selector's own state_tensors() holds what the generic one (every tensor of
@@ -79,9 +79,3 @@ def test_fingerprint_sees_every_state_tensor_and_copies_nothing(make):
         assert not torch.equal(before, sync.selector_fingerprint(sel)), name
         flat_t[-1] = old
         assert torch.equal(before, sync.selector_fingerprint(sel)), name
-
-
-def test_moved_names_still_import_from_the_old_path():
-    with pytest.warns(DeprecationWarning):
-        import ies_fast.distributed as old
-    assert old.assert_selector_in_sync is sync.assert_selector_in_sync
