@@ -69,7 +69,7 @@ def folder_recipe(image_size: Optional[int]) -> dict:
     size = FOLDER_DEFAULT_SIZE if image_size is None else image_size
     small = isinstance(size, int) and size <= SMALL_FOLDER_SIZE
     return {**RECIPES["fashion-mnist"], "model": "resnet8" if small else "resnet18", "image_size": size,
-            "loader": "torch"}
+            "loader": "torch", "eval_every": 1}  # a user's own photos: a test accuracy every epoch
 
 
 def uses_torchvision_models(config: "TrainConfig") -> bool:
