@@ -8,22 +8,11 @@ import math
 
 import pytest
 
+from _support.fake_config import FakeConfig
 from ies_fast.app.cli import main
 from ies_fast.app.train import compare as cmp
 from ies_fast.app.train import front
 from ies_fast.app.train import sweep as sw
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeConfig:
-    dataset: str = "digits"
-    seed: int = 0
-    selector: str = "ies"
-    delta: float = 1e-3
-    anneal: float = 0.0
-    prune_ratio: float = 0.5
-    random_ratio: float = 0.3
-    out: str = "runs"
 
 
 def fake_train(config):

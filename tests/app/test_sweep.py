@@ -1,23 +1,12 @@
 """ies_fast.app.train.sweep (``ies-fast sweep``): the grid, one resumable folder per
 point and seed, the table, the δ it names, the Pareto plot, and bad options."""
-import dataclasses
 import json
 
 import pytest
 
+from _support.fake_config import FakeConfig
 from ies_fast.app.cli import main
 from ies_fast.app.train import sweep as sw
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeConfig:
-    dataset: str = "digits"
-    seed: int = 0
-    selector: str = "ies"
-    delta: float = 1e-3
-    prune_ratio: float = 0.5
-    random_ratio: float = 0.3
-    out: str = "runs"
 
 
 def fake_train(calls, acc_of=None):
