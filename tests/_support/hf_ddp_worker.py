@@ -1,4 +1,4 @@
-"""Run under ``torchrun --nproc_per_node W`` by tests/integrations/test_hf_ddp.py:
+"""Run under ``torchrun --nproc_per_node W`` or ``accelerate launch --multi_gpu --num_processes W``
 ``IESTrainer`` (tiny GPT-2 of tests/integrations/hf_tiny.py, CPU, gloo) checkpointing
 every epoch.
 

@@ -1,8 +1,9 @@
-"""``IESTrainer`` under ``torchrun --nproc_per_node 2`` (CPU, gloo): every rank trains on
-the same kept set with the same optimizer steps although the kept count does not
-divide by 2 (each run has a timeout: unequal steps would hang DDP); a rank SIGKILLed
-mid-run, then ``train(resume_from_checkpoint=True)``, ends equal to the uninterrupted
-run; the checkpoint resumes on 1 and on 3 processes."""
+"""``IESTrainer`` under ``accelerate launch`` and ``torchrun`` with 2 processes (CPU, gloo):
+every rank trains on the same kept set with the same optimizer steps although the kept
+count does not divide by 2 (each run has a timeout: unequal steps would hang DDP); a
+rank SIGKILLed mid-run under torchrun, then ``train(resume_from_checkpoint=True)``,
+ends equal to the uninterrupted run under ``accelerate launch`` (so the two launchers
+agree); the checkpoint resumes on 1 and on 3 processes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,14 +24,23 @@ EPOCHS, TIMEOUT_S = 6, 300
 
 
 def run(out: Path, world: int, *extra, check: bool = True) -> int:
+    """The worker under ``torchrun --nproc_per_node world``."""
     return ddp_runs.run(["-m", "torch.distributed.run", "--nproc_per_node", world, "--master_port", free_port(),
                          SCRIPT, out, *extra], TIMEOUT_S, check)
+
+
+def accelerate_launch(out: Path, world: int, *extra) -> int:
+    """The worker under ``accelerate launch --multi_gpu --num_processes world`` (as Hugging
+    Face users start a Trainer; on a machine without CUDA it runs CPU processes over gloo)."""
+    return ddp_runs.run(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", world,
+                         "--num_machines", 1, "--mixed_precision", "no", "--dynamo_backend", "no",
+                         "--main_process_port", free_port(), SCRIPT, out, *extra], TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    run(out, 2, EPOCHS)
+    accelerate_launch(out, 2, EPOCHS)
     return out
 
 
