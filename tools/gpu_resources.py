@@ -16,6 +16,10 @@ says each kernel uses: registers, spills, local memory (stack), shared memory.
 The gate (``python tools/gpu_resources.py --check``, and tests/ops/test_gpu_build.py):
 every kernel compiles, and none spills or uses local memory at the default history
 lengths. ``--write-docs docs/kernels.md`` rewrites the generated table there.
+``--tile-sweep-archs 80`` compiles the cross-entropy tile sweep (one launch per tile,
+fp32, every feature on: two thirds of the launches) for sm_80 only, the arch whose
+spills shaped the tiles, and every other launch for every arch: what the test suite
+runs, a third less compile time.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ class Usage:
     stack: int = 0  # bytes of local memory per thread (stack frame)
     smem: int = 0
     error: str = ""
+    tile_sweep: bool = False  # a launch of the cross-entropy tile sweep (see --tile-sweep-archs)
 
     @property
     def clean(self) -> bool:
@@ -187,6 +192,7 @@ class Launch:
     num_stages: int
     gated: bool = True
     label: str = field(default="")
+    tile_sweep: bool = False  # one of the every-tile launches of the cross-entropy dispatch
 
 
 class _RecordingDriver:
@@ -215,8 +221,9 @@ def _label(signature: dict, constants: dict, num_warps: int) -> str:
 
 
 @contextlib.contextmanager
-def recording(out: dict, gated: list):
-    """Within the block, Triton launches are recorded into ``out`` (by cache key), not run."""
+def recording(out: dict, gated: list, sweep: Optional[list] = None):
+    """Within the block, Triton launches are recorded into ``out`` (by cache key), not run;
+    ``gated[0]`` and ``sweep[0]`` (when given) mark the launches recorded while they are set."""
     from triton import knobs
     from triton.runtime.driver import driver
 
@@ -230,7 +237,9 @@ def recording(out: dict, gated: list):
         if ident not in out:
             out[ident] = Launch(jit.__module__, jit.__name__, dict(sig), list(compile["constants"].items()),
                                 list(compile["configs"][0].items()), compile["num_warps"], compile["num_stages"],
-                                gated[0], label)
+                                gated[0], label, bool(sweep and sweep[0]))
+        elif not (sweep and sweep[0]):
+            out[ident].tile_sweep = False  # also launched outside the sweep: every arch
         return True  # handled: do not compile, do not launch
 
     import ies_fast.backend
@@ -253,7 +262,7 @@ def _ce_shapes() -> list[tuple[int, int]]:
     return [((1 << b) + 1, C) for C in cs for b in range(18) if ((1 << b) + 1) * C <= (1 << 22)]
 
 
-def _drive_cross_entropy(torch) -> None:
+def _drive_cross_entropy(torch, sweep: list) -> None:
     from ies_fast.ops.cross_entropy.triton import fused_cross_entropy
 
     def run(B, C, dtype, ring, smoothing, grad):
@@ -266,8 +275,10 @@ def _drive_cross_entropy(torch) -> None:
 
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
     # every tile, with every feature on (ring write, smoothing, saved stats, backward), fp32 logits
+    sweep[0] = True
     for B, C in _ce_shapes():
         run(B, C, torch.float32, True, 0.1, True)
+    sweep[0] = False
     # every dtype x feature combination at the tile with the most registers (the most
     # rows per program: per-row state in registers), every dtype at the widest tile
     for dtype in dtypes:
@@ -299,9 +310,9 @@ def triton_launches(long_histories: bool = False) -> list[Launch]:
     import torch
 
     out: dict = {}
-    gated = [True]
-    with recording(out, gated):
-        _drive_cross_entropy(torch)
+    gated, sweep = [True], [False]
+    with recording(out, gated, sweep):
+        _drive_cross_entropy(torch, sweep)
         _drive_selector(torch, DEFAULT_HISTORIES, with_compaction=True)
         if long_histories:
             gated[0] = False
@@ -321,7 +332,7 @@ def compile_launch(launch: Launch, arch: int) -> Usage:
     fn = getattr(importlib.import_module(launch.module), launch.name)
     src = ASTSource(fn, launch.signature, dict(launch.constants), dict(launch.attrs))
     log = io.StringIO()
-    row = Usage("triton", launch.name, launch.label, arch, gated=launch.gated)
+    row = Usage("triton", launch.name, launch.label, arch, gated=launch.gated, tile_sweep=launch.tile_sweep)
     knobs.nvidia.dump_ptxas_log = True
     try:
         with contextlib.redirect_stdout(log):
@@ -349,8 +360,9 @@ def _compile_many(jobs: list[tuple[Launch, int]]) -> list[Usage]:
 
 
 def collect(*, archs=ARCHS, jobs: int = 2, cuda: bool = True, triton_kernels: bool = True,
-            long_histories: bool = False) -> list[Usage]:
-    """Compile everything (nvcc and Triton side by side, Triton over ``jobs`` processes)."""
+            long_histories: bool = False, tile_sweep_archs=None) -> list[Usage]:
+    """Compile everything (nvcc and Triton side by side, Triton over ``jobs`` processes);
+    the cross-entropy tile sweep only for ``tile_sweep_archs`` (default: ``archs``)."""
     os.environ.pop("TRITON_INTERPRET", None)
     rows: list[Usage] = []
     with tempfile.TemporaryDirectory(prefix="ies_gpu_build_") as work:
@@ -365,7 +377,9 @@ def collect(*, archs=ARCHS, jobs: int = 2, cuda: bool = True, triton_kernels: bo
                                                              text=True, cwd=ROOT)))
         if triton_kernels:
             launches = triton_launches(long_histories)
-            work_items = [(launch, arch) for launch in launches for arch in sorted(archs)]
+            sweep_archs = set(archs if tile_sweep_archs is None else tile_sweep_archs)
+            work_items = [(launch, arch) for launch in launches for arch in sorted(archs)
+                          if arch in sweep_archs or not launch.tile_sweep]
             chunks = [work_items[i::jobs] for i in range(jobs)]
             ctx = multiprocessing.get_context("spawn")
             with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
@@ -483,6 +497,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton kernels")
     parser.add_argument("--long-histories", action="store_true", help=f"also the ungated rings {LONG_HISTORIES}")
     parser.add_argument("--jobs", type=int, default=2, help="processes compiling Triton kernels")
+    parser.add_argument("--tile-sweep-archs", type=int, nargs="+", choices=ARCHS, metavar="ARCH",
+                        help="compile the cross-entropy tile sweep for these archs only (default: every arch)")
     parser.add_argument("--from-json", metavar="JSON", help="compile nothing: read the rows a --json run wrote")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -491,7 +507,7 @@ def main(argv=None) -> int:
         rows = [Usage(**{k: v for k, v in r.items() if k != "clean"}) for r in json.loads(Path(args.from_json).read_text())]
     else:
         rows = collect(jobs=args.jobs, cuda=not args.no_cuda, triton_kernels=not args.no_triton,
-                       long_histories=args.long_histories)
+                       long_histories=args.long_histories, tile_sweep_archs=args.tile_sweep_archs)
     if args.json:
         Path(args.json).write_text(json.dumps([dict(asdict(r), clean=r.clean) for r in rows], indent=1))
     if args.write_docs:

@@ -1,10 +1,7 @@
-"""A small LightningModule on the bundled digits with IESCallback, shared by
-tests/test_integration_lightning.py; run as a script (under torchrun, 2 CPU
-processes, gloo) it trains with the DDP strategy and saves each rank's mask."""
+"""A small LightningModule on the bundled digits with IESCallback and a one-process
+``Trainer``, shared by the Lightning tests in tests/integrations/ (the 2-process DDP
+worker, tests/_support/lightning_ddp_resume_worker.py, builds on it)."""
 from __future__ import annotations
-
-import os
-import sys
 
 import lightning
 import torch
@@ -76,19 +73,3 @@ def trainer(max_epochs: int, callbacks, **kwargs) -> lightning.Trainer:
     kwargs.setdefault("enable_checkpointing", False)
     return lightning.Trainer(max_epochs=max_epochs, callbacks=callbacks, accelerator="cpu", devices=1, logger=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
-
-
-def run_ddp(out_dir: str, epochs: int) -> None:
-    lightning.seed_everything(0, verbose=False)
-    ies = IESCallback(1500, delta=DELTA)
-    model = DigitsMLP(ies, batch_size=BATCH // 2)  # per rank: the same global batch as one process
-    lightning.Trainer(max_epochs=epochs, callbacks=[ies], accelerator="cpu", devices=2, strategy="ddp",
-                      logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                      num_sanity_val_steps=0).fit(model)
-    rank = int(os.environ["RANK"])
-    torch.save({"mastered": ies.selector.mastered_mask().clone(), "hist": ies.selector.hist.clone(),
-                "epoch_samples": model.epoch_samples}, os.path.join(out_dir, f"rank{rank}.pt"))
-
-
-if __name__ == "__main__":
-    run_ddp(sys.argv[1], int(sys.argv[2]))

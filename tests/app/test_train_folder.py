@@ -162,19 +162,25 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, folder):
 
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(cli_run(whole), env=env, check=True, capture_output=True, timeout=300)
-    proc = subprocess.Popen(cli_run(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log, deadline = killed / "log.jsonl", time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(read_rows(log)) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(read_rows(log)) < 5
-    resumed = subprocess.run(cli_run(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the uninterrupted run goes on beside the one to be killed (their imports overlap)
+    uninterrupted = subprocess.Popen(cli_run(whole), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.Popen(cli_run(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log, deadline = killed / "log.jsonl", time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and len(read_rows(log)) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert 2 <= len(read_rows(log)) < 5
+        resumed = subprocess.run(cli_run(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        _, err = uninterrupted.communicate(timeout=300)
+        assert uninterrupted.returncode == 0, err[-3000:]
+    finally:
+        uninterrupted.kill()
     strip = lambda rows: repr([{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows])
     assert strip(read_rows(log)) == strip(read_rows(whole / "log.jsonl"))
 

@@ -1,11 +1,8 @@
 """IESCallback (ies_fast.integrations.lightning) on the bundled digits: samples are
 removed and the loader shrinks, reused and rebuilt loaders train alike, a run
-resumed from a Lightning checkpoint ends like an uninterrupted one, and a 2-process
-gloo DDP run keeps identical masks on both ranks."""
-import os
-import socket
-import subprocess
-import sys
+resumed from a Lightning checkpoint ends like an uninterrupted one (2-process DDP:
+tests/integrations/test_lightning_ddp_resume.py)."""
+
 from pathlib import Path
 
 import pytest
@@ -128,22 +125,3 @@ def test_a_training_set_without_indices_is_refused():
     ies = IESCallback(1500)
     with pytest.raises(TypeError, match="IndexedDataset"):
         trainer(1, [ies], limit_val_batches=0).fit(NoIndex(ies))
-
-
-def test_ddp_two_processes_keep_identical_masks(tmp_path):
-    worker = Path(__file__).resolve().parents[1] / "_support" / "lightning_ddp_worker.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={port}", str(worker),
-         str(tmp_path), str(EPOCHS)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert torch.equal(r0["mastered"], r1["mastered"]) and torch.equal(r0["hist"], r1["hist"])
-    assert int(r0["mastered"].sum()) > 0
-    # each rank trained half of the kept samples (padded to equal shards)
-    assert r0["epoch_samples"] == r1["epoch_samples"] and r0["epoch_samples"][0] == 750
-    assert r0["epoch_samples"][-1] < 750

@@ -2,7 +2,9 @@
 rank trains on the same kept set with the same number of optimizer steps although the
 kept count does not divide by 2 (each run has a timeout: unequal steps would hang
 DDP); a rank SIGKILLed mid-epoch, then ``fit(ckpt_path=last.ckpt)``, ends equal to the
-uninterrupted run; the checkpoint resumes on 1 and on 3 processes."""
+uninterrupted run; the checkpoint resumes on 1 and on 3 processes. The uninterrupted
+run is started by torchrun (Lightning finds the processes in its environment), the
+others by Lightning itself: the two launchers agree."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +16,7 @@ pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 
 from _support import ddp_runs  # noqa: E402
+from _support.spawn_ranks import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +25,15 @@ EPOCHS, TIMEOUT_S = 6, 400
 
 
 def run(out: Path, devices: int, *extra, check: bool = True) -> int:
+    """The worker, its ``devices`` processes started by Lightning."""
     return ddp_runs.run([SCRIPT, out, devices, *extra], TIMEOUT_S, check)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    run(out, 2, EPOCHS)
+    ddp_runs.run(["-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_addr", "127.0.0.1",
+                  "--master_port", free_port(), SCRIPT, out, 2, EPOCHS], TIMEOUT_S)
     return out
 
 

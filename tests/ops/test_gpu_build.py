@@ -1,6 +1,8 @@
 """GPU code that has never run must at least compile: every ``csrc/*.cu`` with nvcc
 and every Triton launch the dispatch can make, ahead of time to sm_80 and sm_90
-cubins, with no spills and no local memory at the default history lengths
+cubins (the cross-entropy tile sweep, one launch per tile, to sm_80 only: the arch
+whose spills shaped the tiles; ``python tools/gpu_resources.py --check`` compiles it
+for both), with no spills and no local memory at the default history lengths
 (``tools/gpu_resources.py`` does the work; no GPU is needed). The nvcc half skips,
 saying why, only where nvcc is absent; Triton brings its own ptxas."""
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.modules[_spec.name] = gpu  # its dataclasses look their module up there
 _spec.loader.exec_module(gpu)
 
 NVCC = gpu.find_nvcc()
+SWEEP_ARCH = 80  # the tile sweep's arch here (a third less compile time than both)
 NO_NVCC = "nvcc not found (set CUDA_HOME or put nvcc on PATH): csrc/*.cu not compiled"
 
 
@@ -31,7 +34,8 @@ def rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_build") / "resources.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, str(ROOT / "tools" / "gpu_resources.py"), "--json", str(out), "--jobs", "2"]
+    cmd = [sys.executable, str(ROOT / "tools" / "gpu_resources.py"), "--json", str(out), "--jobs", "2",
+           "--tile-sweep-archs", str(SWEEP_ARCH)]
     if NVCC is None:
         print(NO_NVCC)
         cmd.append("--no-cuda")
@@ -59,16 +63,17 @@ def test_every_triton_launch_compiles_for_sm80_sm90_without_spills(rows):
     assert not _problems(tri), _problems(tri)
     by_config: dict = {}
     for r in tri:
-        by_config.setdefault((r.kernel, r.config), set()).add(r.arch)
-    assert all(archs == set(gpu.ARCHS) for archs in by_config.values())
-    kernels = {k for k, _ in by_config}
+        by_config.setdefault((r.kernel, r.config, r.tile_sweep), set()).add(r.arch)
+    assert all(archs == ({SWEEP_ARCH} if sweep else set(gpu.ARCHS)) for (_, _, sweep), archs in by_config.items())
+    assert sum(sweep for _, _, sweep in by_config) >= 60  # the sweep: every tile
+    kernels = {k for k, _, _ in by_config}
     assert {"_ce_forward_kernel", "_ce_backward_kernel", "_close_epoch_kernel"} <= kernels
     # every (rows, columns, warps) tile of the CE dispatch, seen through the launches
     from_launches = {c.split(" warps=")[0].split("BLOCK_B=")[1] + " w" + c.split(" warps=")[1].split()[0]
-                     for k, c in by_config if k == "_ce_forward_kernel"}
+                     for k, c, _ in by_config if k == "_ce_forward_kernel"}
     assert len(from_launches) >= 60, sorted(from_launches)
     # the ring kernels at each default history length (order 0..3, window 3)
-    ring_lengths = {m.group(1) for k, c in by_config if k == "_close_epoch_kernel"
+    ring_lengths = {m.group(1) for k, c, _ in by_config if k == "_close_epoch_kernel"
                     for m in [re.search(r"(?:^| )L=(\d+)", c)] if m}
     assert ring_lengths >= {"3", "4", "5", "6"}
 
