@@ -15,8 +15,9 @@ which does not depend on where or in which order the losses were taken.
 
 Memory per rank: ``(N / W)·(4·L + 2)`` bytes of ring, counts and own decisions, ``N``
 bytes of the global mask, and the queued pairs of one epoch (8 bytes per observation
-this rank made, about ``8·N / W``, and as much again at ``step()`` for the send and receive
-buffers each), against ``N·(4·L + 2)`` replicated.
+this rank made, about ``8·N / W``); ``step()`` sends them in rounds of at most 2^20
+observations per rank, so its send and receive buffers stay near 8 MB each however
+large the epoch; against ``N·(4·L + 2)`` replicated.
 
 Limits (``ValueError`` at construction): one exit, ``score_policy="every"``, ``threshold="absolute"``.
 Checkpoints: :meth:`ShardedIES.state_dict` is this rank's shard (``state["shard"]``);
@@ -67,10 +68,28 @@ def interleave(rows_by_rank: torch.Tensor, num_samples: int) -> torch.Tensor:
     return rows_by_rank.transpose(0, 1).reshape(W * R, *rows_by_rank.shape[2:])[:num_samples]
 
 
-#: rows of arrived pairs recorded at a time, and of queued observations sorted by owner at
-#: a time (bound the temporaries of step(); many small batches are joined up to this)
+#: rows of arrived pairs recorded at a time, of queued observations sorted by owner at a
+#: time, and of queued observations one rank sends per exchange round (bound the
+#: temporaries of step(); many small batches are joined up to these)
 _RECORD_CHUNK = 1 << 20
 _GROUP_ROWS = 1 << 18
+_EXCHANGE_ROWS = 1 << 20
+
+
+def _take(queued: list, rows: int) -> list:
+    """About ``rows`` observations from the front of ``queued`` (removed from it; a batch
+    that crosses the limit is split)."""
+    part, size = [], 0
+    while queued and size < rows:
+        loss, index = queued[0]
+        room = rows - size
+        if index.numel() <= room:
+            part.append(queued.pop(0))
+        else:
+            part.append((loss[:room], index[:room]))
+            queued[0] = (loss[room:], index[room:])
+        size += part[-1][1].numel()
+    return part
 
 
 def _groups(queued: list, rows: int):
@@ -140,11 +159,27 @@ class ShardedIES(IES):
         return None  # queued, not written in place
 
     def _merge_ranks(self) -> None:
-        """Send each queued ``(index, loss)`` to its owner (one all-to-all of 8-byte
-        pairs, after one of the per-rank counts) and record what arrives."""
+        """Send each queued ``(index, loss)`` to its owner and record what arrives: in
+        rounds of at most ``_EXCHANGE_ROWS`` observations per rank (every rank takes part
+        in as many rounds as the rank with the most), each one all-to-all of the per-rank
+        counts and one of 8-byte pairs. Recording is a max, so the rounds do not change
+        the result."""
         if self.world == 1:
             return
-        pairs, send = self._pairs_by_owner()
+        queued, self._queued = self._queued, []
+        mine = sum(index.numel() for _, index in queued)
+        rounds = torch.tensor([-(-mine // _EXCHANGE_ROWS)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(rounds, op=dist.ReduceOp.MAX)
+        for _ in range(int(rounds)):
+            self._exchange(_take(queued, _EXCHANGE_ROWS))
+        counters = torch.cat([self._pending_scored, self._deferred_errors])
+        dist.all_reduce(counters, op=dist.ReduceOp.SUM)
+        self._pending_scored.copy_(counters[:1])
+        self._deferred_errors.copy_(counters[1:])
+
+    def _exchange(self, part: list) -> None:
+        """One round: ``part``'s observations to their owners, recorded there."""
+        pairs, send = self._pairs_by_owner(part)
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send)
         send_sizes, recv_sizes = send.tolist(), recv.tolist()
@@ -154,18 +189,14 @@ class ShardedIES(IES):
         op = self.kernel_backend
         for chunk in arrived.split(_RECORD_CHUNK):  # bounded temporaries
             ring_ops.record(op, self.hist, self.count, chunk[:, 1].contiguous().view(torch.float32), chunk[:, 0].long())
-        counters = torch.cat([self._pending_scored, self._deferred_errors])
-        dist.all_reduce(counters, op=dist.ReduceOp.SUM)
-        self._pending_scored.copy_(counters[:1])
-        self._deferred_errors.copy_(counters[1:])
 
-    def _pairs_by_owner(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(pairs, counts)``: the queued observations as int32 ``[n, 2]`` rows
-        ``(owner's row, loss bits)`` grouped by owner rank, and int64 ``[W]`` rows per
-        owner. Built a queued batch at a time into one buffer (rows with a negative
-        index, dropped on CUDA by ``check_index``, are left out); empties the queue."""
+    def _pairs_by_owner(self, queued: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pairs, counts)``: the ``(loss, index)`` observations of ``queued`` as int32
+        ``[n, 2]`` rows ``(owner's row, loss bits)`` grouped by owner rank, and int64
+        ``[W]`` rows per owner. Built a queued batch at a time into one buffer (rows with
+        a negative index, dropped on CUDA by ``check_index``, are left out); empties
+        ``queued``."""
         W = self.world
-        queued, self._queued = self._queued, []
         counts = torch.zeros(W, dtype=torch.int64, device=self.device)
         for _, index in queued:
             counts += torch.bincount(index[index >= 0].long() % W, minlength=W)

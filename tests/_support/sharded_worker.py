@@ -66,6 +66,7 @@ def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
     both at epoch ``job["save_at"]``. Returns the replicated one."""
     sharded_module._GROUP_ROWS = job.get("group_rows", sharded_module._GROUP_ROWS)  # small: joins and splits
     sharded_module._RECORD_CHUNK = job.get("record_chunk", sharded_module._RECORD_CHUNK)
+    sharded_module._EXCHANGE_ROWS = job.get("exchange_rows", sharded_module._EXCHANGE_ROWS)  # small: many rounds
     replicated, sharded = pair(job.get("min_kept", 0))
     assert sharded.world == world and sharded.hist.shape[0] == len(range(rank, S, world))
     if job.get("load"):

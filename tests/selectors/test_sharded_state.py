@@ -71,10 +71,29 @@ def test_one_process_equals_replicated_with_a_state_round_trip():
     assert max(mastered) > 0, mastered
 
 
-@pytest.mark.parametrize("world,job", [(1, {}), (2, {"min_kept": 20}), (3, {"group_rows": 7, "record_chunk": 5})])
+@pytest.mark.parametrize("world,job", [(1, {}), (2, {"min_kept": 20}),
+                                       (3, {"group_rows": 7, "record_chunk": 5, "exchange_rows": 13})])
 def test_bit_identical_to_replicated_over_gloo_ranks(tmp_path, world, job):
-    # group_rows/record_chunk: the exchange joins batches, splits a batch and records in pieces
+    # group_rows/record_chunk: the exchange joins batches, splits a batch and records in pieces;
+    # exchange_rows: many rounds per step, the ranks with fewer observations sending empty ones
     launch("_support.sharded_worker", world, tmp_path, {"epochs": 9, **job})
+
+
+@pytest.mark.parametrize("sizes,rows", [([3, 4, 10, 0, 2], 5), ([1] * 9, 4), ([20], 7), ([], 3)])
+def test_exchange_rounds_take_the_queue_in_order_in_bounded_parts(sizes, rows):
+    from ies_fast.selectors.sharded import _take
+
+    queued = [(torch.randn(n), torch.randint(0, 100, (n,))) for n in sizes]
+    expected = [torch.cat([q[i] for q in queued]) if queued else torch.zeros(0) for i in (0, 1)]
+    left, parts = list(queued), []
+    while left:
+        parts.append(_take(left, rows))
+    sizes_taken = [sum(b[1].numel() for b in part) for part in parts]
+    assert all(n == rows for n in sizes_taken[:-1]) and all(0 <= n <= rows for n in sizes_taken[-1:])
+    taken = [b for part in parts for b in part]
+    if sizes:
+        assert torch.equal(torch.cat([b[0] for b in taken]), expected[0])
+        assert torch.equal(torch.cat([b[1] for b in taken]), expected[1])
 
 
 @pytest.mark.parametrize("sizes,rows", [([3, 4, 10, 0, 2], 5), ([1] * 9, 4), ([20], 7), ([], 3)])
