@@ -79,16 +79,16 @@ class IESCallback(Callback):
 
     Args:
         num_samples: the training set's length (required unless ``selector`` is given).
-        delta: :class:`ies_fast.IES`'s mastered threshold (ignored with ``selector``,
-            as are all the IES arguments below).
-        order: IES's difference order.
-        window: IES's window of epochs.
-        score_every: IES's re-scoring period of removed samples.
-        score_policy: IES's; defaults to ``"backoff"`` (:data:`ies_fast.selectors.ies.WRAPPER_DEFAULTS`,
-            the measured winner of docs/results.md), where IES itself defaults to ``"every"``.
-        score_max_interval: IES's longest ``"backoff"`` interval.
-        min_kept: IES's collapse-guard floor (a count or a fraction).
-        threshold: IES's ``"absolute"`` or ``"relative"``.
+        delta: passed to the :class:`ies_fast.IES` built here, as are ``order`` to
+            ``threshold`` (all ignored with ``selector``; see IES for their meaning).
+        order: for the IES.
+        window: for the IES.
+        score_every: for the IES.
+        score_policy: for the IES, but ``"backoff"`` by default, not ``"every"``
+            (:data:`ies_fast.selectors.ies.WRAPPER_DEFAULTS`: docs/results.md measured it best).
+        score_max_interval: for the IES.
+        min_kept: for the IES (the collapse guard's floor).
+        threshold: for the IES.
         selector: a ready :class:`ies_fast.Selector` (IES, InfoBatch, ...) for the
             training set, used instead of building an IES.
         seed: the kept samples' shuffle seed (``seed + epoch``), an int64; also seeds
@@ -182,14 +182,12 @@ class IESCallback(Callback):
         to return (the way to record for a selector that reweights the loss).
 
         Args:
-            per_sample_loss: float ``[B]``, one loss per row (``reduction="none"``),
-                with its graph.
-            index: integer ``[B]``, the rows' dataset indices (the batch's last item).
+            per_sample_loss: the batch's float ``[B]`` losses (``reduction="none"``), with their graph.
+            index: the batch's integer ``[B]`` dataset indices.
 
         Returns:
-            0-d tensor: the mean of ``per_sample_loss``, each row weighted by the
-            selector's ``loss_weights`` (:meth:`ies_fast.Selector.training_loss`; the
-            plain mean for IES).
+            0-d tensor: :meth:`ies_fast.Selector.training_loss` of the batch (the plain
+            mean for IES; InfoBatch weights the rows).
 
         Raises:
             TypeError: the losses are not a floating tensor, or ``index`` not an integer tensor.
