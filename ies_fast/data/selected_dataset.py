@@ -137,24 +137,53 @@ class IESDataset(IndexedDataset):
     * :meth:`end_epoch` runs the scoring pass and ``step()`` now (call it after the
       last epoch if you read ``selector.stats()``; a no-op when nothing is open).
 
-    ``model`` is forwarded (no grad, ``eval`` mode) on the removed samples, in
-    batches of ``score_batch_size``, from ``score_dataset`` (default: ``dataset``;
-    pass the evaluation-transform twin when training augments) with
-    ``score_fn(output, target) -> [B]`` (default cross-entropy). The IES arguments
-    (``delta``, ``order``, ``window``, ``score_every``, ``score_policy``,
-    ``score_max_interval``, ``min_kept``: the floor, ``threshold``) are
-    :class:`ies_fast.IES`'s, except that ``score_policy`` defaults to ``"backoff"``
-    (the measured winner, docs/results.md); or pass a ready ``selector`` (any
-    :class:`ies_fast.Selector`). Only ``dataset``
-    travels to DataLoader worker processes.
+    Only ``dataset`` travels to DataLoader worker processes (not the model, nor
+    the selector). Dict items: ``ds[i]`` is the item with ``"index": i`` added
+    (batches are dicts; pass ``batch["index"]`` to :meth:`update`). An epoch in
+    which nothing was recorded (no :meth:`update`, nor losses recorded into
+    ``selector`` otherwise) raises ``RuntimeError`` when it is closed.
 
-    Dict items: ``ds[i]`` is the item with ``"index": i`` added (batches are dicts;
-    pass ``batch["index"]`` to :meth:`update`); the scoring pass forwards
-    ``model(batch[input_key])`` and scores it against ``batch[target_key]``. The
-    first item is checked at construction.
+    Args:
+        dataset: the map-style training set with a length; items ``(sample, target)``
+            (any tuple gets the index appended) or dicts (the first is checked here).
+        model: the ``torch.nn.Module`` trained; the scoring pass forwards it (no grad,
+            ``eval`` mode) on the removed samples.
+        delta: :class:`ies_fast.IES`'s mastered threshold (ignored with ``selector``,
+            as are all the IES arguments below).
+        order: IES's difference order.
+        window: IES's window of epochs.
+        score_every: IES's re-scoring period of removed samples.
+        score_policy: IES's; defaults to ``"backoff"`` (:data:`ies_fast.selectors.ies.WRAPPER_DEFAULTS`,
+            the measured winner of docs/results.md), where IES itself defaults to ``"every"``.
+        score_max_interval: IES's longest ``"backoff"`` interval.
+        min_kept: IES's collapse-guard floor (a count or a fraction).
+        threshold: IES's ``"absolute"`` or ``"relative"``.
+        device: where the IES built here keeps its state (default: the device of
+            ``model``'s first parameter, CPU when it has none).
+        selector: a ready :class:`ies_fast.Selector` (IES, InfoBatch, ...) for
+            ``len(dataset)`` samples, used instead of building an IES.
+        shuffle: shuffle the kept samples each epoch (seed ``seed + epoch``; ``False``:
+            ascending order).
+        seed: the shuffle's base seed; also seeds the built IES's replayed samples.
+        drop_last: under DDP, trim the ranks' shards to equal length instead of padding
+            them (:class:`ies_fast.data.KeptSampler`).
+        score_batch_size: the scoring pass's batch size, an int ``>= 1``.
+        score_fn: ``score_fn(output, target) -> [B]`` per-sample losses for the scoring
+            pass (default: per-sample cross-entropy).
+        score_dataset: what the scoring pass reads, of ``len(dataset)`` (default:
+            ``dataset``); pass the evaluation-transform twin when training augments.
+        input_key: the dict items' model input for the scoring pass
+            (``model(batch[input_key])``).
+        target_key: the dict items' target the scoring pass scores against.
 
-    An epoch in which nothing was recorded (no :meth:`update`, nor losses recorded
-    into ``selector`` otherwise) raises ``RuntimeError`` when it is closed.
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``, ``selector`` is not a
+            Selector, ``score_batch_size`` is not an int, ``dataset`` is not map-style
+            with a length, or an IES argument has the wrong type.
+        ValueError: ``score_batch_size < 1``; ``dataset`` or ``score_dataset`` is not
+            of the selector's ``num_samples``; a dict item lacks ``input_key`` or
+            ``target_key``, or already has an ``"index"`` key; or a bad IES argument
+            value (:class:`ies_fast.IES`).
     """
 
     def __init__(self, dataset, model: torch.nn.Module, *, delta: float = 1e-3, order: int = 2, window: int = 3,
@@ -201,9 +230,23 @@ class IESDataset(IndexedDataset):
 
     # ---- the loop's calls -----------------------------------------------------------
     def update(self, per_sample_loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Record ``per_sample_loss`` (``[B]``, one per row of the batch whose dataset
-        indices are ``index``) and return the loss to backpropagate: its mean, each row
-        weighted by the selector's ``loss_weights`` (:meth:`Selector.training_loss`)."""
+        """Record a batch's per-sample losses and return the loss to backpropagate.
+
+        Args:
+            per_sample_loss: float ``[B]``, one loss per row (``reduction="none"``),
+                with its graph.
+            index: integer ``[B]``, the rows' dataset indices (the batch's last item).
+
+        Returns:
+            0-d tensor: the mean of ``per_sample_loss``, each row weighted by the
+            selector's ``loss_weights`` (:meth:`ies_fast.Selector.training_loss`; the
+            plain mean for IES).
+
+        Raises:
+            ValueError: ``per_sample_loss`` is not a 1-D tensor, or ``index`` does not
+                fit it (:meth:`ies_fast.IES.observe`).
+            TypeError: ``index`` is not an integer tensor, or the losses are not floating point.
+        """
         if not isinstance(per_sample_loss, torch.Tensor) or per_sample_loss.dim() != 1:
             raise ValueError("per_sample_loss must be a 1-D tensor [B] (use reduction='none')")
         self.selector.observe(per_sample_loss.detach(), index)
@@ -222,17 +265,39 @@ class IESDataset(IndexedDataset):
         return float(progress(int(self.selector.epoch), self._seen if self._open else 0, len(self.sampler)))
 
     def schedule(self, scheduler, loader: DataLoader) -> ProgressScheduler:
-        """``scheduler``, sized for the full data set (``len(loader)`` steps per epoch
-        without IES), stepped by epoch progress: call the returned object's ``step()``
-        instead of ``scheduler.step()``. ``loader`` is the training loader over this
-        dataset and its sampler."""
+        """A per-step LR schedule stepped by epoch progress, so that it ends where it
+        would without IES although IES epochs have fewer batches. Build it after
+        restoring a checkpoint.
+
+        Args:
+            scheduler: any object with ``step()`` (a ``torch.optim.lr_scheduler``), sized
+                for the full data set: ``len(loader)`` steps per epoch without IES.
+            loader: the training ``DataLoader(self, batch_size=..., sampler=self.sampler)``.
+
+        Returns:
+            A :class:`ProgressScheduler`: call its ``step()`` where the loop called
+            ``scheduler.step()``.
+
+        Raises:
+            TypeError: ``scheduler`` has no ``step()`` method.
+            ValueError: ``loader`` is not a batched ``DataLoader`` over this dataset's sampler.
+        """
         return ProgressScheduler(scheduler, self, loader)
 
     def end_epoch(self) -> int:
         """Close the open epoch: score the removed samples, then ``selector.step()``.
-        Returns the number of samples scored (0 when no epoch is open). Raises
-        ``RuntimeError`` (and leaves the epoch open) when the epoch had kept samples
-        but no loss was recorded for any of them."""
+
+        Iterating :attr:`sampler` calls it for the previous epoch; call it yourself
+        after the last epoch before reading ``selector.stats()``.
+
+        Returns:
+            The number of samples scored (0 when no epoch is open).
+
+        Raises:
+            RuntimeError: the epoch had kept samples but no loss was recorded for any of
+                them (the epoch stays open).
+            ValueError: ``score_fn`` returned something other than ``[B]`` losses.
+        """
         if not self._open:
             return 0
         if self._seen == 0 and len(self.sampler) and not self._recorded_otherwise():
@@ -258,16 +323,30 @@ class IESDataset(IndexedDataset):
 
     # ---- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Selector and sampler state, and whether an epoch is open (tensors and numbers
-        only: saves with ``torch.save``, loads with ``weights_only=True``)."""
+        """The wrapper's checkpoint state.
+
+        Returns:
+            A dict of the selector's and the sampler's state and whether an epoch is
+            open (tensors and numbers only: saves with ``torch.save``, loads with
+            ``weights_only=True``).
+        """
         return {"version": STATE_VERSION, "selector": self.selector.state_dict(),
                 "sampler": self.sampler.state_dict(), "open": self._open}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`, checked whole before anything is applied. A
+        :class:`ProgressScheduler` built before this refuses to step: build it after.
+
+        Args:
+            state: a dict from :meth:`IESDataset.state_dict`.
+
+        Raises:
+            ValueError: ``state`` is not such a dict (another version), or a bad
+                ``open``, sampler or selector state; the message names the key and
+                nothing is changed.
+        """
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"state must be a dict from IESDataset.state_dict() (version {STATE_VERSION})")
-        """Restore a :meth:`state_dict`. The whole state is checked before anything is
-        applied: a bad one raises ``ValueError`` naming the key and changes nothing."""
         if not isinstance(state.get("open"), bool):
             raise ValueError("state['open'] must be a bool")
         if not isinstance(state.get("sampler"), dict):

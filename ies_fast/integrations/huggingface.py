@@ -185,14 +185,31 @@ class _EpochEvents(TrainerCallback):
 class IESTrainer(Trainer):
     """``transformers.Trainer`` with Instance-dependent Early Stopping.
 
-    ``ies``: a selector built for ``len(train_dataset)`` (fresh: epoch 0; any
-    :class:`ies_fast.Selector`: IES, InfoBatch, RandomRemoval), or a dict of
-    :class:`ies_fast.IES`'s keyword arguments (``delta``, ``order``, ``window``,
-    ``score_every``, ``score_policy``, ``score_max_interval``, ``min_kept``,
-    ``threshold``; those left out take :data:`WRAPPER_DEFAULTS`: backoff scoring, the
-    measured winner, docs/results.md); every other argument is ``Trainer``'s. The selector is
-    ``trainer.selector``. A selector that reweights the loss (InfoBatch) gets its
-    weighting: the training loss is then the weighted mean of the per-example losses.
+    The selector is ``trainer.selector``. A selector that reweights the loss
+    (InfoBatch) gets its weighting: the training loss is then the weighted mean of
+    the per-example losses. ``train_dataset`` is wrapped so that its dict examples
+    carry their index (:class:`IndexedExamples`).
+
+    Args:
+        *args: ``transformers.Trainer``'s positional arguments (``model``, ``args``, ...).
+        ies: a fresh selector (epoch 0) built for ``len(train_dataset)``, any
+            :class:`ies_fast.Selector` (IES, InfoBatch, RandomRemoval); or a dict of
+            :class:`ies_fast.IES`'s keyword arguments (``delta``, ``order``, ``window``,
+            ``score_every``, ``score_policy``, ``score_max_interval``, ``min_kept``,
+            ``threshold``), those left out taking :data:`ies_fast.selectors.ies.WRAPPER_DEFAULTS`
+            (backoff scoring, the measured winner of docs/results.md); ``None``: an IES with
+            those defaults.
+        **kwargs: ``transformers.Trainer``'s keyword arguments; ``train_dataset`` is
+            required (map-style, dict examples with ``labels``).
+
+    Raises:
+        TypeError: ``ies`` is neither a Selector, a dict nor ``None``, an IES argument
+            has the wrong type, or ``train_dataset`` is not map-style with a length.
+        ValueError: no ``train_dataset``; ``gradient_accumulation_steps != 1`` (the
+            Trainer groups accumulation by the full epoch's length);
+            ``train_sampling_strategy`` other than ``"random"`` or ``"sequential"``;
+            a selector for another ``num_samples`` or past epoch 0; or a bad IES
+            argument value (:class:`ies_fast.IES`).
     """
 
     def __init__(self, *args, ies=None, **kwargs):
@@ -243,7 +260,12 @@ class IESTrainer(Trainer):
 
     # ---- progress and the schedule ---------------------------------------------------
     def progress(self) -> float:
-        """Epochs done: closed epochs plus the done fraction of the current one's kept steps."""
+        """Training progress in epochs, however much IES shrank them.
+
+        Returns:
+            Closed epochs plus the done fraction of the current one's kept optimizer
+            steps (what ``state.epoch`` reports).
+        """
         return float(_progress.progress(self._epochs_closed, self._steps_in_epoch, self._epoch_batches))
 
     def _schedule_position(self) -> float:
@@ -251,6 +273,8 @@ class IESTrainer(Trainer):
         return self.progress() * self._plan_steps_per_epoch
 
     def set_initial_training_values(self, args, dataloader):
+        """The Trainer's values; keeps a full epoch's steps as the schedule's unit, and
+        with ``max_steps`` lets as many shrunken epochs run as that takes."""
         values = list(super().set_initial_training_values(args, dataloader))
         self._plan_steps_per_epoch = values[1]  # num_update_steps_per_epoch, from the full data set
         if args.max_steps > 0:
@@ -258,6 +282,8 @@ class IESTrainer(Trainer):
         return tuple(values)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's scheduler; a ``LambdaLR`` one of an epoch-sized run becomes a
+        :class:`ProgressLR`, evaluated at the training progress."""
         ours = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         # the Trainer's own LambdaLR schedules (linear, cosine, constant_with_warmup, ...), epoch-sized runs
@@ -267,6 +293,8 @@ class IESTrainer(Trainer):
 
     # ---- losses ---------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's loss, each example's loss recorded in training (the selector's
+        weighted mean when it reweights); ``ValueError`` without ``labels``."""
         index = batch_index(inputs) if INDEX_KEY in inputs else None
         inputs.pop(INDEX_KEY, None)
         labels = inputs.get("labels")
@@ -283,8 +311,12 @@ class IESTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def close_epoch(self) -> int:
-        """Score the removed examples (no grad, eval mode), then ``selector.step()``.
-        Returns the number of examples scored on this process."""
+        """Score the removed examples (no grad, eval mode, ``per_device_eval_batch_size``
+        batches), then ``selector.step()``; called at each epoch's end.
+
+        Returns:
+            The number of examples scored on this process.
+        """
         scored = 0
         if self.selector.needs_scoring():
             removed = self.selector.scoring_mask().nonzero().squeeze(1).tolist()  # once per epoch
@@ -326,12 +358,29 @@ class IESTrainer(Trainer):
 
     # ---- checkpoints ----------------------------------------------------------------
     def selector_state(self) -> dict:
+        """What :meth:`save_selector` writes.
+
+        Returns:
+            A dict of the selector's state and the position in the run: closed epochs,
+            optimizer steps taken in the current epoch, and ``global_step``.
+        """
         return {"version": STATE_VERSION, "selector": self.selector.state_dict(),
                 "epochs_closed": self._epochs_closed, "steps_in_epoch": self._steps_in_epoch,
                 "global_step": self.state.global_step}
 
     def save_selector(self, folder: str) -> None:
-        """Write ``folder/ies_selector.pt`` atomically (temporary file, fsync, rename)."""
+        """Write :meth:`selector_state` to ``folder/ies_selector.pt`` atomically
+        (temporary file, fsync, rename; tensors moved to the CPU). The Trainer's
+        checkpoints call it.
+
+        Args:
+            folder: an existing checkpoint folder.
+
+        Raises:
+            FileNotFoundError: ``folder`` does not exist.
+            RuntimeError: the file's place holds a symlink or anything but a regular file
+                (refused, never written through).
+        """
         state = self.selector_state()
         state["selector"] = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state["selector"].items()}
         write_state(folder, state)
@@ -358,8 +407,21 @@ class IESTrainer(Trainer):
         return state
 
     def load_selector(self, folder: str) -> dict:
-        """Restore the selector and the position in the epoch from ``folder`` (validated
-        whole first; a bad file raises naming it and changes nothing)."""
+        """Restore the selector and the position in the epoch from ``folder``, validated
+        whole first (``train(resume_from_checkpoint=...)`` calls it).
+
+        Args:
+            folder: a checkpoint folder holding ``ies_selector.pt``.
+
+        Returns:
+            The state read (:meth:`selector_state`'s keys).
+
+        Raises:
+            FileNotFoundError: ``folder/ies_selector.pt`` is missing.
+            ValueError: the file is damaged, a link, not ours, or disagrees with this
+                trainer's selector or batch size (an ``IncompleteCheckpoint``); the
+                message names the file and nothing is changed.
+        """
         state = self._checked_selector_state(folder)
         self.selector.load_state_dict(state["selector"])
         self._epochs_closed = state["epochs_closed"]
@@ -382,7 +444,8 @@ class IESTrainer(Trainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` resumes from the newest
         checkpoint of ``output_dir`` written whole (a folder that a killed run left
-        half-written is skipped); a path must be a complete checkpoint."""
+        half-written is skipped); a path must be a complete checkpoint. A trainer that
+        has trained already refuses to train again without a checkpoint (``ValueError``)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:

@@ -59,18 +59,9 @@ def _shuffles(sampler) -> bool:
 class IESCallback(Callback):
     """Instance-dependent Early Stopping for ``lightning.Trainer``.
 
-    ``num_samples`` is the training set's length; ``delta``, ``order``, ``window``,
-    ``score_every``, ``score_policy`` (default ``"backoff"``: the measured winner,
-    docs/results.md), ``score_max_interval``, ``min_kept`` (the floor) and
-    ``threshold`` are :class:`ies_fast.IES`'s (or pass a ready ``selector``, any
-    :class:`ies_fast.Selector`; one that reweights the loss, such as InfoBatch,
-    needs ``training_step`` to return :meth:`update`'s loss, and the returned-dict
-    way of recording is refused for it).
-    ``seed`` seeds the kept samples' shuffle (``seed + epoch``).
-    ``loss_key`` names the per-sample losses in ``training_step``'s returned dict.
-    The scoring pass forwards ``pl_module(x)`` in batches of ``score_batch_size``
-    (default: the training batch size) and takes ``score_fn(output, y) -> [B]``
-    (default cross-entropy).
+    The selector is ``callback.selector``. One that reweights the loss, such as
+    InfoBatch, needs ``training_step`` to return :meth:`update`'s loss; the
+    returned-dict way of recording is refused for it.
 
     Limits: one training ``DataLoader`` with a ``torch.utils.data.BatchSampler``
     (any ``batch_size``/``shuffle`` loader has one); ``limit_train_batches`` and
@@ -85,6 +76,37 @@ class IESCallback(Callback):
     in the run it reports ``max_epochs`` times the current epoch's kept batches,
     because the callback sizes each epoch to its kept batches.
     :attr:`planned_steps` holds the plan.
+
+    Args:
+        num_samples: the training set's length (required unless ``selector`` is given).
+        delta: passed to the :class:`ies_fast.IES` built here, as are ``order`` to
+            ``threshold`` (all ignored with ``selector``; see IES for their meaning).
+        order: for the IES.
+        window: for the IES.
+        score_every: for the IES.
+        score_policy: for the IES, but ``"backoff"`` by default, not ``"every"``
+            (:data:`ies_fast.selectors.ies.WRAPPER_DEFAULTS`: docs/results.md measured it best).
+        score_max_interval: for the IES.
+        min_kept: for the IES (the collapse guard's floor).
+        threshold: for the IES.
+        selector: a ready :class:`ies_fast.Selector` (IES, InfoBatch, ...) for the
+            training set, used instead of building an IES.
+        seed: the kept samples' shuffle seed (``seed + epoch``), an int64; also seeds
+            the built IES's replayed samples. It is saved in checkpoints.
+        loss_key: the key of the per-sample losses in ``training_step``'s returned dict.
+        score_batch_size: the scoring pass's batch size, an int ``>= 1`` (default: the
+            training loader's).
+        score_fn: ``score_fn(output, y) -> [B]`` per-sample losses for the scoring pass,
+            which forwards ``pl_module(x)`` (default: per-sample cross-entropy).
+        log: log ``ies/kept_fraction`` and ``ies/backward_saved_fraction`` at each
+            training epoch's end (``pl_module.log_dict``, synced across ranks).
+
+    Raises:
+        TypeError: ``selector`` is not a Selector, ``seed`` or ``score_batch_size`` is
+            not an int, or an IES argument has the wrong type.
+        ValueError: neither ``num_samples`` nor ``selector`` is given, ``seed`` is
+            outside int64, ``score_batch_size < 1``, or a bad IES argument value
+            (:class:`ies_fast.IES`).
     """
 
     def __init__(self, num_samples: Optional[int] = None, *, delta: float = 1e-3, order: int = 2, window: int = 3,
@@ -118,6 +140,7 @@ class IESCallback(Callback):
 
     # ---- placement ------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
+        """Move the selector to the strategy's root device."""
         self.selector.to(trainer.strategy.root_device)
 
     # ---- the epoch ---------------------------------------------------------------------
@@ -147,19 +170,36 @@ class IESCallback(Callback):
         self._open = True
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        """Close an epoch a checkpoint left open, then put this epoch's kept sampler
+        into the training loader (``TypeError``/``ValueError`` for a loader it cannot use)."""
         if self._open:  # resumed from a checkpoint written before this callback closed its epoch
             self._close(trainer, pl_module)
         self._loader = self._install(trainer)
         self._open = True
 
     def update(self, per_sample_loss, index):
-        """Record ``per_sample_loss`` (``[B]``, rows of the samples ``index``) and return
-        the loss for ``training_step`` to return: their mean, each row weighted by the
-        selector's ``loss_weights`` (:meth:`ies_fast.Selector.training_loss`)."""
+        """Record a batch's per-sample losses and return the loss for ``training_step``
+        to return (the way to record for a selector that reweights the loss).
+
+        Args:
+            per_sample_loss: the batch's float ``[B]`` losses (``reduction="none"``), with their graph.
+            index: the batch's integer ``[B]`` dataset indices.
+
+        Returns:
+            0-d tensor: :meth:`ies_fast.Selector.training_loss` of the batch (the plain
+            mean for IES; InfoBatch weights the rows).
+
+        Raises:
+            TypeError: the losses are not a floating tensor, or ``index`` not an integer tensor.
+            ValueError: a shape other than ``[B]``, or an index out of range
+                (:meth:`ies_fast.IES.observe`).
+        """
         self.selector.observe(per_sample_loss.detach(), index)
         return self.selector.training_loss(per_sample_loss, index)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        """Record the losses ``training_step`` returned under ``loss_key`` (``ValueError``
+        for a selector that reweights), then step per-step LR schedules on by progress."""
         if isinstance(outputs, Mapping) and self.loss_key in outputs:
             if self.selector.REWEIGHTS:
                 raise ValueError(
@@ -178,12 +218,21 @@ class IESCallback(Callback):
         return None if self._plan is None else planned_steps(*self._plan)
 
     def scheduled_steps(self, global_step: int, epoch: int, steps_done: int, steps_in_epoch: int) -> Optional[int]:
-        """Where a per-step schedule sized for :attr:`planned_steps` should stand after
-        ``global_step`` optimizer steps, ``steps_done`` of the ``steps_in_epoch`` of
-        epoch ``epoch`` (:func:`ies_fast.progress.position`): ``round(planned *
-        fraction)``, the fraction being how far the run is to whichever of
-        ``max_epochs`` (epoch progress) and ``max_steps`` (optimizer steps) ends it.
-        Without IES it is ``global_step``."""
+        """Where a per-step schedule sized for :attr:`planned_steps` should stand
+        (:func:`ies_fast.progress.position`).
+
+        Args:
+            global_step: optimizer steps taken in the run.
+            epoch: the current epoch (epochs closed before it).
+            steps_done: optimizer steps taken in ``epoch``.
+            steps_in_epoch: optimizer steps ``epoch`` has (its kept batches).
+
+        Returns:
+            ``round(planned * fraction)``, the fraction being how far the run is to
+            whichever of ``max_epochs`` (epoch progress) and ``max_steps`` (optimizer
+            steps) ends it (without IES: ``global_step``); ``None`` while
+            :attr:`planned_steps` is ``None``.
+        """
         if self.planned_steps is None:
             return None
         per_epoch, max_epochs, max_steps = self._plan
@@ -219,6 +268,8 @@ class IESCallback(Callback):
                     pl_module.lr_scheduler_step(config.scheduler, None)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Score the removed samples, ``selector.step()``, log the fractions
+        (``RuntimeError`` when no per-sample loss was recorded this epoch)."""
         if self._open:
             self._close(trainer, pl_module)
 
@@ -293,6 +344,7 @@ class IESCallback(Callback):
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The selector's state, whether an epoch is open, and ``seed``."""
         return {"version": STATE_VERSION, "selector": self.selector.state_dict(), "open": self._open,
                 "seed": self.seed}
 
