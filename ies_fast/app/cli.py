@@ -217,11 +217,24 @@ COMMANDS = {"demo": _demo, "train": _train, "compare": lambda args, argv: _compa
             "info": _info, "bench": _bench}
 
 
+#: what an interrupted ``compare`` or ``sweep`` says (each run has its own folder in --out)
+RESUMABLE_LINE = ("interrupted ({name}): the finished runs, and the interrupted one's last checkpoint, are in "
+                  "--out; the same command again reads the finished runs back and resumes the rest")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _hint_misplaced_seeds(argv)
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args, argv)
+    try:
+        return COMMANDS[args.command](args, argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C outside train's own handler: one line, no traceback
+        from .train import interrupt
+
+        name = exc.args[0] if isinstance(exc, interrupt.Interrupted) else "SIGINT"
+        line = RESUMABLE_LINE.format(name=name) if args.command in ("compare", "sweep") else f"interrupted ({name})"
+        print(f"ies-fast: {line}", file=sys.stderr)
+        return interrupt.exit_code(exc)
 
 
 if __name__ == "__main__":

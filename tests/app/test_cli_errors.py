@@ -135,3 +135,15 @@ def test_dist_timeout_reaches_the_process_group(capsys, tmp_path, monkeypatch):
     one_line_error(capsys, [*TINY, "--out", str(tmp_path), "--dist-timeout", "30"], "stop here")
     assert seen["timeout_s"] == 30.0
     one_line_error(capsys, [*TINY, "--out", str(tmp_path), "--dist-timeout", "0"], "--dist-timeout")
+
+
+@pytest.mark.parametrize("command", [["compare", "--selectors", "none"], ["sweep", "--deltas", "0.1"]])
+def test_ctrl_c_in_compare_or_sweep_is_one_line_and_exit_130(capsys, tmp_path, monkeypatch, command):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    tiny = [a for a in TINY[1:] if a != "--no-plot"]
+    assert main([command[0], *tiny, *command[1:], "--out", str(tmp_path), "--seeds", "0"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ies-fast: interrupted (SIGINT): the finished runs"), err
