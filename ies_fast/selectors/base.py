@@ -275,7 +275,7 @@ class Selector:
             ``scored_total`` and ``removal_enabled``.
         """
         totals = dict(zip(self.TOTALS, self.totals.tolist()))
-        removed = int(self.removed_mask().sum())
+        removed = int(self.removed_mask().count_nonzero())
         return {
             "epoch": self.epoch,
             "num_samples": self.num_samples,
@@ -462,7 +462,7 @@ class Selector:
                 raise ValueError(f"index out of range [0, {self.num_samples}): got {first}")
             return index
         bad = (index < 0) | (index >= self.num_samples)
-        self._deferred_errors[0] += bad.sum()
+        self._deferred_errors[0] += bad.count_nonzero()
         return torch.where(bad, torch.full_like(index, -1), index)
 
     def _report_deferred_errors(self) -> None:

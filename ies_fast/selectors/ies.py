@@ -265,7 +265,7 @@ class IES(Selector):
         self._merge_ranks()
         self._report_deferred_errors()
         if self.removal_enabled:
-            self.totals[TOTALS.index("backward_saved")] += self.mastered.sum()
+            self.totals[TOTALS.index("backward_saved")] += self.mastered.count_nonzero()
         self.totals[TOTALS.index("sample_epochs")] += self.num_samples
         self.totals[TOTALS.index("scored")] += self._pending_scored[0]
         self._pending_scored.zero_()
@@ -303,7 +303,7 @@ class IES(Selector):
             return decision_threshold(self.delta, self.window)
         current = self._current_losses()
         finite = (current > NOT_SEEN) & torch.isfinite(current)
-        n = int(finite.sum())
+        n = int(finite.count_nonzero())
         if n:
             self.loss_scale = float(torch.where(finite, current, torch.zeros_like(current)).sum(dtype=torch.float64)) / n
         return float(np.float32(self.delta * self.window * self.loss_scale))
@@ -395,7 +395,7 @@ class IES(Selector):
         return {
             "mastered": last["mastered"],
             "reincluded": last["reincluded"],
-            "replayed": int(self.replay.sum()) if self.removal_enabled else 0,
+            "replayed": int(self.replay.count_nonzero()) if self.removal_enabled else 0,
             "newly_mastered": last["newly_mastered"],
             "observed": last["observed"],
             "eligible": last["eligible"],

@@ -150,7 +150,7 @@ class InfoBatch(Selector):
             return
         loss = per_sample_loss.detach().to(self.device, torch.float32, non_blocking=True)
         finite = torch.isfinite(loss)
-        self.totals[TOTALS.index("nonfinite")] += (~finite).sum()
+        self.totals[TOTALS.index("nonfinite")] += (~finite).count_nonzero()
         slot = torch.where((index < 0) | ~finite, torch.full_like(index, self.num_samples), index)
         self._fresh.scatter_reduce_(0, slot, torch.where(finite, loss, torch.full_like(loss, -math.inf)), "amax")
 
@@ -161,7 +161,7 @@ class InfoBatch(Selector):
         self._report_deferred_errors()
         self._merge_ranks()
         N = self.num_samples
-        self.totals[TOTALS.index("backward_saved")] += self.removed_mask().sum()
+        self.totals[TOTALS.index("backward_saved")] += self.removed_mask().count_nonzero()
         self.totals[TOTALS.index("sample_epochs")] += N
         self.totals[TOTALS.index("scored")] += self._pending_scored[0]
         self._pending_scored.zero_()
@@ -182,7 +182,7 @@ class InfoBatch(Selector):
         N = self.num_samples
         scores = self.scores[:N]
         well_learned = scores < scores.mean()
-        n_well = well_learned.sum()
+        n_well = well_learned.count_nonzero()
         # int(keep_ratio * n) of the original, computed on device in float64 (exact for counts)
         n_keep = torch.floor(n_well.to(torch.float64) * self.keep_ratio).to(torch.int64)
         perm = torch.randperm(N, generator=self.generator, device=self.device)

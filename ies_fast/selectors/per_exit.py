@@ -125,7 +125,7 @@ class PerExitIES(Selector):
         when all its exits are."""
         self._report_deferred_errors()
         if self.removal_enabled:
-            self.totals[TOTALS.index("backward_saved")] += self.mastered.sum()
+            self.totals[TOTALS.index("backward_saved")] += self.mastered.count_nonzero()
         self.totals[TOTALS.index("sample_epochs")] += self.num_samples
         self.exits.count_scored(self._pending_scored[0])
         self._pending_scored.zero_()
@@ -211,14 +211,14 @@ class PerExitIES(Selector):
         """
         inner = self.exits.stats()
         totals = dict(zip(TOTALS, self.totals.tolist()))
-        removed = int(self.removed_mask().sum())
+        removed = int(self.removed_mask().count_nonzero())
         return {
             "epoch": self.epoch,
             "num_samples": self.num_samples,
             "num_exits": self.num_exits,
             "kept": self.num_samples - removed,
             "removed": removed,
-            "mastered": int(self.mastered.sum()),
+            "mastered": int(self.mastered.count_nonzero()),
             "mastered_per_exit": self.exit_mastered_mask().sum(dim=0).tolist(),
             "reincluded": inner["reincluded"],
             "newly_mastered": inner["newly_mastered"],

@@ -82,7 +82,7 @@ class RandomRemoval(Selector):
     def step(self) -> None:
         """Close the epoch and draw the next epoch's removed set."""
         self._report_deferred_errors()
-        self.totals[TOTALS.index("backward_saved")] += self.removed_mask().sum()
+        self.totals[TOTALS.index("backward_saved")] += self.removed_mask().count_nonzero()
         self.totals[TOTALS.index("sample_epochs")] += self.num_samples
         self.totals[TOTALS.index("scored")] += self._pending_scored[0]
         self._pending_scored.zero_()
@@ -127,7 +127,7 @@ class RandomRemoval(Selector):
         values = super().check_state(state, where)
         check.matches(state, "ratio", self.ratio, where)
         removed = check.tensor(state, "removed", (self.num_samples,), torch.bool, where)
-        if int(removed.sum()) != self.num_removed:
+        if int(removed.count_nonzero()) != self.num_removed:
             raise ValueError(f"{where}['removed'] must mark exactly {self.num_removed} samples")
         return {**values, "removed": removed, "rng": check.generator_state(state, "rng", self.device, where),
                 "seed": check.integer(state, "seed", high=2**64 - 1, where=where)}

@@ -157,11 +157,11 @@ def close_epoch_torch(
 
     return torch.stack(
         [
-            observed.sum(),
-            nonfinite.sum(),
-            now.sum(),
-            (was_mastered & ~now).sum(),
-            (~was_mastered & now).sum(),
-            eligible.sum(),
+            observed.count_nonzero(),
+            nonfinite.count_nonzero(),
+            now.count_nonzero(),
+            (was_mastered & ~now).count_nonzero(),
+            (~was_mastered & now).count_nonzero(),
+            eligible.count_nonzero(),
         ]
     )
