@@ -24,13 +24,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def recipes_epilog() -> str:
     """The per-dataset recipes as the table that ends ``ies-fast train --help``."""
-    keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "delta", "anneal",
-            "min_kept", "eligibility", "score_policy", "eval_every")
+    keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "delta", "order",
+            "window", "anneal", "min_kept", "eligibility", "score_policy", "eval_every")
     head = ["dataset", *(cfg.flag(k)[2:] for k in keys)]
     recipes = {**cfg.RECIPES, "folder (<=64 px)": cfg.folder_recipe(cfg.SMALL_FOLDER_SIZE),
                "folder (>64 px)": cfg.folder_recipe(cfg.SMALL_FOLDER_SIZE + 1)}
-    unset = {"score_policy": "every", "eval_every": 1}  # what _with_recipe fills for a recipe without them
-    rows = [[name, *(str(recipe.get(k, unset.get(k, "-"))) for k in keys)] for name, recipe in recipes.items()]
+    rows = [[name, *(str(recipe.get(k, cfg.RECIPE_BASE.get(k, "-"))) for k in keys)] for name, recipe in recipes.items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     return ("recipes (what a flag left out becomes; `ies-fast train --dataset D --print-config` shows the full "
@@ -124,9 +123,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, for_compare: bool = False)
     sel.add_argument("--threshold", choices=("absolute", "relative"), default="absolute",
          help="absolute: δ in loss units (the paper's); relative: δ is a fraction of each epoch's mean recorded "
               "loss, so one δ does not depend on the loss's scale")
-    sel.add_argument("--order", type=int, default=2, help="order N of the loss difference (0-3)")
-    sel.add_argument("--window", type=int, default=3,
-         help="epochs w averaged in the score; IES removes nothing in the first order + window epochs (warm-up)")
+    sel.add_argument("--order", type=int, default=None, help=f"order N of the loss difference (0-3) {RECIPE}")
+    sel.add_argument("--window", type=int, default=None,
+         help=f"epochs w averaged in the score; IES removes nothing in the first order + window epochs (warm-up) "
+              f"{RECIPE}")
     sel.add_argument("--k", type=int, default=1,
          help="IES sums the last k window means (official cifar_main.py's k; 1 = the paper's score)")
     sel.add_argument("--eligibility", choices=("paper", "official"), default=None,
