@@ -29,6 +29,14 @@ def rank_logs(out: Path, world: int) -> list[list[dict]]:
     return [[json.loads(line) for line in (out / f"log-rank{r}.jsonl").read_text().splitlines()] for r in range(world)]
 
 
+def copy_log_lines(source: Path, dest: Path, rank: int, lines: int) -> None:
+    """The first ``lines`` lines of ``source``'s ``log-rank<rank>.jsonl`` into ``dest``'s (a run
+    resumed from ``source``'s checkpoint after that many epochs logs the rest)."""
+    name = f"log-rank{rank}.jsonl"
+    kept = (source / name).read_text().splitlines(keepends=True)[:lines]
+    (dest / name).write_text("".join(kept))
+
+
 #: ``IES_FAST_FULL_DDP=1`` runs every world-size change of the multi-process integration
 #: tests; by default CI runs one change per integration (they cost 20-80 s each on 2 cores)
 FULL_DDP = os.environ.get("IES_FAST_FULL_DDP", "0") not in ("", "0")

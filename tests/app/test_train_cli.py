@@ -167,16 +167,16 @@ def test_help_shows_defaults_once_and_the_recipes(capsys):
         assert own_help.count("default") == 1, own_help
     recipes = text[text.index("recipes ("):]
     digits = next(l.split() for l in recipes.splitlines() if l.strip().startswith("digits "))
-    assert digits[:10] == ["digits", "mlp", "60", "64", "sgd", "0.05", "0.0", "constant", "0.0002", "0.0"]
+    assert digits[:12] == ["digits", "mlp", "60", "64", "sgd", "0.05", "0.0", "constant", "0.0002", "2", "3", "0.0"]
     from ies_fast.app.train.config import RECIPES
 
-    assert digits[10:] == [str(RECIPES["digits"]["min_kept"]), RECIPES["digits"]["eligibility"], "every", "1"]
+    assert digits[12:] == [str(RECIPES["digits"]["min_kept"]), RECIPES["digits"]["eligibility"], "every", "1"]
     mnist1d = next(l.split() for l in recipes.splitlines() if l.strip().startswith("mnist1d "))
     assert mnist1d[8] == "0.01" and mnist1d[-2] == "backoff"  # the measured winners (docs/training.md)
     fashion = next(l.split() for l in recipes.splitlines() if l.strip().startswith("fashion-mnist "))
     assert fashion[8] == "0.1" and fashion[-2:] == ["backoff", "5"]  # the test pass every 5 epochs (issue 27)
     mnist = next(l.split() for l in recipes.splitlines() if l.strip().startswith("mnist "))
-    assert mnist[8] == "0.1" and mnist[-2:] == ["backoff", "4"]
+    assert mnist[8:11] == ["0.3", "1", "2"] and mnist[-2:] == ["backoff", "4"]  # δ, order, window: its front
 
 
 def test_print_config_shows_the_recipe_before_a_run(capsys, tmp_path):

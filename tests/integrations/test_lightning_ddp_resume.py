@@ -7,6 +7,7 @@ run is started by torchrun (Lightning finds the processes in its environment), t
 others by Lightning itself: the two launchers agree."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,11 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_pat
 
 @pytest.mark.parametrize("devices", ddp_runs.world_sizes(1, 3))
 def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, devices):
-    run(tmp_path, 2, 3)
+    # the uninterrupted 2-process run's checkpoint after epoch 3 (and rank 0's log up to it)
+    (tmp_path / "ckpt").mkdir()
+    (saved,) = (uninterrupted / "ckpt").glob("epoch=2-*.ckpt")
+    shutil.copyfile(saved, tmp_path / "ckpt" / "last.ckpt")
+    ddp_runs.copy_log_lines(uninterrupted, tmp_path, rank=0, lines=3)
     run(tmp_path, devices, EPOCHS, "--resume")
     full = ddp_runs.rank_logs(uninterrupted, 2)[0]
     resumed = ddp_runs.rank_logs(tmp_path, devices)
