@@ -24,6 +24,14 @@ def run(args: list, timeout_s: float, check: bool = True) -> int:
     return proc.returncode
 
 
+def torchrun(script: Path, world: int, *args, timeout_s: float, check: bool = True) -> int:
+    """``script *args`` under ``torchrun --nproc_per_node world`` on a free local port."""
+    from _support.spawn_ranks import free_port
+
+    return run(["-m", "torch.distributed.run", "--nproc_per_node", world, "--master_addr", "127.0.0.1",
+                "--master_port", free_port(), script, *args], timeout_s, check)
+
+
 def rank_logs(out: Path, world: int) -> list[list[dict]]:
     """Each rank's ``log-rank<r>.jsonl`` lines."""
     return [[json.loads(line) for line in (out / f"log-rank{r}.jsonl").read_text().splitlines()] for r in range(world)]

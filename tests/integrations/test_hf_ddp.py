@@ -26,8 +26,7 @@ EPOCHS, TIMEOUT_S = 6, 300
 
 def run(out: Path, world: int, *extra, check: bool = True) -> int:
     """The worker under ``torchrun --nproc_per_node world``."""
-    return ddp_runs.run(["-m", "torch.distributed.run", "--nproc_per_node", world, "--master_port", free_port(),
-                         SCRIPT, out, *extra], TIMEOUT_S, check)
+    return ddp_runs.torchrun(SCRIPT, world, out, *extra, timeout_s=TIMEOUT_S, check=check)
 
 
 def accelerate_launch(out: Path, world: int, *extra) -> int:

@@ -17,7 +17,6 @@ pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 
 from _support import ddp_runs  # noqa: E402
-from _support.spawn_ranks import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +32,7 @@ def run(out: Path, devices: int, *extra, check: bool = True) -> int:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    ddp_runs.run(["-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_addr", "127.0.0.1",
-                  "--master_port", free_port(), SCRIPT, out, 2, EPOCHS], TIMEOUT_S)
+    ddp_runs.torchrun(SCRIPT, 2, out, 2, EPOCHS, timeout_s=TIMEOUT_S)
     return out
 
 
