@@ -20,9 +20,13 @@ is applied; every rank then agrees (one all-reduce) that every rank could, so a 
 shard is refused everywhere and no rank changes. The joined state is ``N`` rows while
 it is checked: loading needs the memory of one replicated state for a moment.
 
-Why not ``torch.distributed.checkpoint``: its ``FileSystemReader.read_metadata``
-unpickles the ``.metadata`` file with ``pickle.load`` (torch 2.13), so loading a DCP
-folder can execute code from it; this project never unpickles a file.
+``storage="dcp"`` writes the same shards through ``torch.distributed.checkpoint``
+with its safetensors storage instead (:mod:`ies_fast.io.selector_dcp`): one
+``.safetensors`` file per shard, the plain values and each file's SHA-256 in the
+manifest (``"format": "ies_fast.selector_shards.dcp/1"``). DCP's default storage is
+not used: its ``FileSystemReader.read_metadata`` unpickles the ``.metadata`` file
+(``pickle.load``, torch 2.13), and this project never unpickles a file. Loading
+reads either storage; the joining, checking and agreeing are the same.
 """
 from __future__ import annotations
 
@@ -34,10 +38,12 @@ import shutil
 import torch
 import torch.distributed as dist
 
-from . import run_folder
+from . import run_folder, selector_dcp
 from .checkpoint import load_checkpoint, save_checkpoint
 
 FORMAT = "ies_fast.selector_shards/1"
+DCP_FORMAT = "ies_fast.selector_shards.dcp/1"
+STORAGES = ("files", "dcp")
 MANIFEST = "selector.json"
 #: per-sample tensors a shard holds only some rows of (``rank::world``)
 ROW_KEYS = ("hist", "count", "mastered", "replay")
@@ -68,9 +74,13 @@ def _shared_token(world: int) -> str:
     return bytes(token.tolist()).hex()
 
 
-def save_selector(selector, directory) -> str:
+def save_selector(selector, directory, *, storage: str = "files") -> str:
     """Write ``selector`` into the checkpoint folder ``directory`` (collective under a
-    process group: every rank calls it). Returns the manifest's path."""
+    process group: every rank calls it). ``storage``: ``"files"`` (one verified
+    checkpoint file per shard) or ``"dcp"`` (``torch.distributed.checkpoint`` with
+    safetensors files; needs ``safetensors``). Returns the manifest's path."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     directory = os.fspath(directory)
     rank, world = _group()
     sharded = getattr(selector, "_shards_state", False)
@@ -83,21 +93,27 @@ def save_selector(selector, directory) -> str:
     _barrier(world)
     state = selector.state_dict()
     count = world if sharded else 1
-    if sharded or rank == 0:
-        if not sharded:
-            state["shard"] = {"rank": 0, "world": 1}
+    writes = sharded or rank == 0
+    if writes and not sharded:
+        state["shard"] = {"rank": 0, "world": 1}
+    manifest = {"format": FORMAT, "kind": state["kind"], "num_samples": selector.num_samples,
+                "epoch": int(getattr(selector, "epoch", 0)), "world": count, "shards": shards}
+    if storage == "dcp":
+        plain = selector_dcp.split_plain(state)[1]  # on every rank, before the collective save
+        selector_dcp.write_shards(state if writes else None, target, rank, world > 1)
+        if rank == 0:
+            manifest.update(format=DCP_FORMAT, plain=plain, files=selector_dcp.file_digests(target))
+    elif writes:
         save_checkpoint(state, os.path.join(target, shard_name(state["shard"]["rank"], count)))
     _barrier(world)
-    manifest = os.path.join(directory, MANIFEST)
+    path = os.path.join(directory, MANIFEST)
     if rank == 0:
-        previous = _manifest_shards(manifest)
-        run_folder.write_json(manifest, {"format": FORMAT, "kind": state["kind"], "num_samples": selector.num_samples,
-                                         "epoch": int(getattr(selector, "epoch", 0)), "world": count,
-                                         "shards": shards})
+        previous = _manifest_shards(path)
+        run_folder.write_json(path, manifest)
         if previous and previous != shards:  # the old set, no longer named by the manifest
             shutil.rmtree(os.path.join(directory, previous), ignore_errors=True)
     _barrier(world)
-    return manifest
+    return path
 
 
 def _manifest_shards(manifest: str):
@@ -111,8 +127,8 @@ def read_manifest(path) -> dict:
     """The checked manifest at ``path`` (``ValueError`` naming the field)."""
     m = run_folder.read_json(path)
     where = os.fspath(path)
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise ValueError(f"{where} is not a {FORMAT} manifest")
+    if not isinstance(m, dict) or m.get("format") not in (FORMAT, DCP_FORMAT):
+        raise ValueError(f"{where} is not a {FORMAT} or {DCP_FORMAT} manifest")
     for key in ("num_samples", "epoch", "world"):
         if type(m.get(key)) is not int or m[key] < 0:
             raise ValueError(f"{where}[{key!r}] must be a non-negative int, got {m.get(key)!r}")
@@ -122,6 +138,8 @@ def read_manifest(path) -> dict:
         raise ValueError(f"{where}['shards'] must name a shards-<16 hex digits> folder, got {m.get('shards')!r}")
     if not isinstance(m.get("kind"), str):
         raise ValueError(f"{where}['kind'] must be a string")
+    if m["format"] == DCP_FORMAT:
+        selector_dcp.check_manifest_fields(m, where)
     return m
 
 
@@ -193,7 +211,10 @@ def load_selector(selector, directory) -> None:
             raise ValueError(f"{directory}: saved with num_samples={m['num_samples']}, "
                              f"this selector has {selector.num_samples}")
         folder = os.path.join(directory, m["shards"])
-        shards = [load_checkpoint(os.path.join(folder, shard_name(r, m["world"]))) for r in range(m["world"])]
+        if m["format"] == DCP_FORMAT:
+            shards = selector_dcp.read_shards(folder, m)
+        else:
+            shards = [load_checkpoint(os.path.join(folder, shard_name(r, m["world"]))) for r in range(m["world"])]
         state = join_shards(shards, selector.num_samples, where=folder)
         del shards
         checked = selector.check_state(state)  # the whole state, nothing applied

@@ -61,19 +61,26 @@ def assert_same(replicated: IES, sharded: IES, where: str) -> None:
 
 def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
     """Train a replicated and a sharded selector side by side over ``job["epochs"]``
-    epochs (after loading ``job["load"]``, a pair of checkpoint folders: replicated,
-    sharded; ``job["cross"]`` swaps them), checking them equal after every step; saves
-    both at epoch ``job["save_at"]``. Returns the replicated one."""
+    epochs (after loading ``job["load"]``, pairs of checkpoint folders: replicated,
+    sharded; ``job["cross"]`` swaps each pair), checking them equal after every step; saves
+    both at epoch ``job["save_at"]`` (in each storage of ``job["storages"]``, default
+    ``["files"]``; ``"dcp"`` into ``replicated-dcp``, ``sharded-dcp``). Returns the
+    replicated one."""
     sharded_module._GROUP_ROWS = job.get("group_rows", sharded_module._GROUP_ROWS)  # small: joins and splits
     sharded_module._RECORD_CHUNK = job.get("record_chunk", sharded_module._RECORD_CHUNK)
     sharded_module._EXCHANGE_ROWS = job.get("exchange_rows", sharded_module._EXCHANGE_ROWS)  # small: many rounds
     replicated, sharded = pair(job.get("min_kept", 0))
     assert sharded.world == world and sharded.hist.shape[0] == len(range(rank, S, world))
-    if job.get("load"):
-        rep_dir, shard_dir = job["load"][::-1] if job.get("cross") else job["load"]
+    loaded = None
+    for pair_dirs in job.get("load", []):  # each pair replaces the last: every storage loads the same state
+        rep_dir, shard_dir = pair_dirs[::-1] if job.get("cross") else pair_dirs
         load_selector(replicated, rep_dir)
         load_selector(sharded, shard_dir)
-        assert_same(replicated, sharded, "after loading")
+        assert_same(replicated, sharded, f"after loading {pair_dirs}")
+        state = replicated.state_dict()
+        assert loaded is None or all(torch.equal(v, loaded[k]) if isinstance(v, torch.Tensor) else v == loaded[k]
+                                     for k, v in state.items()), f"{pair_dirs} loads another state than the first pair"
+        loaded = state
     mastered_any = False
     for epoch in range(replicated.epoch, job["epochs"]):
         loss, index = epoch_observations(epoch)
@@ -87,8 +94,10 @@ def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
         assert_same(replicated, sharded, f"epoch {epoch}")
         mastered_any |= bool(replicated.mastered.any())
         if epoch + 1 == job.get("save_at"):
-            save_selector(replicated, os.path.join(out_dir, "replicated"))
-            save_selector(sharded, os.path.join(out_dir, "sharded"))
+            for storage in job.get("storages", ["files"]):
+                suffix = "" if storage == "files" else f"-{storage}"
+                save_selector(replicated, os.path.join(out_dir, "replicated" + suffix), storage=storage)
+                save_selector(sharded, os.path.join(out_dir, "sharded" + suffix), storage=storage)
     assert mastered_any or job.get("load"), "the observations never mastered a sample: the test would prove nothing"
     return replicated
 
