@@ -3,6 +3,8 @@ the CIFAR ResNet-18 has its known size; errors name what is wrong."""
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.util
 import sys
 
 import pytest
@@ -120,7 +122,28 @@ def test_imagenet_mlp_without_torchvision(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision -> ImportError
     assert model_names(imagenet=True) == ["mlp"]
     assert build_model("mlp", 5, (3, 8, 8), imagenet=True)(torch.randn(2, 3, 8, 8)).shape == (2, 5)
-    with pytest.raises(ImportError, match=r"model 'resnet50' for ImageNet needs torchvision: pip install torchvision"):
+    with pytest.raises(ImportError, match=r"model 'resnet50' for ImageNet needs torchvision: pip install \"ies_fast\[vision\]\""):
+        build_model("resnet50", 1000, (3, 224, 224), imagenet=True)
+
+
+class _BrokenTorchvision(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import torchvision`` fails the way a wheel built for another torch does."""
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name == "torchvision" else None
+
+    def create_module(self, spec):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    def exec_module(self, module):
+        pass
+
+
+def test_imagenet_models_with_a_broken_torchvision(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenTorchvision(), *sys.meta_path])
+    assert model_names(imagenet=True) == ["mlp"]
+    with pytest.raises(ImportError, match=r"ies_fast\[vision\].*fails to import: operator torchvision::nms does not exist"):
         build_model("resnet50", 1000, (3, 224, 224), imagenet=True)
 
 

@@ -147,8 +147,7 @@ def import_torchvision():
     except ImportError:
         return None, ""
     except Exception as e:  # noqa: BLE001 - any failed import means "not usable"
-        version = torch.__version__.split("+")[0]
-        return None, f" (a version built for torch {version}; the installed one fails to import: {e})"
+        return None, f"; the installed one fails to import: {str(e).splitlines()[-1] if str(e) else type(e).__name__}"
     return torchvision, ""
 
 
@@ -183,7 +182,8 @@ def build_model(name: str, num_classes: int, input_shape: tuple, *, imagenet: bo
     if imagenet:
         torchvision, why = import_torchvision()
         if torchvision is None:
-            raise ImportError(f"model {name!r} for ImageNet needs torchvision: pip install torchvision{why}")
+            raise ImportError(f"model {name!r} for ImageNet needs torchvision: pip install \"ies_fast[vision]\" "
+                              f"(the torchvision built for torch {torch.__version__.split('+')[0]}){why}")
         if shape[0] != 3:
             raise ValueError(f"torchvision's {name} needs 3-channel images, got input_shape {shape}")
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
