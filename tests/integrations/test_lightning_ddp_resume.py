@@ -4,7 +4,9 @@ kept count does not divide by 2 (each run has a timeout: unequal steps would han
 DDP); a rank SIGKILLed mid-epoch, then ``fit(ckpt_path=last.ckpt)``, ends equal to the
 uninterrupted run; the checkpoint resumes on 1 and on 3 processes. The uninterrupted
 run is started by torchrun (Lightning finds the processes in its environment), the
-others by Lightning itself: the two launchers agree."""
+others by Lightning itself: the two launchers agree. With the model's parameters
+sharded by FSDP2 (``ModelParallelStrategy`` + ``fully_shard``, which Lightning runs on
+the CPU) the ranks agree the same way."""
 from __future__ import annotations
 
 import shutil
@@ -36,12 +38,22 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-def test_every_rank_the_same_kept_set_and_steps_with_uneven_counts(uninterrupted):
-    a, b = ddp_runs.rank_logs(uninterrupted, 2)
+def _same_kept_set_and_steps(out: Path) -> None:
+    a, b = ddp_runs.rank_logs(out, 2)
     assert a == b and len(a) == EPOCHS
     kept = [len(e["kept"]) for e in a]
     assert min(kept) < 1500 and any(k % 2 for k in kept), kept  # IES removed samples, and an odd count was run
     assert all(e["steps"] == -(-(-(-len(e["kept"]) // 2)) // 64) for e in a)  # ceil(ceil(k / 2) / 64)
+
+
+def test_every_rank_the_same_kept_set_and_steps_with_uneven_counts(uninterrupted):
+    _same_kept_set_and_steps(uninterrupted)
+
+
+def test_fsdp2_sharded_model_every_rank_the_same_kept_set_and_steps(tmp_path):
+    run(tmp_path, 2, EPOCHS, "--fsdp")
+    _same_kept_set_and_steps(tmp_path)
+    assert (tmp_path / "ckpt" / "last.ckpt").is_dir()  # Lightning's distributed (DCP) checkpoint of the shards
 
 
 def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path):
