@@ -75,3 +75,13 @@ def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, world):
     assert all(r[-tail:] == resumed[0][-tail:] for r in resumed)  # the new ranks agree
     assert [e["world"] for e in resumed[0]][3:] == [world] * tail
     assert resumed[0][3]["kept"] == full[3]["kept"]  # the decision taken on 2 processes holds
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP2 under the Trainer needs 2 CUDA devices: "
+                    "accelerate does not shard CPU ranks (MULTI_CPU ignores the FSDP plugin)")
+def test_fsdp2_sharded_model_every_rank_the_same_kept_set_and_steps(tmp_path):
+    run(tmp_path, 2, EPOCHS, "--fsdp")
+    a, b = ddp_runs.rank_logs(tmp_path, 2)
+    assert a == b and len(a) == EPOCHS and min(len(e["kept"]) for e in a) < 50
+    assert all(e["steps"] == -(-len(e["kept"]) // 8) for e in a)
