@@ -146,39 +146,45 @@ at::Tensor close_epoch_cpu(at::Tensor hist, at::Tensor count, at::Tensor mastere
   return stats;
 }
 
-// What the epoch not yet closed recorded, read in one pass over the ring (before
-// close_epoch): each sample's current-slot loss (NaN unless finite) and the mean
-// |Δ^ORDER| over the order + window losses ending with it (NaN unless count + 1 >=
-// order + window and the result is finite): epoch_report_torch, bit for bit.
+// One sample's report of the epoch not yet closed (before close_epoch), from its
+// ring row and count: the current-slot value (the loss where finite) ...
+inline float current_value(const float* row, int cnt, int L) { return row[cnt < L ? cnt : cnt - L]; }
+
+// ... and the mean |Δ^ORDER| over the order + window losses ending with it: NaN
+// unless count + 1 >= order + window and the result is finite.
+template <int ORDER>
+inline float current_window_score(const float* row, int cnt, int L, int window) {
+  const int span = ORDER + window, cur = cnt < L ? cnt : cnt - L;
+  if (cnt + 1 < span) return std::numeric_limits<float>::quiet_NaN();
+  const int first = cur + 1 - span < 0 ? cur + 1 - span + L : cur + 1 - span;
+  const float mean = window_sum<ORDER>(row, L, first, window) / static_cast<float>(window);
+  return std::isfinite(mean) ? mean : std::numeric_limits<float>::quiet_NaN();
+}
+
+// Both for every sample in one pass over the ring: epoch_report_torch, bit for bit
+// (the loss NaN unless finite).
 template <int ORDER>
 void epoch_report_all_cpu(const float* h, const uint8_t* c, float* loss, float* score, int64_t S, int L, int window) {
   // score == nullptr: the losses only
-  const int span = ORDER + window;
   const float nan = std::numeric_limits<float>::quiet_NaN();
 #pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (S > 4096)
   for (int64_t i = 0; i < S; ++i) {
-    const float* row = h + i * L;
-    const int cnt = c[i];
-    const int cur = cnt < L ? cnt : cnt - L;
-    const float v = row[cur];
+    const float v = current_value(h + i * L, c[i], L);
     loss[i] = std::isfinite(v) ? v : nan;
-    if (score == nullptr) continue;
-    float s = nan;
-    if (cnt + 1 >= span) {
-      const int first = cur + 1 - span < 0 ? cur + 1 - span + L : cur + 1 - span;
-      const float mean = window_sum<ORDER>(row, L, first, window) / static_cast<float>(window);
-      if (std::isfinite(mean)) s = mean;
-    }
-    score[i] = s;
+    if (score != nullptr) score[i] = current_window_score<ORDER>(h + i * L, c[i], L, window);
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> epoch_report_cpu(const at::Tensor& hist, const at::Tensor& count, int64_t order,
-                                                    int64_t window, bool with_score) {
+void check_report(const at::Tensor& hist, const at::Tensor& count, int64_t order, int64_t window) {
   check_state(hist, count);
   TORCH_CHECK_VALUE(order >= 0 && order <= 3, "order must be in 0..3, got ", order);
   TORCH_CHECK_VALUE(window >= 1 && order + window <= hist.size(1), "window must be in 1..L - order = ",
                     hist.size(1) - order, ", got ", window);
+}
+
+std::tuple<at::Tensor, at::Tensor> epoch_report_cpu(const at::Tensor& hist, const at::Tensor& count, int64_t order,
+                                                    int64_t window, bool with_score) {
+  check_report(hist, count, order, window);
   const int64_t S = hist.size(0);
   const int L = static_cast<int>(hist.size(1)), w = static_cast<int>(window);
   at::Tensor loss = at::empty({S}, hist.options()), score = at::empty({with_score ? S : 0}, hist.options());
@@ -201,23 +207,15 @@ std::tuple<at::Tensor, at::Tensor> epoch_report_cpu(const at::Tensor& hist, cons
 template <int ORDER>
 void fold_epoch_report_all_cpu(const float* h, const uint8_t* c, int64_t S, int L, int window, double* loss_sum,
                                int32_t* loss_count, float* last_loss, float* last_score) {
-  const int span = ORDER + window;
-  const float fwindow = static_cast<float>(window);
 #pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (S > 4096)
   for (int64_t i = 0; i < S; ++i) {
-    const float* row = h + i * L;
-    const int cnt = c[i];
-    const int cur = cnt < L ? cnt : cnt - L;
-    const float v = row[cur];
+    const float v = current_value(h + i * L, c[i], L);
     const bool seen = std::isfinite(v);
     loss_sum[i] += seen ? static_cast<double>(v) : 0.0;
     loss_count[i] += seen;
     if (seen) last_loss[i] = v;
-    if (cnt + 1 >= span) {
-      const int first = cur + 1 - span < 0 ? cur + 1 - span + L : cur + 1 - span;
-      const float mean = window_sum<ORDER>(row, L, first, window) / fwindow;
-      if (std::isfinite(mean)) last_score[i] = mean;
-    }
+    const float score = current_window_score<ORDER>(h + i * L, c[i], L, window);
+    if (!std::isnan(score)) last_score[i] = score;
   }
 }
 
@@ -231,10 +229,7 @@ void check_counter(const at::Tensor& t, const char* name, at::ScalarType dtype, 
 
 void fold_epoch_report_cpu(const at::Tensor& hist, const at::Tensor& count, int64_t order, int64_t window,
                            at::Tensor loss_sum, at::Tensor loss_count, at::Tensor last_loss, at::Tensor last_score) {
-  check_state(hist, count);
-  TORCH_CHECK_VALUE(order >= 0 && order <= 3, "order must be in 0..3, got ", order);
-  TORCH_CHECK_VALUE(window >= 1 && order + window <= hist.size(1), "window must be in 1..L - order = ",
-                    hist.size(1) - order, ", got ", window);
+  check_report(hist, count, order, window);
   check_counter(loss_sum, "loss_sum", at::kDouble, hist);
   check_counter(loss_count, "loss_count", at::kInt, hist);
   check_counter(last_loss, "last_loss", at::kFloat, hist);

@@ -21,7 +21,8 @@ Columns (``docs/real_data.md`` uses them to find noisy labels):
 - ``mean_loss`` / ``last_loss``: over the epochs its loss was recorded (trained or scored).
 
 No Python loop over samples and no host read inside a training step: the updates
-are a few in-place whole-tensor operations per epoch.
+are two in-place passes per epoch (``ring.fold_removed`` and ``ring.fold_epoch_report``:
+native CPU ops where built, the same whole-tensor torch operations elsewhere).
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ class SampleRecord:
     """Per-sample counters of one run (see the module docstring). ``labels`` are the
     training labels, ``true_labels`` the clean ones (``None``: no noise). Reads the
     selector only through its public interface (``removed_mask``, ``removal_enabled``,
-    ``epoch_losses``, ``sample_scores``)."""
+    ``epoch_losses``, ``sample_scores``; for an IES, its ring from ``state_tensors()``
+    with ``order`` and ``window`` instead of the last two)."""
 
     def __init__(self, labels: torch.Tensor, num_classes: int, device: torch.device,
                  true_labels: Optional[torch.Tensor] = None):
