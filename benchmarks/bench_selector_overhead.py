@@ -15,7 +15,9 @@ process's peak RSS over its RSS before the call, ``/proc/self/status`` after
 * ``floor_idle`` / ``floor_replay``: ``KeptFloor.replay_mask`` with the 5% floor when
   nothing needs replaying (half mastered) and when it does (99% mastered);
 * ``sync``: the per-rank work of the DDP check ``assert_selector_in_sync`` (its
-  checksum of the state; the one all-gather of a few int64 is not timed).
+  checksum of the state; the one all-gather of a few int64 is not timed);
+* ``per_epoch``: what every epoch adds, ``table + floor_idle + sync`` (the sum of
+  their medians; issue 27's target is at most 2x ``step`` at N = 10M).
 
 Medians over ``--repeats`` epochs. Run as a script::
 
@@ -46,6 +48,8 @@ from ies_fast.app.train.samples import SampleRecord, write_samples
 
 MIN_KEPT = 0.05
 NUM_CLASSES = 10
+#: the pieces every epoch adds (the table's write is once per run; the floor replays only after a collapse)
+PER_EPOCH = ("table", "floor_idle", "sync")
 
 
 def _fixed_mmap_threshold(nbytes: int = 1 << 16) -> None:
@@ -118,6 +122,8 @@ def run(n: int, repeats: int, out_dir: str) -> dict:
     for name, values in times.items():
         result[name + "_s"] = statistics.median(v[0] for v in values)
         result[name + "_peak_bytes_per_sample"] = statistics.median(v[1] for v in values) / n
+    result["per_epoch_s"] = sum(result[name + "_s"] for name in PER_EPOCH)
+    result["per_epoch_x_step"] = result["per_epoch_s"] / result["step_s"]
     return result
 
 
@@ -140,6 +146,7 @@ def main(argv=None) -> int:
         for name in ("step", "table", "table_write", "floor_idle", "floor_replay", "sync"):
             print(f"{r['N']:>11} {name:>13} {r[name + '_s']:>9.4f} {r[name + '_s'] / r['step_s']:>7.2f} "
                   f"{r[name + '_peak_bytes_per_sample']:>14.1f}")
+        print(f"{r['N']:>11} {'per_epoch':>13} {r['per_epoch_s']:>9.4f} {r['per_epoch_x_step']:>7.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

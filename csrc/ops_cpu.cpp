@@ -146,39 +146,45 @@ at::Tensor close_epoch_cpu(at::Tensor hist, at::Tensor count, at::Tensor mastere
   return stats;
 }
 
-// What the epoch not yet closed recorded, read in one pass over the ring (before
-// close_epoch): each sample's current-slot loss (NaN unless finite) and the mean
-// |Δ^ORDER| over the order + window losses ending with it (NaN unless count + 1 >=
-// order + window and the result is finite): epoch_report_torch, bit for bit.
+// One sample's report of the epoch not yet closed (before close_epoch), from its
+// ring row and count: the current-slot value (the loss where finite) ...
+inline float current_value(const float* row, int cnt, int L) { return row[cnt < L ? cnt : cnt - L]; }
+
+// ... and the mean |Δ^ORDER| over the order + window losses ending with it: NaN
+// unless count + 1 >= order + window and the result is finite.
+template <int ORDER>
+inline float current_window_score(const float* row, int cnt, int L, int window) {
+  const int span = ORDER + window, cur = cnt < L ? cnt : cnt - L;
+  if (cnt + 1 < span) return std::numeric_limits<float>::quiet_NaN();
+  const int first = cur + 1 - span < 0 ? cur + 1 - span + L : cur + 1 - span;
+  const float mean = window_sum<ORDER>(row, L, first, window) / static_cast<float>(window);
+  return std::isfinite(mean) ? mean : std::numeric_limits<float>::quiet_NaN();
+}
+
+// Both for every sample in one pass over the ring: epoch_report_torch, bit for bit
+// (the loss NaN unless finite).
 template <int ORDER>
 void epoch_report_all_cpu(const float* h, const uint8_t* c, float* loss, float* score, int64_t S, int L, int window) {
   // score == nullptr: the losses only
-  const int span = ORDER + window;
   const float nan = std::numeric_limits<float>::quiet_NaN();
 #pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (S > 4096)
   for (int64_t i = 0; i < S; ++i) {
-    const float* row = h + i * L;
-    const int cnt = c[i];
-    const int cur = cnt < L ? cnt : cnt - L;
-    const float v = row[cur];
+    const float v = current_value(h + i * L, c[i], L);
     loss[i] = std::isfinite(v) ? v : nan;
-    if (score == nullptr) continue;
-    float s = nan;
-    if (cnt + 1 >= span) {
-      const int first = cur + 1 - span < 0 ? cur + 1 - span + L : cur + 1 - span;
-      const float mean = window_sum<ORDER>(row, L, first, window) / static_cast<float>(window);
-      if (std::isfinite(mean)) s = mean;
-    }
-    score[i] = s;
+    if (score != nullptr) score[i] = current_window_score<ORDER>(h + i * L, c[i], L, window);
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> epoch_report_cpu(const at::Tensor& hist, const at::Tensor& count, int64_t order,
-                                                    int64_t window, bool with_score) {
+void check_report(const at::Tensor& hist, const at::Tensor& count, int64_t order, int64_t window) {
   check_state(hist, count);
   TORCH_CHECK_VALUE(order >= 0 && order <= 3, "order must be in 0..3, got ", order);
   TORCH_CHECK_VALUE(window >= 1 && order + window <= hist.size(1), "window must be in 1..L - order = ",
                     hist.size(1) - order, ", got ", window);
+}
+
+std::tuple<at::Tensor, at::Tensor> epoch_report_cpu(const at::Tensor& hist, const at::Tensor& count, int64_t order,
+                                                    int64_t window, bool with_score) {
+  check_report(hist, count, order, window);
   const int64_t S = hist.size(0);
   const int L = static_cast<int>(hist.size(1)), w = static_cast<int>(window);
   at::Tensor loss = at::empty({S}, hist.options()), score = at::empty({with_score ? S : 0}, hist.options());
@@ -192,6 +198,87 @@ std::tuple<at::Tensor, at::Tensor> epoch_report_cpu(const at::Tensor& hist, cons
     default: epoch_report_all_cpu<3>(h, c, l, sc, S, L, w); break;
   }
   return {loss, score};
+}
+
+// epoch_report folded into a run's per-sample counters in the same pass over the
+// ring, in place (fold_epoch_report_torch, bit for bit): where the current-slot loss
+// v is finite, loss_sum += double(v), loss_count += 1, last_loss = v (elsewhere
+// loss_sum += 0.0); where the score is not NaN, last_score = score.
+template <int ORDER>
+void fold_epoch_report_all_cpu(const float* h, const uint8_t* c, int64_t S, int L, int window, double* loss_sum,
+                               int32_t* loss_count, float* last_loss, float* last_score) {
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (S > 4096)
+  for (int64_t i = 0; i < S; ++i) {
+    const float v = current_value(h + i * L, c[i], L);
+    const bool seen = std::isfinite(v);
+    loss_sum[i] += seen ? static_cast<double>(v) : 0.0;
+    loss_count[i] += seen;
+    if (seen) last_loss[i] = v;
+    const float score = current_window_score<ORDER>(h + i * L, c[i], L, window);
+    if (!std::isnan(score)) last_score[i] = score;
+  }
+}
+
+// A per-sample counter: contiguous `dtype` [S], on the device of `like` (whose size(0) is S).
+void check_counter(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.scalar_type() == dtype && t.is_contiguous() && t.size(0) == like.size(0) &&
+                        t.device() == like.device(),
+                    name, " must be a contiguous ", dtype, " [S] tensor on ", like.device(), " with S = ",
+                    like.size(0), ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+}
+
+void fold_epoch_report_cpu(const at::Tensor& hist, const at::Tensor& count, int64_t order, int64_t window,
+                           at::Tensor loss_sum, at::Tensor loss_count, at::Tensor last_loss, at::Tensor last_score) {
+  check_report(hist, count, order, window);
+  check_counter(loss_sum, "loss_sum", at::kDouble, hist);
+  check_counter(loss_count, "loss_count", at::kInt, hist);
+  check_counter(last_loss, "last_loss", at::kFloat, hist);
+  check_counter(last_score, "last_score", at::kFloat, hist);
+  const int64_t S = hist.size(0);
+  const int L = static_cast<int>(hist.size(1)), w = static_cast<int>(window);
+  const float* h = hist.data_ptr<float>();
+  const uint8_t* c = count.data_ptr<uint8_t>();
+  double* ls = loss_sum.data_ptr<double>();
+  int32_t* lc = loss_count.data_ptr<int32_t>();
+  float *ll = last_loss.data_ptr<float>(), *sc = last_score.data_ptr<float>();
+  switch (order) {
+    case 0: fold_epoch_report_all_cpu<0>(h, c, S, L, w, ls, lc, ll, sc); break;
+    case 1: fold_epoch_report_all_cpu<1>(h, c, S, L, w, ls, lc, ll, sc); break;
+    case 2: fold_epoch_report_all_cpu<2>(h, c, S, L, w, ls, lc, ll, sc); break;
+    default: fold_epoch_report_all_cpu<3>(h, c, S, L, w, ls, lc, ll, sc); break;
+  }
+}
+
+// The removal half of a run's per-sample counters, in one pass, in place
+// (fold_removed_torch, bit for bit): epochs_removed += removed; came_back += prev_removed
+// && !removed (if count_came_back); first_mastered = epoch where removed and it is < 0;
+// prev_removed = removed.
+void fold_removed_cpu(const at::Tensor& removed, at::Tensor prev_removed, at::Tensor epochs_removed,
+                      at::Tensor came_back, at::Tensor first_mastered, int64_t epoch, bool count_came_back) {
+  TORCH_CHECK_VALUE(removed.dim() == 1 && removed.scalar_type() == at::kBool && removed.is_contiguous(),
+                    "removed must be a contiguous bool [S] tensor, got ", removed.scalar_type(), " ",
+                    removed.sizes());
+  check_counter(prev_removed, "prev_removed", at::kBool, removed);
+  check_counter(epochs_removed, "epochs_removed", at::kInt, removed);
+  check_counter(came_back, "came_back", at::kInt, removed);
+  check_counter(first_mastered, "first_mastered", at::kInt, removed);
+  TORCH_CHECK_VALUE(epoch >= 0 && epoch <= std::numeric_limits<int32_t>::max(), "epoch must be in 0..2^31 - 1, got ",
+                    epoch);
+  const int64_t S = removed.size(0);
+  const bool* r = removed.data_ptr<bool>();
+  bool* prev = prev_removed.data_ptr<bool>();
+  int32_t *er = epochs_removed.data_ptr<int32_t>(), *cb = came_back.data_ptr<int32_t>(),
+          *fm = first_mastered.data_ptr<int32_t>();
+  const int32_t e = static_cast<int32_t>(epoch), back = count_came_back ? 1 : 0;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (S > 65536)
+  for (int64_t i = 0; i < S; ++i) {  // branch-free, so it vectorises
+    const int32_t now = r[i], before = prev[i];
+    er[i] += now;
+    cb[i] += back & before & (now ^ 1);
+    const int32_t f = fm[i];
+    fm[i] = (now & (f < 0)) ? e : f;
+    prev[i] = now;
+  }
 }
 
 // Two passes over equal chunks: count per chunk, exclusive prefix, write. The
@@ -255,6 +342,12 @@ TORCH_LIBRARY(ies_fast, m) {
       "float threshold) -> Tensor");
   m.def("compact(Tensor mask) -> (Tensor, Tensor)");
   m.def("epoch_report(Tensor hist, Tensor count, int order, int window, bool with_score=True) -> (Tensor, Tensor)");
+  m.def(
+      "fold_epoch_report(Tensor hist, Tensor count, int order, int window, Tensor(a!) loss_sum, "
+      "Tensor(b!) loss_count, Tensor(c!) last_loss, Tensor(d!) last_score) -> ()");
+  m.def(
+      "fold_removed(Tensor removed, Tensor(a!) prev_removed, Tensor(b!) epochs_removed, Tensor(c!) came_back, "
+      "Tensor(d!) first_mastered, int epoch, bool count_came_back) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(ies_fast, CPU, m) {
@@ -263,6 +356,8 @@ TORCH_LIBRARY_IMPL(ies_fast, CPU, m) {
   m.impl("close_epoch", &ies_fast::close_epoch_cpu);
   m.impl("compact", &ies_fast::compact_cpu);
   m.impl("epoch_report", &ies_fast::epoch_report_cpu);
+  m.impl("fold_epoch_report", &ies_fast::fold_epoch_report_cpu);
+  m.impl("fold_removed", &ies_fast::fold_removed_cpu);
 }
 
 // ---- the Python module: importing it loads the ops above; cuda_built() says

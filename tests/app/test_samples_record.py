@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ies_fast.app.train import loop
+from ies_fast import IES
+from ies_fast.app.train import loop, samples
 from ies_fast.app.train.config import TrainConfig
 from ies_fast.app.train.samples import SampleRecord, read_samples
 
@@ -80,6 +81,59 @@ def test_counters_follow_the_public_interface(C):
     np.testing.assert_array_equal(cols["last_loss"], np.float32([v[-1] if v else math.nan for v in losses]))
     np.testing.assert_array_equal(cols["last_score"], np.float32(scores))
     assert sum(len(v) for v in losses) > 0
+
+
+class PublicView:
+    """A real selector seen through the four public members only (the table's generic path)."""
+
+    def __init__(self, sel):
+        self.sel = sel
+
+    @property
+    def removal_enabled(self):
+        return self.sel.removal_enabled
+
+    def removed_mask(self):
+        return self.sel.removed_mask()
+
+    def epoch_losses(self):
+        return self.sel.epoch_losses()
+
+    def sample_scores(self):
+        return self.sel.sample_scores()
+
+
+@pytest.mark.parametrize("n,order,window,backend", [(257, 2, 3, "auto"), (1000, 1, 2, "auto"), (64, 3, 4, "torch")])
+def test_ies_one_pass_equals_the_public_interface(n, order, window, backend):
+    """For IES the record reads its ring in one pass (native ops where built): every
+    counter equals, bit for bit, what the generic path builds from epoch_losses() and
+    sample_scores(), over epochs with unobserved, non-finite and repeated losses,
+    removal turned off and on, and with the record's own ops in plain torch."""
+    g = torch.Generator().manual_seed(n)
+    sel = IES(n, delta=0.05, order=order, window=window, backend=backend)
+    labels = torch.randint(0, 5, (n,), generator=g)
+    fast, plain = SampleRecord(labels, 5, torch.device("cpu")), SampleRecord(labels, 5, torch.device("cpu"))
+    plain.backend = "torch"
+    assert samples._ring_of(sel, n) is not None and samples._ring_of(PublicView(sel), n) is None
+    assert samples._ring_of(sel, n + 1) is None
+    for epoch in range(12):
+        sel.set_removal(epoch not in (5, 6))
+        kept = [fast.start_epoch(epoch, sel), plain.start_epoch(epoch, PublicView(sel))]
+        assert torch.equal(kept[0], kept[1])
+        index = torch.randperm(n, generator=g)[: int(n * 0.9)].repeat(2)  # 10% unobserved, each other twice
+        loss = torch.where(index < n // 2, 0.5 + 1e-4 * torch.rand(index.numel(), generator=g),  # a plateau
+                           torch.rand(index.numel(), generator=g) * (1 + epoch % 3) + 0.01)
+        loss[torch.rand(index.numel(), generator=g) < 0.01] = math.inf if epoch % 2 else math.nan
+        sel.observe(loss, index)
+        fast.observe_epoch(sel)
+        plain.observe_epoch(PublicView(sel))
+        sel.step()
+        for name, a in fast.state_dict().items():
+            b = plain.state_dict()[name]
+            assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (name, epoch)
+    state = fast.state_dict()
+    assert int((state["first_mastered"] >= 0).sum()) > 0 and int(state["came_back"].sum()) > 0
+    assert int((~torch.isnan(state["last_score"])).sum()) > 0 and int((state["loss_count"] < 12).sum()) > 0
 
 
 def test_train_writes_the_table_once_at_the_end(tmp_path, monkeypatch):

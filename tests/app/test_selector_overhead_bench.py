@@ -20,4 +20,7 @@ def test_every_piece_is_measured(tmp_path, capsys):
     assert result["N"] == 3000 and 0 < result["mastered"] < 3000
     for piece in PIECES:
         assert result[piece + "_s"] >= 0 and result[piece + "_peak_bytes_per_sample"] >= 0, piece
-    assert "floor_replay" in capsys.readouterr().out
+    assert result["per_epoch_s"] == sum(result[p + "_s"] for p in ("table", "floor_idle", "sync"))
+    assert result["per_epoch_x_step"] == result["per_epoch_s"] / result["step_s"]
+    out = capsys.readouterr().out
+    assert "floor_replay" in out and "per_epoch" in out

@@ -21,7 +21,8 @@ Columns (``docs/real_data.md`` uses them to find noisy labels):
 - ``mean_loss`` / ``last_loss``: over the epochs its loss was recorded (trained or scored).
 
 No Python loop over samples and no host read inside a training step: the updates
-are a few in-place whole-tensor operations per epoch.
+are two in-place passes per epoch (``ring.fold_removed`` and ``ring.fold_epoch_report``:
+native CPU ops where built, the same whole-tensor torch operations elsewhere).
 """
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ...backend import resolve_backend
 from ...checks import memory_bytes
 from ...io import run_folder
+from ...ops import ring as ring_ops
+from ...selectors.ies import IES
 
 COLUMNS = ("index", "label", "true_label", "flipped", "first_mastered_epoch", "epochs_removed", "times_came_back",
            "removed_at_end", "last_score", "mean_loss", "last_loss")
@@ -47,12 +51,14 @@ class SampleRecord:
     """Per-sample counters of one run (see the module docstring). ``labels`` are the
     training labels, ``true_labels`` the clean ones (``None``: no noise). Reads the
     selector only through its public interface (``removed_mask``, ``removal_enabled``,
-    ``epoch_losses``, ``sample_scores``)."""
+    ``epoch_losses``, ``sample_scores``; for an IES, its ring from ``state_tensors()``
+    with ``order`` and ``window`` instead of the last two)."""
 
     def __init__(self, labels: torch.Tensor, num_classes: int, device: torch.device,
                  true_labels: Optional[torch.Tensor] = None):
         n = labels.numel()
         self.device = device
+        self.backend = resolve_backend("auto", device)  # "native": the counters' one-pass CPU ops
         self.labels = labels.to(device)
         self.true_labels = self.labels if true_labels is None else true_labels.to(device)
         self.num_classes = num_classes
@@ -73,25 +79,21 @@ class SampleRecord:
         """Count the epoch's removed samples (``epoch`` from 0); returns the kept
         fraction per class (float64 ``[C]`` on the device; the caller reads it once)."""
         removed = selector.removed_mask()
-        self.epochs_removed.add_(removed)
-        if selector.removal_enabled:
-            self.came_back.add_(self.prev_removed > removed)  # removed last epoch, trained now
-        self.first_mastered.masked_fill_(removed & (self.first_mastered < 0), epoch)
-        self.prev_removed.copy_(removed)
+        ring_ops.fold_removed(self.backend, removed, self.prev_removed, self.epochs_removed, self.came_back,
+                              self.first_mastered, epoch, selector.removal_enabled)
         by_class = torch.bincount(self._class_key + removed, minlength=2 * self.num_classes)  # no sync
         return by_class[0::2].double() / self.class_count.clamp_min(1).double()  # kept / class size
 
     def observe_epoch(self, selector) -> None:
-        """Fold in the losses ``selector`` recorded this epoch (before its ``step()``)."""
-        loss, scores = selector.epoch_losses(), selector.sample_scores()
-        if scores is not None:
-            torch.where(torch.isnan(scores), self.last_score, scores.float(), out=self.last_score)
-        if loss is None:
-            return
-        seen = ~torch.isnan(loss)
-        self.loss_sum.add_(loss.nan_to_num(0.0))
-        self.loss_count.add_(seen)
-        torch.where(seen, loss, self.last_loss, out=self.last_loss)
+        """Fold in the losses ``selector`` recorded this epoch (before its ``step()``):
+        ``fold_report(epoch_losses(), sample_scores())``; for an :class:`~ies_fast.IES`
+        the same from one pass over its ring (:func:`_ring_of`), bit for bit."""
+        counters = (self.loss_sum, self.loss_count, self.last_loss, self.last_score)
+        ring = _ring_of(selector, self.labels.numel())
+        if ring is not None:
+            ring_ops.fold_epoch_report(*ring, *counters)
+        else:
+            ring_ops.fold_report(selector.epoch_losses(), selector.sample_scores(), *counters)
 
     def columns(self, selector) -> dict:
         """The table as numpy columns (one host copy of each)."""
@@ -119,6 +121,19 @@ class SampleRecord:
                 raise ValueError(f"the checkpoint's per-sample record has a bad {k!r}")
         for k in _STATE:
             getattr(self, k).copy_(state[k])
+
+
+def _ring_of(selector, n: int) -> Optional[tuple]:
+    """``(backend, hist, count, order, window)`` where ``selector`` is an :class:`~ies_fast.IES`
+    whose ``epoch_losses()`` and ``sample_scores()`` are IES's own (both are
+    ``ring.epoch_report`` of these) and whose ring holds all ``n`` samples; else ``None``."""
+    if not (isinstance(selector, IES) and type(selector).epoch_losses is IES.epoch_losses
+            and type(selector).sample_scores is IES.sample_scores):
+        return None
+    state = selector.state_tensors()
+    if state["hist"].shape[0] != n:
+        return None
+    return selector.kernel_backend, state["hist"], state["count"], selector.order, selector.window
 
 
 def write_samples(columns: dict, out: str) -> str:

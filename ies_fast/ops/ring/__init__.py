@@ -8,7 +8,8 @@ import functools
 
 import torch
 
-from .reference import close_epoch_torch, current_slot, epoch_report_torch, record_torch  # noqa: F401 (current_slot)
+from .reference import (close_epoch_torch, current_slot, epoch_report_torch, fold_epoch_report_torch,  # noqa: F401
+                        fold_removed_torch, fold_report, record_torch)  # (re-exported)
 
 
 def record(backend: str, hist, count, loss, index) -> None:
@@ -58,6 +59,28 @@ def epoch_report(backend: str, hist, count, order: int, window: int, with_score:
     if backend == "native" and hist.device.type == "cpu" and order <= 3 and _has_op("epoch_report"):
         return torch.ops.ies_fast.epoch_report(hist, count, order, window, with_score)
     return epoch_report_torch(hist, count, order, window, with_score)
+
+
+def fold_epoch_report(backend: str, hist, count, order: int, window: int, loss_sum, loss_count, last_loss,
+                      last_score) -> None:
+    """:func:`epoch_report` folded into per-sample counters in place
+    (:func:`.reference.fold_epoch_report_torch`): the native CPU op reads the ring once
+    and writes the counters in the same pass; plain torch elsewhere, bit for bit the same."""
+    if backend == "native" and hist.device.type == "cpu" and order <= 3 and _has_op("fold_epoch_report"):
+        return torch.ops.ies_fast.fold_epoch_report(hist, count, order, window, loss_sum, loss_count, last_loss,
+                                                    last_score)
+    return fold_epoch_report_torch(hist, count, order, window, loss_sum, loss_count, last_loss, last_score)
+
+
+def fold_removed(backend: str, removed, prev_removed, epochs_removed, came_back, first_mastered, epoch: int,
+                 count_came_back: bool) -> None:
+    """:func:`.reference.fold_removed_torch` (per-sample removal counters, in place): one
+    pass in the native CPU op, plain torch elsewhere, bit for bit the same."""
+    if backend == "native" and removed.device.type == "cpu" and _has_op("fold_removed"):
+        return torch.ops.ies_fast.fold_removed(removed.contiguous(), prev_removed, epochs_removed, came_back, first_mastered,
+                                               epoch, count_came_back)
+    return fold_removed_torch(removed, prev_removed, epochs_removed, came_back, first_mastered, epoch,
+                              count_came_back)
 
 
 def close_epoch(backend: str, hist, count, mastered, order: int, window: int, k: int, threshold: float) -> torch.Tensor:

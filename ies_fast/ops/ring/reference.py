@@ -94,6 +94,42 @@ def epoch_report_torch(hist: torch.Tensor, count: torch.Tensor, order: int, wind
     return loss, current_window_score(hist, count, order, window)
 
 
+def fold_report(loss, score, loss_sum, loss_count, last_loss, last_score) -> None:
+    """Fold one epoch's report into running per-sample counters, in place: where
+    ``loss`` (fp32 ``[S]``, NaN where none) is not NaN, ``loss_sum`` (float64) gains it,
+    ``loss_count`` (int32) one and ``last_loss`` (fp32) takes it (elsewhere ``loss_sum``
+    gains 0.0); where ``score`` (fp32 ``[S]``) is not NaN, ``last_score`` (fp32) takes it.
+    ``loss`` or ``score`` ``None``: that part is skipped."""
+    if score is not None:
+        torch.where(torch.isnan(score), last_score, score.float(), out=last_score)
+    if loss is None:
+        return
+    seen = ~torch.isnan(loss)
+    loss_sum.add_(loss.nan_to_num(0.0))
+    loss_count.add_(seen)
+    torch.where(seen, loss, last_loss, out=last_loss)
+
+
+def fold_epoch_report_torch(hist, count, order: int, window: int, loss_sum, loss_count, last_loss,
+                            last_score) -> None:
+    """:func:`fold_report` of :func:`epoch_report_torch`: the semantics of the native
+    ``fold_epoch_report``, which does both in one pass over the ring."""
+    fold_report(*epoch_report_torch(hist, count, order, window), loss_sum, loss_count, last_loss, last_score)
+
+
+def fold_removed_torch(removed, prev_removed, epochs_removed, came_back, first_mastered, epoch: int,
+                       count_came_back: bool) -> None:
+    """The removal half of per-sample counters, in place: ``epochs_removed`` (int32)
+    gains ``removed`` (bool ``[S]``); ``came_back`` (int32) gains ``prev_removed &
+    ~removed`` if ``count_came_back``; ``first_mastered`` (int32) takes ``epoch`` where
+    removed and still negative; ``prev_removed`` (bool) takes ``removed``."""
+    epochs_removed.add_(removed)
+    if count_came_back:
+        came_back.add_(prev_removed > removed)  # removed last epoch, trained now
+    first_mastered.masked_fill_(removed & (first_mastered < 0), epoch)
+    prev_removed.copy_(removed)
+
+
 def current_window_score(hist: torch.Tensor, count: torch.Tensor, order: int, window: int) -> torch.Tensor:
     """The score of :func:`epoch_report_torch`, from the ring's columns: the
     ``order``-th differences around the ring (the same fp32 operations as on the
