@@ -23,7 +23,7 @@ it is checked: loading needs the memory of one replicated state for a moment.
 ``storage="dcp"`` writes the same shards through ``torch.distributed.checkpoint``
 with its safetensors storage instead (:mod:`ies_fast.io.selector_dcp`): one
 ``.safetensors`` file per shard, the plain values and each file's SHA-256 in the
-manifest (``"format": "ies_fast.selector_shards.dcp/1"``). DCP's default storage is
+manifest (``"format": "ies_fast.selector_shards_dcp/1"``). DCP's default storage is
 not used: its ``FileSystemReader.read_metadata`` unpickles the ``.metadata`` file
 (``pickle.load``, torch 2.13), and this project never unpickles a file. Loading
 reads either storage; the joining, checking and agreeing are the same.
@@ -42,7 +42,7 @@ from . import run_folder, selector_dcp
 from .checkpoint import load_checkpoint, save_checkpoint
 
 FORMAT = "ies_fast.selector_shards/1"
-DCP_FORMAT = "ies_fast.selector_shards.dcp/1"
+DCP_FORMAT = "ies_fast.selector_shards_dcp/1"
 STORAGES = ("files", "dcp")
 MANIFEST = "selector.json"
 #: per-sample tensors a shard holds only some rows of (``rank::world``)
