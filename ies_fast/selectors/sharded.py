@@ -23,6 +23,9 @@ Limits (``ValueError`` at construction): one exit, ``score_policy="every"``, ``t
 Checkpoints: :meth:`ShardedIES.state_dict` is this rank's shard (``state["shard"]``);
 :meth:`ShardedIES.load_state_dict` takes a whole (replicated-layout) state, and
 :mod:`ies_fast.io.selector_shards` assembles one from shards saved on any number of ranks.
+:meth:`ShardedIES.full_state_dict` (collective) gathers the whole state on every rank,
+for checkpoints that one rank writes (the Lightning and Hugging Face wrappers:
+:func:`whole_state_dict`).
 """
 from __future__ import annotations
 
@@ -117,12 +120,20 @@ def _all_gather(out: torch.Tensor, mine: torch.Tensor) -> None:
     gather(out, mine)
 
 
+def whole_state_dict(selector) -> dict:
+    """``selector``'s whole (replicated-layout) state: ``full_state_dict()`` of a
+    :class:`ShardedIES` (collective: every rank calls it), else ``state_dict()``. What a
+    checkpoint written by one rank holds."""
+    return selector.full_state_dict() if getattr(selector, "_shards_state", False) else selector.state_dict()
+
+
 class ShardedIES(IES):
     """:class:`ies_fast.IES` whose ring, counts and decisions are held by their owner rank
     (see the module docstring). Built by ``make_selector("ies", ..., shard_state=True)``
     (or directly); the rank and world size are those of the process group at construction.
     Its ``state_dict()`` is this rank's shard: save and load it with
-    :mod:`ies_fast.io.selector_shards`, not through a wrapper's rank-0 checkpoint."""
+    :mod:`ies_fast.io.selector_shards`; :meth:`full_state_dict` is the whole state,
+    for a checkpoint that one rank writes."""
 
     _shards_state = True
 
@@ -257,6 +268,28 @@ class ShardedIES(IES):
         if state["replay"].numel():
             state["replay"] = self._owned(state["replay"]).clone()
         state["shard"] = {"rank": self.rank, "world": self.world}
+        return state
+
+    def full_state_dict(self) -> dict:
+        """The whole state, bit for bit the ``state_dict()`` of a replicated :class:`IES`
+        fed the same observations, on every rank (collective: every rank calls it; after
+        :meth:`step`, like any checkpoint). The mastered and replay masks are whole on
+        every rank already; the ring and counts (this rank's rows) are all-gathered, as
+        ``4·L + 1`` bytes per row padded to rank 0's row count, and interleaved. Needs
+        ``N·(4·L + 1)`` bytes for a moment (one replicated ring)."""
+        state = super().state_dict()
+        if self.world == 1:
+            return state
+        rows, L = owned_rows(self.num_samples, 0, self.world), self.history_length
+        mine = torch.zeros(rows, 4 * L + 1, dtype=torch.uint8, device=self.device)
+        mine[: self.hist.shape[0], : 4 * L] = self.hist.view(torch.uint8)  # the float bits, unchanged
+        mine[: self.count.shape[0], 4 * L] = self.count
+        gathered = torch.empty(self.world * rows, 4 * L + 1, dtype=torch.uint8, device=self.device)
+        _all_gather(gathered, mine)
+        whole = interleave(gathered.view(self.world, rows, 4 * L + 1), self.num_samples)
+        del gathered
+        state["hist"] = whole[:, : 4 * L].contiguous().view(torch.float32)
+        state["count"] = whole[:, 4 * L].contiguous()
         return state
 
     def load_state_dict(self, state: dict) -> None:

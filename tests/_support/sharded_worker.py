@@ -57,6 +57,19 @@ def assert_same(replicated: IES, sharded: IES, where: str) -> None:
     }
     bad = [k for k, ok in checks.items() if not ok]
     assert not bad, f"{where}: sharded differs from replicated in {bad} (rank {rank} of {world})"
+    assert_same_state(sharded.full_state_dict(), replicated.state_dict(), f"{where}: full_state_dict()")
+
+
+def assert_same_state(got: dict, expected: dict, where: str) -> None:
+    """``got`` equals ``expected`` key for key, tensors bit for bit (dtype, shape, bytes)."""
+    assert got.keys() == expected.keys(), f"{where}: keys {sorted(got)} != {sorted(expected)}"
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            same = (value.dtype == got[key].dtype and value.shape == got[key].shape
+                    and torch.equal(got[key].flatten().view(torch.uint8), value.flatten().view(torch.uint8)))
+        else:
+            same = got[key] == value
+        assert same, f"{where}[{key!r}] differs from the replicated selector's"
 
 
 def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
