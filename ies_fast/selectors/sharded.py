@@ -120,6 +120,18 @@ def _all_gather(out: torch.Tensor, mine: torch.Tensor) -> None:
     gather(out, mine)
 
 
+def check_shardable(num_exits=1, score_policy="every", threshold="absolute") -> None:
+    """``ValueError`` naming the IES argument that ``shard_state=True`` cannot take (the
+    wrappers call it before the process group exists, :class:`ShardedIES` at construction)."""
+    if num_exits != 1:
+        raise ValueError(f"shard_state=True needs num_exits=1, got {num_exits!r}")
+    if score_policy != "every":
+        raise ValueError(f"shard_state=True needs score_policy='every', got {score_policy!r}")
+    if threshold != "absolute":
+        raise ValueError(f"shard_state=True needs threshold='absolute' (a relative one would need every "
+                         f"rank's losses), got {threshold!r}")
+
+
 def whole_state_dict(selector) -> dict:
     """``selector``'s whole (replicated-layout) state: ``full_state_dict()`` of a
     :class:`ShardedIES` (collective: every rank calls it), else ``state_dict()``. What a
@@ -142,13 +154,7 @@ class ShardedIES(IES):
             raise ValueError(f"ShardedIES shards its state: shard_state must be True, got {shard_state!r}")
         self.rank, self.world = process_group_shape(kwargs.get("distributed", True))
         super().__init__(num_samples, *args, **kwargs)
-        if self.num_exits != 1:
-            raise ValueError(f"shard_state=True needs num_exits=1, got {self.num_exits}")
-        if self.scoring_schedule.policy != "every":
-            raise ValueError(f"shard_state=True needs score_policy='every', got {self.scoring_schedule.policy!r}")
-        if self.threshold != "absolute":
-            raise ValueError(f"shard_state=True needs threshold='absolute' (a relative one would need every "
-                             f"rank's losses), got {self.threshold!r}")
+        check_shardable(self.num_exits, self.scoring_schedule.policy, self.threshold)
         # this rank's own decisions (row j = sample j·W + rank); self.mastered is the global mask
         self.owned_mastered = (self.mastered if self.world == 1  # one rank owns all: the same tensor
                                else torch.zeros(self.hist.shape[0], dtype=torch.bool, device=self.device))
@@ -180,16 +186,20 @@ class ShardedIES(IES):
         the result."""
         if self.world == 1:
             return
+        self._send_queued()
+        counters = torch.cat([self._pending_scored, self._deferred_errors])
+        dist.all_reduce(counters, op=dist.ReduceOp.SUM)
+        self._pending_scored.copy_(counters[:1])
+        self._deferred_errors.copy_(counters[1:])
+
+    def _send_queued(self) -> None:
+        """Every rank's queued observations to their owners, recorded there (collective)."""
         queued, self._queued = collections.deque(self._queued), []
         mine = sum(index.numel() for _, index in queued)
         rounds = torch.tensor([-(-mine // _EXCHANGE_ROWS)], dtype=torch.int64, device=self.device)
         dist.all_reduce(rounds, op=dist.ReduceOp.MAX)
         for _ in range(int(rounds)):
             self._exchange(_take(queued, _EXCHANGE_ROWS))
-        counters = torch.cat([self._pending_scored, self._deferred_errors])
-        dist.all_reduce(counters, op=dist.ReduceOp.SUM)
-        self._pending_scored.copy_(counters[:1])
-        self._deferred_errors.copy_(counters[1:])
 
     def _exchange(self, part: list) -> None:
         """One round: ``part``'s observations to their owners, recorded there."""
@@ -276,10 +286,13 @@ class ShardedIES(IES):
         :meth:`step`, like any checkpoint). The mastered and replay masks are whole on
         every rank already; the ring and counts (this rank's rows) are all-gathered, as
         ``4·L + 1`` bytes per row padded to rank 0's row count, and interleaved. Needs
-        ``N·(4·L + 1)`` bytes for a moment (one replicated ring)."""
-        state = super().state_dict()
+        ``N·(4·L + 1)`` bytes for a moment (one replicated ring). Inside an epoch the
+        queued observations are sent to their owners first, so the state holds every
+        rank's observations so far (a replicated selector's holds its own rank's)."""
         if self.world == 1:
-            return state
+            return super().state_dict()
+        self._send_queued()
+        state = super().state_dict()
         rows, L = owned_rows(self.num_samples, 0, self.world), self.history_length
         mine = torch.zeros(rows, 4 * L + 1, dtype=torch.uint8, device=self.device)
         mine[: self.hist.shape[0], : 4 * L] = self.hist.view(torch.uint8)  # the float bits, unchanged

@@ -101,8 +101,10 @@ def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
         if epoch == 2:
             mine = mine.half().float()
         for sel in (replicated, sharded):
-            for part, part_index in zip(mine.split(13), mine_index.split(13)):  # batches of 13 and a rest
+            for i, (part, part_index) in enumerate(zip(mine.split(13), mine_index.split(13))):  # batches of 13, a rest
                 sel.observe(part, part_index)
+                if sel is sharded and epoch == 4 and i == 1:  # a mid-epoch checkpoint sends the queue early
+                    sharded.full_state_dict()
             sel.step()
         assert_same(replicated, sharded, f"epoch {epoch}")
         mastered_any |= bool(replicated.mastered.any())
