@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,23 @@ def copy_log_lines(source: Path, dest: Path, rank: int, lines: int) -> None:
     name = f"log-rank{rank}.jsonl"
     kept = (source / name).read_text().splitlines(keepends=True)[:lines]
     (dest / name).write_text("".join(kept))
+
+
+def assert_resumed(full: Path, resumed: Path, world: int, done: int) -> None:
+    """``resumed``: a run resumed on ``world`` processes from the checkpoint the 2-process
+    run ``full`` wrote after ``done`` epochs (with rank 0's log lines up to it). Its ranks
+    agree from there on, log ``world``, and train epoch ``done`` on the kept set decided on 2;
+    on 2 processes it is the uninterrupted run, every log line and every weight."""
+    whole = rank_logs(full, 2)[0]
+    logs = rank_logs(resumed, world)
+    tail = len(whole) - done
+    assert all(r[-tail:] == logs[0][-tail:] for r in logs)  # the new ranks agree
+    assert [e["world"] for e in logs[0]][done:] == [world] * tail
+    assert logs[0][done]["kept"] == whole[done]["kept"]  # the decision taken on 2 processes holds
+    if world == 2:
+        assert logs[0] == whole
+        a, b = torch.load(full / "final.pt"), torch.load(resumed / "final.pt")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 #: ``IES_FAST_FULL_DDP=1`` runs every world-size change of the multi-process integration
