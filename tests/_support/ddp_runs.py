@@ -58,9 +58,23 @@ def assert_resumed(full: Path, resumed: Path, world: int, done: int) -> None:
     assert [e["world"] for e in logs[0]][done:] == [world] * tail
     assert logs[0][done]["kept"] == whole[done]["kept"]  # the decision taken on 2 processes holds
     if world == 2:
-        assert logs[0] == whole
-        a, b = torch.load(full / "final.pt"), torch.load(resumed / "final.pt")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert_same_runs(full, resumed, world=1)  # rank 0: the log since the start, and the weights
+
+
+def sharded_and_replicated(tmp_path_factory, run, *args) -> tuple[Path, Path]:
+    """Output folders of ``run(out, *args, flag)`` with ``--shard`` (the ShardedIES) and with
+    ``--every`` (the replicated selector with its policy, ``score_policy="every"``)."""
+    out = tmp_path_factory.mktemp("sharded"), tmp_path_factory.mktemp("every")
+    run(out[0], *args, "--shard")
+    run(out[1], *args, "--every")
+    return out
+
+
+def assert_same_runs(a: Path, b: Path, world: int = 2) -> None:
+    """Every rank's log lines (kept sets, steps) and the final weights are equal."""
+    assert rank_logs(a, world) == rank_logs(b, world)
+    wa, wb = torch.load(a / "final.pt"), torch.load(b / "final.pt")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 #: ``IES_FAST_FULL_DDP=1`` runs every world-size change of the multi-process integration

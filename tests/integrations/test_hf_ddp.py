@@ -84,20 +84,14 @@ def after_epoch_3(full: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    """``ies={..., "shard_state": True}`` on 2 processes, and the replicated selector with its
-    policy (``score_policy="every"``) on 2: ``(sharded, replicated)`` output folders."""
-    out = tmp_path_factory.mktemp("sharded"), tmp_path_factory.mktemp("every")
-    run(out[0], 2, EPOCHS, "--shard")
-    run(out[1], 2, EPOCHS, "--every")
-    return out
+    """``ies={..., "shard_state": True}`` and the replicated selector with its policy, 2 processes each:
+    ``(sharded, replicated)`` output folders."""
+    return ddp_runs.sharded_and_replicated(tmp_path_factory, run, 2, EPOCHS)
 
 
 def test_sharded_state_trains_as_the_replicated_selector(sharded):
-    logs = ddp_runs.rank_logs(sharded[0], 2)
-    assert logs == ddp_runs.rank_logs(sharded[1], 2)  # kept sets and steps, rank by rank
-    assert min(len(e["kept"]) for e in logs[0]) < 50
-    a, b = torch.load(sharded[0] / "final.pt"), torch.load(sharded[1] / "final.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    ddp_runs.assert_same_runs(*sharded)  # kept sets and steps, rank by rank, and the weights
+    assert min(len(e["kept"]) for e in ddp_runs.rank_logs(sharded[0], 1)[0]) < 50  # IES removed examples
     folders = sorted(p.name for p in sharded[1].glob("checkpoint-*"))
     assert len(folders) >= 3
     for name in folders:  # rank 0 wrote the whole state, gathered from both ranks

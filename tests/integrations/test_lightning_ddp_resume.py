@@ -88,19 +88,14 @@ def after_epoch_3(full: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    """``IESCallback(shard_state=True)`` on 2 processes, and the replicated selector with its
-    policy (``score_policy="every"``) on 2: ``(sharded, replicated)`` output folders."""
-    out = tmp_path_factory.mktemp("sharded"), tmp_path_factory.mktemp("every")
-    run(out[0], 2, EPOCHS, "--shard")
-    run(out[1], 2, EPOCHS, "--every")
-    return out
+    """``IESCallback(shard_state=True)`` and the replicated selector with its policy, 2 processes each:
+    ``(sharded, replicated)`` output folders."""
+    return ddp_runs.sharded_and_replicated(tmp_path_factory, run, 2, EPOCHS)
 
 
 def test_sharded_state_trains_as_the_replicated_selector(sharded):
     _same_kept_set_and_steps(sharded[0])
-    assert ddp_runs.rank_logs(sharded[0], 2) == ddp_runs.rank_logs(sharded[1], 2)  # kept sets and steps
-    a, b = torch.load(sharded[0] / "final.pt"), torch.load(sharded[1] / "final.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    ddp_runs.assert_same_runs(*sharded)  # kept sets and steps, rank by rank, and the weights
     for saved in sorted((sharded[1] / "ckpt").glob("epoch=*.ckpt")):  # rank 0 wrote the whole state
         got, expected = (torch.load(folder / "ckpt" / saved.name, weights_only=True)["callbacks"]["IESCallback"]
                          for folder in sharded)
