@@ -2,7 +2,8 @@
 per-rank memory, ``step()`` time, bytes each rank sends per epoch, and checkpoint
 save/load time (:mod:`ies_fast.io.selector_shards`).
 
-    PYTHONPATH=. python benchmarks/bench_sharded_state.py [--samples 10000000] [--worlds 1 2 4] [--epochs 3]
+    PYTHONPATH=. python benchmarks/bench_sharded_state.py [--samples 10000000] [--worlds 1 2 4] [--epochs 3] \
+        [--storage files|dcp]
 
 Each (mode, world) runs in fresh spawned processes, one thread each. Every epoch each
 rank observes its ``N / world`` share of a permutation of the samples (as from a
@@ -20,7 +21,8 @@ spread over all owners as a shuffle's are) in batches of 2^16, then calls ``step
 * sent: bytes one rank puts on the wire per epoch, from the collectives ``step()``
   calls (ring all-reduce ``2(W-1)/W·n``, all-gather ``(W-1)·n``, all-to-all: what goes
   to the other ranks), counted by wrapping ``torch.distributed``'s functions;
-* save / load: wall time of :func:`save_selector` / :func:`load_selector` (rank 0).
+* save / load: wall time of :func:`save_selector` / :func:`load_selector` (rank 0), in
+  the checkpoint storage ``--storage`` (verified files, or DCP with safetensors).
 
 Prints one JSON line per configuration and a Markdown table.
 """
@@ -116,7 +118,7 @@ def _state_bytes(sel) -> int:
     return total
 
 
-def _worker(rank, world, port, samples, epochs, sharded, folder, queue) -> None:
+def _worker(rank, world, port, samples, epochs, sharded, folder, queue, storage) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=1800))
@@ -142,7 +144,7 @@ def _worker(rank, world, port, samples, epochs, sharded, folder, queue) -> None:
     peak_train = _peak_bytes() - base
     dist.barrier()
     t0 = time.perf_counter()
-    save_selector(sel, folder)
+    save_selector(sel, folder, storage=storage)
     save_s = time.perf_counter() - t0
     dist.barrier()
     t0 = time.perf_counter()
@@ -157,12 +159,12 @@ def _worker(rank, world, port, samples, epochs, sharded, folder, queue) -> None:
     dist.destroy_process_group()
 
 
-def run(samples: int, world: int, epochs: int, sharded: bool) -> dict:
+def run(samples: int, world: int, epochs: int, sharded: bool, storage: str = "files") -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
     with tempfile.TemporaryDirectory() as folder:
-        procs = [ctx.Process(target=_worker, args=(r, world, port, samples, epochs, sharded, folder, queue))
+        procs = [ctx.Process(target=_worker, args=(r, world, port, samples, epochs, sharded, folder, queue, storage))
                  for r in range(world)]
         for p in procs:
             p.start()
@@ -171,7 +173,7 @@ def run(samples: int, world: int, epochs: int, sharded: bool) -> dict:
             p.join()
     rows.sort(key=lambda r: r["rank"])
     r0 = rows[0]
-    return {"mode": "sharded" if sharded else "replicated", "world": world, "samples": samples,
+    return {"mode": "sharded" if sharded else "replicated", "world": world, "samples": samples, "storage": storage,
             "state_MB": max(r["state"] for r in rows) / 1e6,
             "peak_train_MB": max(r["peak_train"] for r in rows) / 1e6,
             "peak_with_ckpt_MB": max(r["peak_with_ckpt"] for r in rows) / 1e6,
@@ -188,15 +190,16 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10_000_000)
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--storage", choices=("files", "dcp"), default="files", help="the checkpoints' storage")
     args = ap.parse_args()
     results = []
     for world in args.worlds:
         for sharded in (False, True):  # interleaved: each world size runs both modes back to back
-            res = run(args.samples, world, args.epochs, sharded)
+            res = run(args.samples, world, args.epochs, sharded, args.storage)
             print(json.dumps(res), flush=True)
             results.append(res)
     now = datetime.datetime.now(datetime.timezone.utc)
-    print(f"\n{now:%Y-%m-%d %H:%M} UTC, N={args.samples}, torch {torch.__version__}")
+    print(f"\n{now:%Y-%m-%d %H:%M} UTC, N={args.samples}, torch {torch.__version__}, storage {args.storage}")
     print("| mode | ranks | state MB/rank | peak RSS MB/rank (train) | (+ ckpt save/load) | step() CPU s "
           "| step() wall s | sent MB/rank/epoch | save s | load s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

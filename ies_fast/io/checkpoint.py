@@ -49,6 +49,7 @@ PREV_SUFFIX = ".prev"
 TMP_SUFFIX = ".tmp"
 #: what a checkpoint may hold: what torch.load(weights_only=True) gives back
 PLAIN_TYPES = (str, bytes, int, float, bool, type(None), torch.device, torch.dtype)
+_PLAIN = frozenset(PLAIN_TYPES)
 
 
 class CheckpointError(RuntimeError):
@@ -59,23 +60,38 @@ class CheckpointError(RuntimeError):
 def check_plain(obj, where: str = "checkpoint") -> None:
     """Raise ``TypeError`` naming the first value in ``obj`` that is not plain data or a
     tensor (those are all ``torch.load(weights_only=True)`` reads back)."""
+    # a container whose items are all plain is passed in one C-level set test, and a
+    # value's place stays (parent's place, key) until an error names it: a checkpoint
+    # is saved every epoch, and its history and RNG states are thousands of scalars
     stack = [(obj, where)]
     while stack:
         value, at = stack.pop()
         # exact types: a subclass (numpy.float64 is a float) pickles as itself and would not load
-        if type(value) in PLAIN_TYPES or isinstance(value, torch.Tensor) or type(value) is torch.Size:
+        if type(value) in _PLAIN or isinstance(value, torch.Tensor) or type(value) is torch.Size:
             continue
         if type(value) in (dict, collections.OrderedDict):
-            for k, v in value.items():
-                if type(k) not in PLAIN_TYPES:
-                    raise TypeError(f"{at} has a key of type {type(k).__name__}: checkpoints hold plain data and tensors only")
-                stack.append((v, f"{at}[{k!r}]"))
+            if not _PLAIN.issuperset(map(type, value)):
+                key = next(k for k in value if type(k) not in _PLAIN)
+                raise TypeError(f"{_place(at)} has a key of type {type(key).__name__}: checkpoints hold plain "
+                                f"data and tensors only")
+            if not _PLAIN.issuperset(map(type, value.values())):
+                stack.extend((v, (at, k)) for k, v in value.items())
             continue
         if type(value) in (list, tuple):
-            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(value))
+            if not _PLAIN.issuperset(map(type, value)):
+                stack.extend((v, (at, i)) for i, v in enumerate(value))
             continue
-        raise TypeError(f"{at} is a {type(value).__module__}.{type(value).__qualname__}: checkpoints hold plain data "
-                        f"(dict, list, tuple, str, int, float, bool, None) and tensors only")
+        raise TypeError(f"{_place(at)} is a {type(value).__module__}.{type(value).__qualname__}: checkpoints hold "
+                        f"plain data (dict, list, tuple, str, int, float, bool, None) and tensors only")
+
+
+def _place(at) -> str:
+    """``check_plain``'s nested ``(parent, key)`` place as ``where[key][index]...``."""
+    keys = []
+    while isinstance(at, tuple):
+        at, key = at
+        keys.append(f"[{key!r}]")
+    return at + "".join(reversed(keys))
 
 
 # ---- temporary files ------------------------------------------------------------------

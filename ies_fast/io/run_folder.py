@@ -154,9 +154,10 @@ def create_temp(path) -> tuple:
         os.close(fd)
 
 
-def replace_into(tmp: str, path) -> None:
+def replace_into(tmp: str, path, *, durable: bool = True) -> None:
     """Rename the written temporary file ``tmp`` over ``path`` (refused, ``tmp``
-    removed, when ``path`` holds anything but a regular file)."""
+    removed, when ``path`` holds anything but a regular file); ``durable`` fsyncs
+    the folder after the rename."""
     try:
         check_slot(path)
         os.replace(tmp, path)  # replaces a name, never writes through a link
@@ -166,11 +167,15 @@ def replace_into(tmp: str, path) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(os.path.dirname(os.path.abspath(os.fspath(path))))
+    if durable:
+        fsync_dir(os.path.dirname(os.path.abspath(os.fspath(path))))
 
 
-def write_bytes(path, data) -> str:
-    """Write ``data`` to ``path`` atomically without following links (see the module doc)."""
+def write_bytes(path, data, *, durable: bool = True) -> str:
+    """Write ``data`` to ``path`` atomically without following links (see the module doc).
+    ``durable=False`` skips the two fsyncs (file and folder): still atomic and never
+    through a link, but a power cut may lose the write; for files rewritten whole
+    from state that is kept durably elsewhere (a run's per-epoch logs)."""
     path = os.fspath(path)
     check_slot(path)  # refuse before any work
     fd, tmp = create_temp(path)
@@ -178,8 +183,9 @@ def write_bytes(path, data) -> str:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
-            replace_into(tmp, path)  # still under the temporary file's lock
+            if durable:
+                os.fsync(f.fileno())
+            replace_into(tmp, path, durable=durable)  # still under the temporary file's lock
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)
@@ -187,8 +193,8 @@ def write_bytes(path, data) -> str:
     return path
 
 
-def write_text(path, text: str) -> str:
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path, text: str, *, durable: bool = True) -> str:
+    return write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
 def write_json(path, obj, **kwargs) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -113,6 +115,29 @@ def test_digits():
     assert data.mean is None and data.std is None
     assert data.train_x.mean(0).abs().max() < 1e-4
     assert set(data.train_y.tolist()) == set(range(10))
+
+
+def test_digits_are_sklearns_without_importing_it():
+    """The digits loader reads scikit-learn's bundled file itself (importing
+    sklearn.datasets costs about 1 CPU s a run): the same arrays as ``load_digits()``,
+    and a fresh process that loads them through the CLI's path imports neither
+    sklearn nor scipy."""
+    from sklearn.datasets import load_digits
+
+    from ies_fast.app.demo import digits_arrays
+
+    pixels, labels = digits_arrays()
+    ref = load_digits()
+    assert pixels.dtype == ref.data.dtype and np.array_equal(pixels, ref.data)
+    assert labels.dtype == ref.target.dtype and np.array_equal(labels, ref.target)
+    code = ("import sys, ies_fast.app.cli\n"
+            "from ies_fast.app.train.datasets import load_dataset\n"
+            "assert load_dataset('digits').num_train == 1438\n"
+            "print(sorted({'sklearn', 'scipy'} & set(sys.modules)))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
 
 
 def test_mnist1d():

@@ -38,8 +38,8 @@ LOADERS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(not has_dali()
 SIZE = 16
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("make_image_folder", ROOT / "tools" / "make_image_folder.py")
+def _tool(name: str = "make_image_folder"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -86,6 +86,23 @@ def test_make_image_folder_writes_the_idx_images_as_jpegs(tmp_path):
             assert np.abs(got[..., 0] - ref).mean() < 25  # JPEG at quality 90 of random noise: close, not equal
     with pytest.raises(ValueError, match="quality"):
         tool.make_image_folder(str(tmp_path / "bad"), source=str(tmp_path / "idx"), quality=0)
+
+
+def test_folder_to_idx_decodes_the_folder_back_in_idx_order(tmp_path):
+    from ies_fast.app.train.idx import read_idx_split
+
+    written = write_idx_folder(tmp_path / "idx", n_train=60, n_test=30, gz=True, seed=4)
+    _tool().make_image_folder(str(tmp_path / "jpeg"), source=str(tmp_path / "idx"), limit=20)  # 28 px
+    counts = _tool("folder_to_idx").folder_to_idx(str(tmp_path / "jpeg"), str(tmp_path / "back"))
+    for split, source in (("train", "train"), ("test", "val")):
+        x, y = written[split]
+        keep = _tool().balanced_first(y, 20)
+        images, labels = read_idx_split(str(tmp_path / "back"), split)
+        assert counts[source] == keep.size and np.array_equal(labels, y[keep])
+        assert np.abs(images.astype(float) - x[keep].astype(float)).mean() < 25  # JPEG of random noise: close
+    _tool().make_image_folder(str(tmp_path / "jpeg16"), source=str(tmp_path / "idx"), size=SIZE, limit=20)
+    with pytest.raises(ValueError, match="28-px"):
+        _tool("folder_to_idx").folder_to_idx(str(tmp_path / "jpeg16"), str(tmp_path / "back16"))
 
 
 def test_folder_recipe_depends_on_the_size():

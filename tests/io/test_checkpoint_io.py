@@ -108,6 +108,8 @@ def test_failed_save_keeps_old_file(tmp_path):
         save_checkpoint({"a": [1, Unpicklable()]}, path)
     with pytest.raises(TypeError, match=r"checkpoint\['history'\]\[0\]\['loss'\] is a numpy.float64"):
         save_checkpoint({"history": [{"loss": np.float64(0.5)}]}, path)  # a float subclass pickles as numpy's
+    with pytest.raises(TypeError, match=r"checkpoint\['a'\]\[0\] has a key of type tuple"):
+        save_checkpoint({"a": [{"ok": 1, ("x",): 2}]}, path)
     assert load_checkpoint(path) == {"ok": 1}
     assert sorted(os.listdir(tmp_path)) == ["sel.ckpt"]
 

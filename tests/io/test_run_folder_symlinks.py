@@ -159,3 +159,22 @@ def test_demo_plot_is_never_written_through_a_link(tmp_path):
     (tmp_path / "ies_demo.png").unlink()
     demo.plot([run], [run], str(tmp_path / "ies_demo.png"))
     assert (tmp_path / "ies_demo.png").stat().st_size > 1000
+
+
+def test_a_write_without_fsync_still_never_goes_through_a_link(tmp_path, monkeypatch):
+    """``write_bytes(durable=False)`` (a run's per-epoch logs) skips only the two fsyncs:
+    a link at the name is still refused and its target untouched; the default fsyncs
+    the file and the folder."""
+    from ies_fast.io import run_folder
+
+    synced = []
+    monkeypatch.setattr(run_folder.os, "fsync", lambda fd: synced.append(fd))
+    run_folder.write_bytes(tmp_path / "a.txt", b"durable")
+    assert len(synced) == 2 and (tmp_path / "a.txt").read_bytes() == b"durable"
+    run_folder.write_text(tmp_path / "a.txt", "quick", durable=False)
+    assert len(synced) == 2 and (tmp_path / "a.txt").read_text() == "quick"
+    outside = _plant(tmp_path, "b.txt", tmp_path / "outside.txt")
+    with pytest.raises(run_folder.RunFolderError, match="b.txt"):
+        run_folder.write_bytes(tmp_path / "b.txt", b"x", durable=False)
+    assert outside.read_text() == PRECIOUS and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt",
+                                                                                             "outside.txt"]
