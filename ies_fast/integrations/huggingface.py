@@ -58,8 +58,8 @@ from transformers.utils import logging as hf_logging
 from ..data import KeptSampler
 from ..data.datasets import INDEX_KEY, batch_index
 from .. import progress as _progress
-from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
 from ..checks import check_bool
+from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
 from ..selectors import make_selector
 from ..selectors.base import Selector
 from ..selectors.ies import IES, WRAPPER_DEFAULTS
@@ -267,7 +267,7 @@ class IESTrainer(Trainer):
             return IES(len(self.train_dataset), **{**WRAPPER_DEFAULTS, **options})
         options = {"score_policy": "every", **options}
         check_shardable(options.get("num_exits", 1), options["score_policy"], options.get("threshold", "absolute"))
-        rank, world = process_group_shape()
+        _, world = process_group_shape()
         if world != self.args.world_size:
             raise ValueError(f"ies['shard_state']=True shards over the default process group, which has {world} "
                              f"processes, but the Trainer runs {self.args.world_size}: launch with torchrun or "
