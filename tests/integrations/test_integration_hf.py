@@ -155,3 +155,13 @@ def test_shard_state_builds_a_sharded_ies_whose_file_holds_the_whole_state(tmp_p
                        ({"shard_state": 1}, TypeError)]:
         with pytest.raises(error, match="score_policy|threshold|shard_state"):
             IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8), ies={"shard_state": True, **bad})
+
+
+def test_save_only_model_checkpoints_still_hold_the_selector(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=BATCH,
+                             save_strategy="epoch", save_only_model=True, report_to=[], use_cpu=True, seed=0,
+                             disable_tqdm=True)
+    trainer = IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(16), ies=dict(IES))
+    trainer.train()
+    saved = read_state(str(tmp_path / "checkpoint-4"))  # written by the on_save event (no RNG file to follow)
+    assert saved["epochs_closed"] == 2 and torch.equal(saved["selector"]["hist"], trainer.selector.hist)
