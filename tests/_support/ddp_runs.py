@@ -61,13 +61,19 @@ def assert_resumed(full: Path, resumed: Path, world: int, done: int) -> None:
         assert_same_runs(full, resumed, world=1)  # rank 0: the log since the start, and the weights
 
 
-def sharded_and_replicated(tmp_path_factory, run, *args) -> tuple[Path, Path]:
-    """Output folders of ``run(out, *args, flag)`` with ``--shard`` (the ShardedIES) and with
-    ``--every`` (the replicated selector with its policy, ``score_policy="every"``)."""
-    out = tmp_path_factory.mktemp("sharded"), tmp_path_factory.mktemp("every")
-    run(out[0], *args, "--shard")
-    run(out[1], *args, "--every")
-    return out
+def sharded_fixture(run, *args):
+    """A module-scoped pytest fixture ``sharded``: the output folders ``(sharded, replicated)``
+    of ``run(out, *args, flag)`` with ``--shard`` (the ShardedIES) and with ``--every`` (the
+    replicated selector with its policy, ``score_policy="every"``)."""
+
+    @pytest.fixture(scope="module")
+    def sharded(tmp_path_factory) -> tuple[Path, Path]:
+        out = tmp_path_factory.mktemp("sharded"), tmp_path_factory.mktemp("every")
+        run(out[0], *args, "--shard")
+        run(out[1], *args, "--every")
+        return out
+
+    return sharded
 
 
 def assert_same_runs(a: Path, b: Path, world: int = 2) -> None:

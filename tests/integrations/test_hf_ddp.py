@@ -82,11 +82,7 @@ def after_epoch_3(full: Path, out: Path) -> None:
     ddp_runs.copy_log_lines(full, out, rank=0, lines=3)
 
 
-@pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
-    """``ies={..., "shard_state": True}`` and the replicated selector with its policy, 2 processes each:
-    ``(sharded, replicated)`` output folders."""
-    return ddp_runs.sharded_and_replicated(tmp_path_factory, run, 2, EPOCHS)
+sharded = ddp_runs.sharded_fixture(run, 2, EPOCHS)  # (sharded, replicated) runs on 2 processes
 
 
 def test_sharded_state_trains_as_the_replicated_selector(sharded):
