@@ -171,3 +171,36 @@ def test_cpu_clock_compares_the_runs_cpu_seconds(tmp_path):
     old = cmp.compare(FakeConfig(), seeds=(0,), train_fn=base)  # runs from before cpu_time_s was recorded
     with pytest.raises(ValueError, match="--clock cpu: a run's summary has no cpu_time_s"):
         cmp.format_table(old, "cpu")
+
+
+# the options of `ies-fast train` when the first runs were recorded (before --eval-every)
+_RECORDED_OPTIONS = frozenset((
+    "amp", "anneal", "backend", "batch_size", "compile", "data_dir", "dataset", "delta", "deterministic", "device",
+    "dist_timeout", "early_stop", "eligibility", "epochs", "eval_batch_size", "image_size", "k", "label_noise", "loader",
+    "lr", "lr_gamma", "lr_milestones", "lr_schedule", "min_kept", "model", "momentum", "optimizer", "order", "out",
+    "patience", "plot", "progress", "prune_ratio", "random_ratio", "resume", "score_every", "score_max_interval",
+    "score_policy", "seed", "selector", "stop_after", "subset", "synthetic_classes", "synthetic_size", "weight_decay",
+    "window", "workers"))
+
+
+def test_every_option_added_since_has_the_value_that_reads_old_runs_back():
+    from ies_fast.app.train.config import ADDED_OPTIONS, TrainConfig
+
+    new = {f.name for f in dataclasses.fields(TrainConfig)} - _RECORDED_OPTIONS
+    assert new == set(ADDED_OPTIONS), (
+        f"options {sorted(new - set(ADDED_OPTIONS))} are new: list each in config.ADDED_OPTIONS with the value "
+        "that reproduces runs recorded without it, or old run folders no longer read back")
+
+
+def test_a_run_recorded_before_on_bad_image_reads_back(tmp_path):
+    from ies_fast.app.train.compare import read_finished_run
+    from ies_fast.app.train.config import TrainConfig, resolve
+
+    config = TrainConfig(dataset="digits", selector="none", epochs=2, out=str(tmp_path))
+    saved = resolve(config).to_dict()
+    del saved["on_bad_image"], saved["eval_every"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "summary.json").write_text(json.dumps({"epochs_run": 2, "test_acc": 0.9, "backward_saved_fraction": 0.0,
+                                                       "wall_time_s": 1.0, "cpu_time_s": 1.0}))
+    assert read_finished_run(str(tmp_path), config)["test_acc"] == 0.9
+    assert read_finished_run(str(tmp_path), dataclasses.replace(config, on_bad_image="skip")) is None

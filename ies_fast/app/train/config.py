@@ -148,7 +148,7 @@ CHANGEABLE_ON_RESUME = ("out", "resume", "stop_after", "progress", "plot", "work
 
 #: options added after runs were recorded, with the value that reproduces those runs: a
 #: finished run whose config.json lacks one is read back when the option is at that value
-ADDED_OPTIONS = {"eval_every": 1, "threshold": "absolute"}
+ADDED_OPTIONS = {"eval_every": 1, "threshold": "absolute", "on_bad_image": "raise"}
 
 #: changeable options that belong to one invocation: a resumed run takes them from its own
 #: command line (their defaults when left out), never from the checkpoint
