@@ -67,6 +67,13 @@ def check_choice(name: str, value, choices):
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` is a bool (``TypeError`` naming ``name`` otherwise)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 # ---- memory ---------------------------------------------------------------------------
 def memory_bytes() -> int:
     """This machine's physical memory (a file read whole, or per-sample state, must fit in it)."""

@@ -30,6 +30,12 @@
   shrunken epoch, on ``train(resume_from_checkpoint=...)``; ``True`` picks the
   newest *complete* checkpoint (one a killed run left half-written is skipped).
 
+``ies={..., "shard_state": True}`` builds a :class:`ies_fast.selectors.sharded.ShardedIES`
+(each rank holds the state of its samples ``i % world == rank``) once the Trainer has
+set up its processes (the end of ``Trainer.__init__``, where accelerate has built the
+process group); the checkpoint file holds the whole state, gathered from every rank
+(:meth:`ShardedIES.full_state_dict`), so it resumes on any number of processes.
+
 ``gradient_accumulation_steps`` must be 1 (the Trainer groups accumulation by the
 full epoch's length) and ``train_sampling_strategy`` "random" or "sequential" (the
 kept sampler replaces the others).
@@ -52,9 +58,12 @@ from transformers.utils import logging as hf_logging
 from ..data import KeptSampler
 from ..data.datasets import INDEX_KEY, batch_index
 from .. import progress as _progress
+from ..checks import check_bool
 from ..losses.cross_entropy_loss import causal_lm_cross_entropy, cross_entropy
+from ..selectors import make_selector
 from ..selectors.base import Selector
 from ..selectors.ies import IES, WRAPPER_DEFAULTS
+from ..selectors.sharded import check_shardable, process_group_shape, whole_state_dict
 from ._hf_checkpoint import (STATE_FILE, STATE_VERSION, IncompleteCheckpoint, check_complete, discard_markers,
                              newest_complete_checkpoint, read_state, write_state)
 
@@ -177,7 +186,7 @@ class _EpochEvents(TrainerCallback):
         self.trainer.close_epoch()
 
     def on_save(self, args, state, control, **kwargs):
-        if args.save_only_model and state.is_world_process_zero:  # no _save_rng_state: written here
+        if args.save_only_model:  # no _save_rng_state: written here (every process: a sharded state is gathered)
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             self.trainer.save_selector(folder)
 
@@ -198,7 +207,9 @@ class IESTrainer(Trainer):
             ``score_every``, ``score_policy``, ``score_max_interval``, ``min_kept``,
             ``threshold``), those left out taking :data:`ies_fast.selectors.ies.WRAPPER_DEFAULTS`
             (backoff scoring, the measured winner of docs/results.md); ``None``: an IES with
-            those defaults.
+            those defaults. ``"shard_state": True`` in the dict builds a
+            :class:`ies_fast.selectors.sharded.ShardedIES` over the Trainer's processes
+            (``score_policy="every"`` then, the one it supports).
         **kwargs: ``transformers.Trainer``'s keyword arguments; ``train_dataset`` is
             required (map-style, dict examples with ``labels``).
 
@@ -208,8 +219,10 @@ class IESTrainer(Trainer):
         ValueError: no ``train_dataset``; ``gradient_accumulation_steps != 1`` (the
             Trainer groups accumulation by the full epoch's length);
             ``train_sampling_strategy`` other than ``"random"`` or ``"sequential"``;
-            a selector for another ``num_samples`` or past epoch 0; or a bad IES
-            argument value (:class:`ies_fast.IES`).
+            a selector for another ``num_samples`` or past epoch 0; a bad IES
+            argument value (:class:`ies_fast.IES`); or ``ies["shard_state"]=True`` with
+            another ``score_policy`` or ``threshold``, or where the default process group
+            does not hold every one of the Trainer's processes.
     """
 
     def __init__(self, *args, ies=None, **kwargs):
@@ -232,7 +245,7 @@ class IESTrainer(Trainer):
                                  "continue a run with train(resume_from_checkpoint=...)")
             selector = ies
         elif ies is None or isinstance(ies, dict):
-            selector = IES(len(self.train_dataset), **{**WRAPPER_DEFAULTS, **(ies or {})})
+            selector = self._build_ies(ies or {})
         else:
             raise TypeError(f"ies must be an ies_fast Selector (IES, InfoBatch, ...) or a dict of IES's arguments, "
                             f"got {type(ies).__name__}")
@@ -245,6 +258,21 @@ class IESTrainer(Trainer):
         self._examples_trained = 0  # in this train() call, for train_samples_per_second
         self._ies_logs: dict = {}
         self.callback_handler.callbacks.insert(0, _EpochEvents(self))
+
+    def _build_ies(self, options: dict) -> IES:
+        """The IES of ``ies``'s arguments; a ShardedIES over the Trainer's processes for
+        ``"shard_state": True`` (the process group exists once ``Trainer.__init__`` ran)."""
+        shard = check_bool("ies['shard_state']", options.get("shard_state", False))
+        if not shard:
+            return IES(len(self.train_dataset), **{**WRAPPER_DEFAULTS, **options})
+        options = {"score_policy": "every", **options}
+        check_shardable(options.get("num_exits", 1), options["score_policy"], options.get("threshold", "absolute"))
+        _, world = process_group_shape()
+        if world != self.args.world_size:
+            raise ValueError(f"ies['shard_state']=True shards over the default process group, which has {world} "
+                             f"processes, but the Trainer runs {self.args.world_size}: launch with torchrun or "
+                             "accelerate launch (DDP), or leave shard_state out")
+        return make_selector("ies", len(self.train_dataset), **options)
 
     # ---- data ---------------------------------------------------------------------
     def _set_signature_columns_if_needed(self) -> None:
@@ -361,17 +389,19 @@ class IESTrainer(Trainer):
         """What :meth:`save_selector` writes.
 
         Returns:
-            A dict of the selector's state and the position in the run: closed epochs,
-            optimizer steps taken in the current epoch, and ``global_step``.
+            A dict of the selector's whole state (a sharded one's gathered from every
+            rank: collective, every process calls it) and the position in the run:
+            closed epochs, optimizer steps taken in the current epoch, and ``global_step``.
         """
-        return {"version": STATE_VERSION, "selector": self.selector.state_dict(),
+        return {"version": STATE_VERSION, "selector": whole_state_dict(self.selector),
                 "epochs_closed": self._epochs_closed, "steps_in_epoch": self._steps_in_epoch,
                 "global_step": self.state.global_step}
 
     def save_selector(self, folder: str) -> None:
         """Write :meth:`selector_state` to ``folder/ies_selector.pt`` atomically
         (temporary file, fsync, rename; tensors moved to the CPU). The Trainer's
-        checkpoints call it.
+        checkpoints call it on every process; the one that saves (``args.should_save``)
+        writes. With a sharded selector every process must call it (the state is gathered).
 
         Args:
             folder: an existing checkpoint folder.
@@ -382,6 +412,8 @@ class IESTrainer(Trainer):
                 (refused, never written through).
         """
         state = self.selector_state()
+        if not self.args.should_save:
+            return
         state["selector"] = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state["selector"].items()}
         write_state(folder, state)
 
@@ -438,8 +470,7 @@ class IESTrainer(Trainer):
     def _save_rng_state(self, output_dir: str) -> None:
         # the last file before trainer_state.json (the Trainer's completion marker)
         super()._save_rng_state(output_dir)
-        if self.args.should_save:
-            self.save_selector(output_dir)
+        self.save_selector(output_dir)  # every process: a sharded state is gathered
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` resumes from the newest

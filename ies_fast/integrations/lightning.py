@@ -20,6 +20,13 @@ forward-only scoring pass over the removed samples, ``selector.step()``, and log
 Lightning checkpoints. Under the DDP strategy every rank scores its share of the
 removed samples and ``step()`` merges the ranks, so all hold the same mask.
 
+With ``shard_state=True`` the callback builds a
+:class:`ies_fast.selectors.sharded.ShardedIES` in :meth:`IESCallback.setup`, once the
+strategy has built the process group (each rank holds the state of its samples
+``i % world == rank``), and its checkpoint state is the whole state gathered from every
+rank (:meth:`ShardedIES.full_state_dict`), so the checkpoint rank 0 writes resumes on
+any number of processes.
+
 Per-step LR schedulers (``interval: "step"``) are stepped by epoch progress (see
 :meth:`IESCallback.scheduled_steps`): a schedule sized from
 ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` ends where it
@@ -36,13 +43,15 @@ from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batch
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
-from ..checks import check_int, integer
+from ..checks import check_bool, check_int, integer
 from ..data import IndexedDataset, KeptSampler, ScoringSampler, check_length
 from ..data.datasets import batch_index
 from ..data.samplers import INT64_MAX, INT64_MIN, check_seed
 from ..progress import batch_count, planned_steps, position, progress
+from ..selectors import make_selector
 from ..selectors.base import Selector
 from ..selectors.ies import IES, WRAPPER_DEFAULTS
+from ..selectors.sharded import check_shardable, process_group_shape, whole_state_dict
 
 __all__ = ["IESCallback"]
 
@@ -59,7 +68,8 @@ def _shuffles(sampler) -> bool:
 class IESCallback(Callback):
     """Instance-dependent Early Stopping for ``lightning.Trainer``.
 
-    The selector is ``callback.selector``. One that reweights the loss, such as
+    The selector is ``callback.selector`` (with ``shard_state=True``: ``None`` until
+    :meth:`setup`). One that reweights the loss, such as
     InfoBatch, needs ``training_step`` to return :meth:`update`'s loss; the
     returned-dict way of recording is refused for it.
 
@@ -85,12 +95,17 @@ class IESCallback(Callback):
         window: for the IES.
         score_every: for the IES.
         score_policy: for the IES, but ``"backoff"`` by default, not ``"every"``
-            (:data:`ies_fast.selectors.ies.WRAPPER_DEFAULTS`: docs/results.md measured it best).
+            (:data:`ies_fast.selectors.ies.WRAPPER_DEFAULTS`: docs/results.md measured it
+            best); with ``shard_state=True``, ``"every"`` (the one it supports).
         score_max_interval: for the IES.
         min_kept: for the IES (the collapse guard's floor).
         threshold: for the IES.
         selector: a ready :class:`ies_fast.Selector` (IES, InfoBatch, ...) for the
             training set, used instead of building an IES.
+        shard_state: build a :class:`ies_fast.selectors.sharded.ShardedIES` (per-sample
+            state sharded by sample across the ranks) in :meth:`setup`, when the
+            strategy's process group exists; needs ``score_policy="every"`` and
+            ``threshold="absolute"``, and no ``selector``.
         seed: the kept samples' shuffle seed (``seed + epoch``), an int64; also seeds
             the built IES's replayed samples. It is saved in checkpoints.
         loss_key: the key of the per-sample losses in ``training_step``'s returned dict.
@@ -105,24 +120,37 @@ class IESCallback(Callback):
         TypeError: ``selector`` is not a Selector, ``seed`` or ``score_batch_size`` is
             not an int, or an IES argument has the wrong type.
         ValueError: neither ``num_samples`` nor ``selector`` is given, ``seed`` is
-            outside int64, ``score_batch_size < 1``, or a bad IES argument value
-            (:class:`ies_fast.IES`).
+            outside int64, ``score_batch_size < 1``, a bad IES argument value
+            (:class:`ies_fast.IES`; with ``shard_state=True`` those are checked in
+            :meth:`setup`), or ``shard_state=True`` with a ``selector``, another
+            ``score_policy`` or ``threshold``.
     """
 
     def __init__(self, num_samples: Optional[int] = None, *, delta: float = 1e-3, order: int = 2, window: int = 3,
-                 score_every: int = 1, score_policy: str = WRAPPER_DEFAULTS["score_policy"],
+                 score_every: int = 1, score_policy: Optional[str] = None,
                  score_max_interval: int = 8, min_kept=0, threshold: str = "absolute",
                  selector: Optional[Selector] = None, seed: int = 0,
                  loss_key: str = "per_sample_loss", score_batch_size: Optional[int] = None,
-                 score_fn: Optional[Callable] = None, log: bool = True):
+                 score_fn: Optional[Callable] = None, log: bool = True, shard_state: bool = False):
         if selector is not None and not isinstance(selector, Selector):
             raise TypeError(f"selector must be an ies_fast Selector (IES, InfoBatch, ...), got {type(selector).__name__}")
+        check_bool("shard_state", shard_state)
+        if shard_state and selector is not None:
+            raise ValueError("shard_state=True builds a ShardedIES once the process group exists: leave selector "
+                             "out (a ShardedIES built under the process group may be passed as selector instead)")
+        self._sharded: Optional[tuple[int, dict]] = None  # (num_samples, IES arguments) until setup() builds it
         if selector is None:
             if num_samples is None:
                 raise ValueError("num_samples is required (the training set's length) unless a selector is given")
-            selector = IES(num_samples, delta=delta, order=order, window=window, score_every=score_every,
-                           score_policy=score_policy, score_max_interval=score_max_interval, min_kept=min_kept,
-                           threshold=threshold, seed=seed)
+            if score_policy is None:
+                score_policy = "every" if shard_state else WRAPPER_DEFAULTS["score_policy"]
+            options = dict(delta=delta, order=order, window=window, score_every=score_every, score_policy=score_policy,
+                           score_max_interval=score_max_interval, min_kept=min_kept, threshold=threshold, seed=seed)
+            if shard_state:
+                check_shardable(score_policy=score_policy, threshold=threshold)
+                self._sharded = (num_samples, options)
+            else:
+                selector = IES(num_samples, **options)
         seed = check_seed(seed)
         if score_batch_size is not None:
             check_int("score_batch_size", score_batch_size, min=1)
@@ -140,8 +168,29 @@ class IESCallback(Callback):
 
     # ---- placement ------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Move the selector to the strategy's root device."""
+        """Build the ShardedIES (``shard_state=True``; the process group exists now),
+        and move the selector to the strategy's root device."""
+        if self._sharded is not None:
+            self._build_sharded(trainer)
         self.selector.to(trainer.strategy.root_device)
+
+    def _build_sharded(self, trainer) -> None:
+        """The ShardedIES over the default process group, which must hold every one of
+        the trainer's processes (``ValueError`` naming ``shard_state`` otherwise)."""
+        rank, world = process_group_shape()
+        if world != trainer.world_size:
+            raise ValueError(f"IESCallback(shard_state=True) shards over the default process group, which has {world} "
+                             f"processes, but the trainer has {trainer.world_size}: use a strategy that starts one "
+                             "process group over all of them (ddp, fsdp, ...) or shard_state=False")
+        if self.selector is not None:  # built by an earlier setup (fit, then validate)
+            if (self.selector.rank, self.selector.world) != (rank, world):
+                raise ValueError(f"IESCallback(shard_state=True): the selector was built as rank {self.selector.rank} "
+                                 f"of {self.selector.world}, the process group is now rank {rank} of {world}: "
+                                 "build a new IESCallback (resume from the checkpoint)")
+            return
+        num_samples, options = self._sharded
+        self.selector = make_selector("ies", num_samples, shard_state=True, device=trainer.strategy.root_device,
+                                      **options)
 
     # ---- the epoch ---------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
@@ -344,8 +393,10 @@ class IESCallback(Callback):
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The selector's state, whether an epoch is open, and ``seed``."""
-        return {"version": STATE_VERSION, "selector": self.selector.state_dict(), "open": self._open,
+        """The selector's whole state, whether an epoch is open, and ``seed``. With a
+        ShardedIES it is gathered from every rank (collective: Lightning calls it on
+        every rank when it saves a checkpoint)."""
+        return {"version": STATE_VERSION, "selector": whole_state_dict(self.selector), "open": self._open,
                 "seed": self.seed}
 
     def load_state_dict(self, state_dict: dict) -> None:

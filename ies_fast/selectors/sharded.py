@@ -23,6 +23,9 @@ Limits (``ValueError`` at construction): one exit, ``score_policy="every"``, ``t
 Checkpoints: :meth:`ShardedIES.state_dict` is this rank's shard (``state["shard"]``);
 :meth:`ShardedIES.load_state_dict` takes a whole (replicated-layout) state, and
 :mod:`ies_fast.io.selector_shards` assembles one from shards saved on any number of ranks.
+:meth:`ShardedIES.full_state_dict` (collective) gathers the whole state on every rank,
+for checkpoints that one rank writes (the Lightning and Hugging Face wrappers:
+:func:`whole_state_dict`).
 """
 from __future__ import annotations
 
@@ -117,12 +120,32 @@ def _all_gather(out: torch.Tensor, mine: torch.Tensor) -> None:
     gather(out, mine)
 
 
+def check_shardable(num_exits=1, score_policy="every", threshold="absolute") -> None:
+    """``ValueError`` naming the IES argument that ``shard_state=True`` cannot take (the
+    wrappers call it before the process group exists, :class:`ShardedIES` at construction)."""
+    if num_exits != 1:
+        raise ValueError(f"shard_state=True needs num_exits=1, got {num_exits!r}")
+    if score_policy != "every":
+        raise ValueError(f"shard_state=True needs score_policy='every', got {score_policy!r}")
+    if threshold != "absolute":
+        raise ValueError(f"shard_state=True needs threshold='absolute' (a relative one would need every "
+                         f"rank's losses), got {threshold!r}")
+
+
+def whole_state_dict(selector) -> dict:
+    """``selector``'s whole (replicated-layout) state: ``full_state_dict()`` of a
+    :class:`ShardedIES` (collective: every rank calls it), else ``state_dict()``. What a
+    checkpoint written by one rank holds."""
+    return selector.full_state_dict() if getattr(selector, "_shards_state", False) else selector.state_dict()
+
+
 class ShardedIES(IES):
     """:class:`ies_fast.IES` whose ring, counts and decisions are held by their owner rank
     (see the module docstring). Built by ``make_selector("ies", ..., shard_state=True)``
     (or directly); the rank and world size are those of the process group at construction.
     Its ``state_dict()`` is this rank's shard: save and load it with
-    :mod:`ies_fast.io.selector_shards`, not through a wrapper's rank-0 checkpoint."""
+    :mod:`ies_fast.io.selector_shards`; :meth:`full_state_dict` is the whole state,
+    for a checkpoint that one rank writes."""
 
     _shards_state = True
 
@@ -131,13 +154,7 @@ class ShardedIES(IES):
             raise ValueError(f"ShardedIES shards its state: shard_state must be True, got {shard_state!r}")
         self.rank, self.world = process_group_shape(kwargs.get("distributed", True))
         super().__init__(num_samples, *args, **kwargs)
-        if self.num_exits != 1:
-            raise ValueError(f"shard_state=True needs num_exits=1, got {self.num_exits}")
-        if self.scoring_schedule.policy != "every":
-            raise ValueError(f"shard_state=True needs score_policy='every', got {self.scoring_schedule.policy!r}")
-        if self.threshold != "absolute":
-            raise ValueError(f"shard_state=True needs threshold='absolute' (a relative one would need every "
-                             f"rank's losses), got {self.threshold!r}")
+        check_shardable(self.num_exits, self.scoring_schedule.policy, self.threshold)
         # this rank's own decisions (row j = sample j·W + rank); self.mastered is the global mask
         self.owned_mastered = (self.mastered if self.world == 1  # one rank owns all: the same tensor
                                else torch.zeros(self.hist.shape[0], dtype=torch.bool, device=self.device))
@@ -169,16 +186,20 @@ class ShardedIES(IES):
         the result."""
         if self.world == 1:
             return
+        self._send_queued()
+        counters = torch.cat([self._pending_scored, self._deferred_errors])
+        dist.all_reduce(counters, op=dist.ReduceOp.SUM)
+        self._pending_scored.copy_(counters[:1])
+        self._deferred_errors.copy_(counters[1:])
+
+    def _send_queued(self) -> None:
+        """Every rank's queued observations to their owners, recorded there (collective)."""
         queued, self._queued = collections.deque(self._queued), []
         mine = sum(index.numel() for _, index in queued)
         rounds = torch.tensor([-(-mine // _EXCHANGE_ROWS)], dtype=torch.int64, device=self.device)
         dist.all_reduce(rounds, op=dist.ReduceOp.MAX)
         for _ in range(int(rounds)):
             self._exchange(_take(queued, _EXCHANGE_ROWS))
-        counters = torch.cat([self._pending_scored, self._deferred_errors])
-        dist.all_reduce(counters, op=dist.ReduceOp.SUM)
-        self._pending_scored.copy_(counters[:1])
-        self._deferred_errors.copy_(counters[1:])
 
     def _exchange(self, part: list) -> None:
         """One round: ``part``'s observations to their owners, recorded there."""
@@ -257,6 +278,31 @@ class ShardedIES(IES):
         if state["replay"].numel():
             state["replay"] = self._owned(state["replay"]).clone()
         state["shard"] = {"rank": self.rank, "world": self.world}
+        return state
+
+    def full_state_dict(self) -> dict:
+        """The whole state, bit for bit the ``state_dict()`` of a replicated :class:`IES`
+        fed the same observations, on every rank (collective: every rank calls it; after
+        :meth:`step`, like any checkpoint). The mastered and replay masks are whole on
+        every rank already; the ring and counts (this rank's rows) are all-gathered, as
+        ``4·L + 1`` bytes per row padded to rank 0's row count, and interleaved. Needs
+        ``N·(4·L + 1)`` bytes for a moment (one replicated ring). Inside an epoch the
+        queued observations are sent to their owners first, so the state holds every
+        rank's observations so far (a replicated selector's holds its own rank's)."""
+        if self.world == 1:
+            return super().state_dict()
+        self._send_queued()
+        state = super().state_dict()
+        rows, L = owned_rows(self.num_samples, 0, self.world), self.history_length
+        mine = torch.zeros(rows, 4 * L + 1, dtype=torch.uint8, device=self.device)
+        mine[: self.hist.shape[0], : 4 * L] = self.hist.view(torch.uint8)  # the float bits, unchanged
+        mine[: self.count.shape[0], 4 * L] = self.count
+        gathered = torch.empty(self.world * rows, 4 * L + 1, dtype=torch.uint8, device=self.device)
+        _all_gather(gathered, mine)
+        whole = interleave(gathered.view(self.world, rows, 4 * L + 1), self.num_samples)
+        del gathered
+        state["hist"] = whole[:, : 4 * L].contiguous().view(torch.float32)
+        state["count"] = whole[:, 4 * L].contiguous()
         return state
 
     def load_state_dict(self, state: dict) -> None:

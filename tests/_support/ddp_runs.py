@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,43 @@ def copy_log_lines(source: Path, dest: Path, rank: int, lines: int) -> None:
     name = f"log-rank{rank}.jsonl"
     kept = (source / name).read_text().splitlines(keepends=True)[:lines]
     (dest / name).write_text("".join(kept))
+
+
+def assert_resumed(full: Path, resumed: Path, world: int, done: int) -> None:
+    """``resumed``: a run resumed on ``world`` processes from the checkpoint the 2-process
+    run ``full`` wrote after ``done`` epochs (with rank 0's log lines up to it). Its ranks
+    agree from there on, log ``world``, and train epoch ``done`` on the kept set decided on 2;
+    on 2 processes it is the uninterrupted run, every log line and every weight."""
+    whole = rank_logs(full, 2)[0]
+    logs = rank_logs(resumed, world)
+    tail = len(whole) - done
+    assert all(r[-tail:] == logs[0][-tail:] for r in logs)  # the new ranks agree
+    assert [e["world"] for e in logs[0]][done:] == [world] * tail
+    assert logs[0][done]["kept"] == whole[done]["kept"]  # the decision taken on 2 processes holds
+    if world == 2:
+        assert_same_runs(full, resumed, world=1)  # rank 0: the log since the start, and the weights
+
+
+def sharded_fixture(run, *args):
+    """A module-scoped pytest fixture ``sharded``: the output folders ``(sharded, replicated)``
+    of ``run(out, *args, flag)`` with ``--shard`` (the ShardedIES) and with ``--every`` (the
+    replicated selector with its policy, ``score_policy="every"``)."""
+
+    @pytest.fixture(scope="module")
+    def sharded(tmp_path_factory) -> tuple[Path, Path]:
+        out = tmp_path_factory.mktemp("sharded"), tmp_path_factory.mktemp("every")
+        run(out[0], *args, "--shard")
+        run(out[1], *args, "--every")
+        return out
+
+    return sharded
+
+
+def assert_same_runs(a: Path, b: Path, world: int = 2) -> None:
+    """Every rank's log lines (kept sets, steps) and the final weights are equal."""
+    assert rank_logs(a, world) == rank_logs(b, world)
+    wa, wb = torch.load(a / "final.pt"), torch.load(b / "final.pt")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 #: ``IES_FAST_FULL_DDP=1`` runs every world-size change of the multi-process integration

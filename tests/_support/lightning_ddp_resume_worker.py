@@ -3,6 +3,7 @@
 ``"ddp"`` strategy, built as ``DDPStrategy`` for a 120 s collective timeout).
 
     python lightning_ddp_resume_worker.py OUT DEVICES EPOCHS [--kill EPOCH BATCH] [--resume] [--fsdp]
+                                          [--every | --shard]
 
 Every epoch each rank appends ``{"epoch", "world", "steps", "kept"}`` to
 ``OUT/log-rank<r>.jsonl`` (the kept set it trained on and its optimizer steps);
@@ -10,7 +11,9 @@ Every epoch each rank appends ``{"epoch", "world", "steps", "kept"}`` to
 the last rank SIGKILL itself at that batch; ``--resume`` goes on from ``last.ckpt``.
 Rank 0 saves the final weights to ``OUT/final.pt``. ``--fsdp`` shards the model's
 parameters with FSDP2 instead: ``ModelParallelStrategy`` and ``fully_shard`` in
-``configure_model`` (Lightning's ``"fsdp"`` strategy refuses the CPU)."""
+``configure_model`` (Lightning's ``"fsdp"`` strategy refuses the CPU). ``--every``: the
+replicated IES with ``score_policy="every"``; ``--shard``: ``IESCallback(shard_state=True)``
+(a ShardedIES over the ranks, built in ``setup()``; the same policy)."""
 from __future__ import annotations
 
 import datetime
@@ -25,6 +28,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from ies_fast.integrations.lightning import IESCallback
+from ies_fast.selectors import ShardedIES
 
 from _support.lightning_ddp_worker import BATCH, DELTA, DigitsMLP
 
@@ -63,10 +67,12 @@ class EpochLog(Callback):
             f.write(json.dumps(line) + "\n")
 
 
-def main(out: str, devices: int, epochs: int, kill=None, resume: bool = False, fsdp: bool = False) -> None:
+def main(out: str, devices: int, epochs: int, kill=None, resume: bool = False, fsdp: bool = False,
+         every: bool = False, shard: bool = False) -> None:
     torch.set_num_threads(1)
     lightning.seed_everything(0, verbose=False)
-    ies = IESCallback(1500, delta=DELTA, order=1, window=2)
+    ies = IESCallback(1500, delta=DELTA, order=1, window=2, shard_state=shard,
+                      **({"score_policy": "every"} if every else {}))
     model = (ShardedDigitsMLP if fsdp else DigitsMLP)(ies, batch_size=BATCH)
     ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=0 if fsdp else -1,
                            every_n_epochs=1, save_on_train_epoch_end=True)  # FSDP2: last.ckpt only
@@ -77,6 +83,10 @@ def main(out: str, devices: int, epochs: int, kill=None, resume: bool = False, f
                                 devices=devices, strategy=ddp, logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(model, ckpt_path=os.path.join(out, "ckpt", "last.ckpt") if resume else None)
+    if shard:  # each rank held its own samples' rows
+        sel = ies.selector
+        assert isinstance(sel, ShardedIES) and (sel.rank, sel.world) == (trainer.global_rank, trainer.world_size)
+        assert sel.hist.shape[0] == len(range(sel.rank, 1500, sel.world)), sel.hist.shape
     weights = model.state_dict()  # collective under FSDP (gathers the full parameters)
     if trainer.global_rank == 0:
         torch.save({k: v.clone() for k, v in weights.items()}, os.path.join(out, "final.pt"))
@@ -85,4 +95,5 @@ def main(out: str, devices: int, epochs: int, kill=None, resume: bool = False, f
 if __name__ == "__main__":
     args = sys.argv[1:]
     kill = (int(args[args.index("--kill") + 1]), int(args[args.index("--kill") + 2])) if "--kill" in args else None
-    main(args[0], int(args[1]), int(args[2]), kill=kill, resume="--resume" in args, fsdp="--fsdp" in args)
+    main(args[0], int(args[1]), int(args[2]), kill=kill, resume="--resume" in args, fsdp="--fsdp" in args,
+         every="--every" in args, shard="--shard" in args)

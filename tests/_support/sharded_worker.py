@@ -57,6 +57,19 @@ def assert_same(replicated: IES, sharded: IES, where: str) -> None:
     }
     bad = [k for k, ok in checks.items() if not ok]
     assert not bad, f"{where}: sharded differs from replicated in {bad} (rank {rank} of {world})"
+    assert_same_state(sharded.full_state_dict(), replicated.state_dict(), f"{where}: full_state_dict()")
+
+
+def assert_same_state(got: dict, expected: dict, where: str) -> None:
+    """``got`` equals ``expected`` key for key, tensors bit for bit (dtype, shape, bytes)."""
+    assert got.keys() == expected.keys(), f"{where}: keys {sorted(got)} != {sorted(expected)}"
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            same = (value.dtype == got[key].dtype and value.shape == got[key].shape
+                    and torch.equal(got[key].flatten().view(torch.uint8), value.flatten().view(torch.uint8)))
+        else:
+            same = got[key] == value
+        assert same, f"{where}[{key!r}] differs from the replicated selector's"
 
 
 def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
@@ -88,8 +101,10 @@ def run(rank: int, world: int, out_dir: str, job: dict) -> IES:
         if epoch == 2:
             mine = mine.half().float()
         for sel in (replicated, sharded):
-            for part, part_index in zip(mine.split(13), mine_index.split(13)):  # batches of 13 and a rest
+            for i, (part, part_index) in enumerate(zip(mine.split(13), mine_index.split(13))):  # batches of 13, a rest
                 sel.observe(part, part_index)
+                if sel is sharded and epoch == 4 and i == 1:  # a mid-epoch checkpoint sends the queue early
+                    sharded.full_state_dict()
             sel.step()
         assert_same(replicated, sharded, f"epoch {epoch}")
         mastered_any |= bool(replicated.mastered.any())

@@ -3,7 +3,11 @@ every rank trains on the same kept set with the same optimizer steps although th
 count does not divide by 2 (each run has a timeout: unequal steps would hang DDP); a
 rank SIGKILLed mid-run under torchrun, then ``train(resume_from_checkpoint=True)``,
 ends equal to the uninterrupted run under ``accelerate launch`` (so the two launchers
-agree); the checkpoint resumes on 1 and on 3 processes."""
+agree); the checkpoint resumes on 1 and on 3 processes. With ``ies={..., "shard_state": True}``
+(a ShardedIES: each rank holds its own examples' state) the run equals the replicated
+one's (same policy) epoch by epoch and weight by weight, every checkpoint's selector file
+holds the whole state bit for bit, and it resumes on 3 processes (on 2, equal to the
+uninterrupted run, with ``IES_FAST_FULL_DDP=1``)."""
 from __future__ import annotations
 
 import shutil
@@ -16,7 +20,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from _support import ddp_runs  # noqa: E402
+from _support.sharded_worker import assert_same_state  # noqa: E402
 from _support.spawn_ranks import free_port  # noqa: E402
+from ies_fast.integrations._hf_checkpoint import read_state  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -64,17 +70,36 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_pat
 
 @pytest.mark.parametrize("world", ddp_runs.world_sizes(1, 3))
 def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, world):
-    # the uninterrupted 2-process run's checkpoint after epoch 3 (epochs of 50 examples are 7 steps
-    # of 2 x 4: step 21), and rank 0's log up to it
-    shutil.copytree(uninterrupted / "checkpoint-21", tmp_path / "checkpoint-21")
-    ddp_runs.copy_log_lines(uninterrupted, tmp_path, rank=0, lines=3)
+    after_epoch_3(uninterrupted, tmp_path)
     run(tmp_path, world, EPOCHS, "--resume")
-    full = ddp_runs.rank_logs(uninterrupted, 2)[0]
-    resumed = ddp_runs.rank_logs(tmp_path, world)
-    tail = EPOCHS - 3
-    assert all(r[-tail:] == resumed[0][-tail:] for r in resumed)  # the new ranks agree
-    assert [e["world"] for e in resumed[0]][3:] == [world] * tail
-    assert resumed[0][3]["kept"] == full[3]["kept"]  # the decision taken on 2 processes holds
+    ddp_runs.assert_resumed(uninterrupted, tmp_path, world, done=3)
+
+
+def after_epoch_3(full: Path, out: Path) -> None:
+    """``full``'s checkpoint after epoch 3 (epochs of 50 examples are 7 steps of 2 x 4:
+    step 21) in ``out``, and rank 0's log up to it."""
+    shutil.copytree(full / "checkpoint-21", out / "checkpoint-21")
+    ddp_runs.copy_log_lines(full, out, rank=0, lines=3)
+
+
+sharded = ddp_runs.sharded_fixture(run, 2, EPOCHS)  # (sharded, replicated) runs on 2 processes
+
+
+def test_sharded_state_trains_as_the_replicated_selector(sharded):
+    ddp_runs.assert_same_runs(*sharded)  # kept sets and steps, rank by rank, and the weights
+    assert min(len(e["kept"]) for e in ddp_runs.rank_logs(sharded[0], 1)[0]) < 50  # IES removed examples
+    folders = sorted(p.name for p in sharded[1].glob("checkpoint-*"))
+    assert len(folders) >= 3
+    for name in folders:  # rank 0 wrote the whole state, gathered from both ranks
+        got, expected = (read_state(folder / name) for folder in sharded)
+        assert_same_state(got["selector"], expected["selector"], name)
+
+
+@pytest.mark.parametrize("world", ddp_runs.world_sizes(3, 2))
+def test_sharded_checkpoint_resumes(sharded, tmp_path, world):
+    after_epoch_3(sharded[0], tmp_path)
+    run(tmp_path, world, EPOCHS, "--shard", "--resume")
+    ddp_runs.assert_resumed(sharded[0], tmp_path, world, done=3)
 
 
 @pytest.mark.gpu

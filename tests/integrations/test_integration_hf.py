@@ -133,3 +133,35 @@ def test_ies_options_reach_the_selector_with_backoff_by_default(tmp_path):
     sel = IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8),
                      ies={"delta": 0.1, "threshold": "relative", "score_policy": "every", "min_kept": 0.5}).selector
     assert (sel.threshold, sel.scoring_schedule.policy, sel.kept_floor.min_kept) == ("relative", "every", 4)
+
+
+def test_shard_state_builds_a_sharded_ies_whose_file_holds_the_whole_state(tmp_path):
+    from ies_fast.selectors import ShardedIES
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8),
+                         ies={"delta": 0.1, "order": 1, "window": 2, "shard_state": True})
+    sel = trainer.selector
+    assert isinstance(sel, ShardedIES) and (sel.rank, sel.world) == (0, 1)
+    assert sel.scoring_schedule.policy == "every"  # the one policy it supports, by default
+    sel.observe(torch.rand(8), torch.arange(8))
+    sel.step()
+    trainer.save_selector(str(tmp_path))
+    saved = read_state(str(tmp_path))["selector"]
+    expected = sel.state_dict()  # one rank's shard: here every row, and "shard"
+    assert expected.pop("shard") == {"rank": 0, "world": 1}
+    assert saved.keys() == expected.keys() and torch.equal(saved["hist"], expected["hist"])
+    for bad, error in [({"score_policy": "backoff"}, ValueError), ({"threshold": "relative"}, ValueError),
+                       ({"shard_state": 1}, TypeError)]:
+        with pytest.raises(error, match="score_policy|threshold|shard_state"):
+            IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(8), ies={"shard_state": True, **bad})
+
+
+def test_save_only_model_checkpoints_still_hold_the_selector(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=BATCH,
+                             save_strategy="epoch", save_only_model=True, report_to=[], use_cpu=True, seed=0,
+                             disable_tqdm=True)
+    trainer = IESTrainer(model=tiny_gpt2(), args=args, train_dataset=sequences(16), ies=dict(IES))
+    trainer.train()
+    saved = read_state(str(tmp_path / "checkpoint-4"))  # written by the on_save event (no RNG file to follow)
+    assert saved["epochs_closed"] == 2 and torch.equal(saved["selector"]["hist"], trainer.selector.hist)

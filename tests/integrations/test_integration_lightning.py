@@ -125,3 +125,27 @@ def test_a_training_set_without_indices_is_refused():
     ies = IESCallback(1500)
     with pytest.raises(TypeError, match="IndexedDataset"):
         trainer(1, [ies], limit_val_batches=0).fit(NoIndex(ies))
+
+
+def test_shard_state_builds_a_sharded_ies_in_setup_whose_state_is_whole():
+    from types import SimpleNamespace
+
+    from ies_fast.selectors import ShardedIES
+
+    lightning.seed_everything(0, verbose=False)
+    ies = IESCallback(1500, delta=DELTA, order=1, window=2, shard_state=True)
+    assert ies.selector is None  # no process group yet: built in setup()
+    trainer(3, [ies], limit_val_batches=0).fit(DigitsMLP(ies))
+    sel = ies.selector
+    assert isinstance(sel, ShardedIES) and (sel.rank, sel.world, sel.epoch) == (0, 1, 3)
+    assert sel.scoring_schedule.policy == "every"  # the one policy it supports, by default
+    state = ies.state_dict()["selector"]
+    assert "shard" not in state and state["hist"].shape == (1500, 3) and torch.equal(state["hist"], sel.hist)
+    again = IESCallback(1500, delta=DELTA, order=1, window=2, shard_state=True)
+    two_ranks = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    with pytest.raises(ValueError, match="shard_state"):  # a process group that is not the trainer's processes
+        again.setup(two_ranks, None, "fit")
+    for bad, error in [({"selector": sel}, ValueError), ({"score_policy": "backoff"}, ValueError),
+                       ({"threshold": "relative"}, ValueError), ({"shard_state": 1}, TypeError)]:
+        with pytest.raises(error, match="shard_state|score_policy|threshold"):
+            IESCallback(1500, **{"shard_state": True, **bad})

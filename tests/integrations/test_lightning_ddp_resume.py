@@ -6,7 +6,11 @@ uninterrupted run; the checkpoint resumes on 1 and on 3 processes. The uninterru
 run is started by torchrun (Lightning finds the processes in its environment), the
 others by Lightning itself: the two launchers agree. With the model's parameters
 sharded by FSDP2 (``ModelParallelStrategy`` + ``fully_shard``, which Lightning runs on
-the CPU) the ranks agree the same way."""
+the CPU) the ranks agree the same way. With ``IESCallback(shard_state=True)`` (a ShardedIES:
+each rank holds its own samples' state) the run equals the replicated one's (same
+policy) epoch by epoch and weight by weight, rank 0's checkpoint holds the whole selector
+state bit for bit, and it resumes on 2 processes equal to the uninterrupted run (on 3
+with ``IES_FAST_FULL_DDP=1``)."""
 from __future__ import annotations
 
 import shutil
@@ -19,6 +23,7 @@ pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 
 from _support import ddp_runs  # noqa: E402
+from _support.sharded_worker import assert_same_state  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -68,14 +73,33 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_pat
 
 @pytest.mark.parametrize("devices", ddp_runs.world_sizes(1, 3))
 def test_resume_on_another_number_of_processes(uninterrupted, tmp_path, devices):
-    # the uninterrupted 2-process run's checkpoint after epoch 3 (and rank 0's log up to it)
-    (tmp_path / "ckpt").mkdir()
-    (saved,) = (uninterrupted / "ckpt").glob("epoch=2-*.ckpt")
-    shutil.copyfile(saved, tmp_path / "ckpt" / "last.ckpt")
-    ddp_runs.copy_log_lines(uninterrupted, tmp_path, rank=0, lines=3)
+    after_epoch_3(uninterrupted, tmp_path)
     run(tmp_path, devices, EPOCHS, "--resume")
-    full = ddp_runs.rank_logs(uninterrupted, 2)[0]
-    resumed = ddp_runs.rank_logs(tmp_path, devices)
-    assert all(r[-(EPOCHS - 3):] == resumed[0][-(EPOCHS - 3):] for r in resumed)  # the new ranks agree
-    assert [e["world"] for e in resumed[0]][3:] == [devices] * (EPOCHS - 3)
-    assert resumed[0][3]["kept"] == full[3]["kept"]  # the decision taken on 2 processes holds
+    ddp_runs.assert_resumed(uninterrupted, tmp_path, devices, done=3)
+
+
+def after_epoch_3(full: Path, out: Path) -> None:
+    """``full``'s checkpoint after epoch 3 as ``out``'s last.ckpt, and rank 0's log up to it."""
+    (out / "ckpt").mkdir()
+    (saved,) = (full / "ckpt").glob("epoch=2-*.ckpt")
+    shutil.copyfile(saved, out / "ckpt" / "last.ckpt")
+    ddp_runs.copy_log_lines(full, out, rank=0, lines=3)
+
+
+sharded = ddp_runs.sharded_fixture(run, 2, EPOCHS)  # (sharded, replicated) runs on 2 processes
+
+
+def test_sharded_state_trains_as_the_replicated_selector(sharded):
+    _same_kept_set_and_steps(sharded[0])
+    ddp_runs.assert_same_runs(*sharded)  # kept sets and steps, rank by rank, and the weights
+    for saved in sorted((sharded[1] / "ckpt").glob("epoch=*.ckpt")):  # rank 0 wrote the whole state
+        got, expected = (torch.load(folder / "ckpt" / saved.name, weights_only=True)["callbacks"]["IESCallback"]
+                         for folder in sharded)
+        assert_same_state(got["selector"], expected["selector"], saved.name)
+
+
+@pytest.mark.parametrize("devices", ddp_runs.world_sizes(2, 3))
+def test_sharded_checkpoint_resumes(sharded, tmp_path, devices):
+    after_epoch_3(sharded[0], tmp_path)
+    run(tmp_path, devices, EPOCHS, "--shard", "--resume")
+    ddp_runs.assert_resumed(sharded[0], tmp_path, devices, done=3)
