@@ -174,7 +174,7 @@ def test_help_shows_defaults_once_and_the_recipes(capsys):
     mnist1d = next(l.split() for l in recipes.splitlines() if l.strip().startswith("mnist1d "))
     assert mnist1d[8] == "0.01" and mnist1d[-2] == "backoff"  # the measured winners (docs/training.md)
     fashion = next(l.split() for l in recipes.splitlines() if l.strip().startswith("fashion-mnist "))
-    assert fashion[8] == "0.1" and fashion[-2:] == ["backoff", "5"]  # the test pass every 5 epochs (issue 27)
+    assert fashion[8] == "0.2" and fashion[-2:] == ["backoff", "5"]  # the test pass every 5 epochs (issue 27)
     mnist = next(l.split() for l in recipes.splitlines() if l.strip().startswith("mnist "))
     assert mnist[8:11] == ["0.3", "1", "2"] and mnist[-2:] == ["backoff", "4"]  # δ, order, window: its front
 

@@ -47,8 +47,10 @@ RECIPES = {
     # (docs/training.md, docs/results.md)
     # eval_every=5: the test pass (10,000 images) is the same for every selector and was a third of a
     # 10k-slice run; it does not change training (docs/results.md, "Fashion-MNIST 10k-slice front")
+    # δ=0.2: the baseline's accuracy (-0.01 points, 3 seeds) with 42% saved, 1.61x, 12% faster than InfoBatch's
+    # best point within 0.2 points (docs/results.md, "Full-size fronts": the quiet-box set)
     "fashion-mnist": dict(model="resnet8", epochs=15, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                          lr_schedule="cosine", delta=0.1, anneal=0.0, min_kept=0.0, eligibility="paper",
+                          lr_schedule="cosine", delta=0.2, anneal=0.0, min_kept=0.0, eligibility="paper",
                           score_policy="backoff", eval_every=5),
     # mnist: N=1, w=2 (the first test after 3 of 8 epochs' losses, not 5) and δ=0.3: 2.10x at -0.10 points
     # with 59% saved, against random removal's 1.94x and InfoBatch's 1.44x (docs/results.md, "Full-size fronts")
@@ -66,12 +68,12 @@ FOLDER_DEFAULT_SIZE = 64
 
 def folder_recipe(image_size: Optional[int]) -> dict:
     """The ``folder`` recipe for ``image_size``: Fashion-MNIST's (15 epochs, SGD 0.1 cosine,
-    δ=0.1 + backoff scoring) with ResNet-8 up to :data:`SMALL_FOLDER_SIZE` pixels, else
-    with torchvision's ResNet-18 (ImageNet stem)."""
+    backoff scoring) with δ=0.1 (what the folder runs measured) and ResNet-8 up to
+    :data:`SMALL_FOLDER_SIZE` pixels, else with torchvision's ResNet-18 (ImageNet stem)."""
     size = FOLDER_DEFAULT_SIZE if image_size is None else image_size
     small = isinstance(size, int) and size <= SMALL_FOLDER_SIZE
     return {**RECIPES["fashion-mnist"], "model": "resnet8" if small else "resnet18", "image_size": size,
-            "loader": "torch", "eval_every": 1}  # a user's own photos: a test accuracy every epoch
+            "delta": 0.1, "loader": "torch", "eval_every": 1}  # a user's own photos: a test accuracy every epoch
 
 
 def uses_torchvision_models(config: "TrainConfig") -> bool:
